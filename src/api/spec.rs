@@ -1,0 +1,574 @@
+//! The `MessageBroker` custom resource (`switchyard.dev/v1alpha1`).
+//!
+//! Every field carries a doc comment: schemars turns them into the OpenAPI descriptions that
+//! `kubectl explain mb.spec...` prints. Validation that the API server can do lives here too,
+//! as schema bounds and CEL rules, so a malformed manifest is refused at `kubectl apply`.
+
+use std::collections::BTreeMap;
+
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+use super::status::MessageBrokerStatus;
+
+/// Upper bound on topics per MessageBroker; keeps CEL cost bounded and objects well under etcd's limit.
+pub const MAX_TOPICS: usize = 1000;
+/// Upper bound on subscriptions per topic.
+pub const MAX_SUBSCRIPTIONS: usize = 32;
+/// Upper bound on environments per MessageBroker.
+pub const MAX_ENVS: usize = 16;
+
+/// A product's message bus: broker-agnostic topics and subscriptions, and per environment the
+/// broker that carries them.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "switchyard.dev",
+    version = "v1alpha1",
+    kind = "MessageBroker",
+    namespaced,
+    shortname = "mb",
+    category = "switchyard",
+    status = "MessageBrokerStatus",
+    derive = "PartialEq",
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(name = "Envs", type_ = "string", json_path = ".status.envSummary"),
+    printcolumn(name = "Topics", type_ = "integer", json_path = ".status.topicCount"),
+    printcolumn(name = "Reason", type_ = "string", priority = 1, json_path = ".status.conditions[?(@.type==\"Ready\")].reason"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    validation = Rule::new("self.metadata.name.size() <= 63").message("metadata.name: must be at most 63 characters (it is part of broker-side names)"),
+)]
+#[x_kube(
+    validation = Rule::new("!self.envs.exists(e, e.type == 'AwsSqs') || self.topics.all(t, !has(t.retention) || duration(t.retention) <= duration('336h'))")
+        .message("spec.topics[].retention: AWS SQS keeps messages at most 14 days (336h); shorten the retention or use another broker for that env")
+        .field_path(".topics"),
+    validation = Rule::new("!self.envs.exists(e, e.type == 'AwsSqs') || self.topics.all(t, !has(t.retention) || duration(t.retention) >= duration('60s'))")
+        .message("spec.topics[].retention: AWS SQS keeps messages at least 60s; raise the retention")
+        .field_path(".topics"),
+)]
+#[serde(rename_all = "camelCase")]
+pub struct MessageBrokerSpec {
+    /// Human-friendly name of the bus, shown in tools; not used for broker-side names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 128))]
+    pub display_name: Option<String>,
+
+    /// What this bus is for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
+    pub description: Option<String>,
+
+    /// Fate of the broker-side objects this resource created when they leave the spec or the
+    /// resource is deleted: Retain (default) leaves them in place; Delete removes them, but never
+    /// one that still holds messages.
+    #[serde(default)]
+    pub deletion_policy: DeletionPolicy,
+
+    /// Broker-agnostic topics, provisioned identically in every environment.
+    #[serde(default)]
+    #[schemars(length(max = 1000))]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub topics: Vec<TopicSpec>,
+
+    /// Environments, each with the broker that carries the topics there. Keyed by slug.
+    #[schemars(length(min = 1, max = 16))]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["slug"]))]
+    pub envs: Vec<EnvSpec>,
+}
+
+/// What happens to broker-side objects this resource created once they are no longer wanted.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
+pub enum DeletionPolicy {
+    /// Leave them on the broker (default).
+    #[default]
+    Retain,
+    /// Delete them, unless they still hold messages.
+    Delete,
+}
+
+/// One logical topic. Apps address it as `<resource name>:<topic name>`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TopicSpec {
+    /// Topic name: lowercase letters, digits, '-' and '.', starting with a letter, 1 to 100 characters.
+    #[schemars(length(min = 1, max = 100), regex(pattern = r"^[a-z]([a-z0-9.-]*[a-z0-9])?$"))]
+    pub name: String,
+
+    /// Partition count hint (1 to 1000). Kafka honours it and may only grow it; other brokers
+    /// ignore it and say so in status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub partitions: Option<i32>,
+
+    /// How long messages are kept, as a duration such as `168h`, `30m` or `90s` (units h, m, s, ms;
+    /// between 1m and 8760h).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32), regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"))]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('1m') && duration(self) <= duration('8760h')").message("retention must be between 1m and 8760h (one year)"))]
+    pub retention: Option<String>,
+
+    /// Keep messages in order (FIFO queues, ordering keys) where the broker supports it.
+    #[serde(default)]
+    pub ordered: bool,
+
+    /// Subscriptions: each receives every message of the topic; its consumers compete. Keyed by name.
+    #[serde(default)]
+    #[schemars(length(max = 32))]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub subscriptions: Vec<SubscriptionSpec>,
+}
+
+/// A subscription to a topic.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SubscriptionSpec {
+    /// Subscription name: lowercase letters, digits and '-', starting with a letter, 1 to 60 characters.
+    #[schemars(length(min = 1, max = 60), regex(pattern = r"^[a-z]([a-z0-9-]*[a-z0-9])?$"))]
+    pub name: String,
+
+    /// Send messages that keep failing to a dead-letter destination.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_letter: Option<DeadLetterSpec>,
+}
+
+/// Dead-lettering for a subscription.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeadLetterSpec {
+    /// Deliveries before a message is dead-lettered (5 to 100; Google Pub/Sub's own bounds).
+    #[schemars(range(min = 5, max = 100))]
+    pub max_delivery_attempts: i32,
+}
+
+/// The broker kinds Switchyard can drive.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, schemars::JsonSchema)]
+pub enum BrokerType {
+    /// Apache Kafka (or a Kafka-API broker).
+    Kafka,
+    /// Redis streams.
+    Redis,
+    /// RabbitMQ over AMQP 0-9-1.
+    RabbitMQ,
+    /// Google Cloud Pub/Sub.
+    GooglePubSub,
+    /// AWS SQS with SNS fan-out.
+    AwsSqs,
+}
+
+impl BrokerType {
+    /// The name used in the API and in status.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BrokerType::Kafka => "Kafka",
+            BrokerType::Redis => "Redis",
+            BrokerType::RabbitMQ => "RabbitMQ",
+            BrokerType::GooglePubSub => "GooglePubSub",
+            BrokerType::AwsSqs => "AwsSqs",
+        }
+    }
+}
+
+impl std::fmt::Display for BrokerType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One environment: which broker carries the topics there, and how to reach it.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("self.type != 'Kafka' || (has(self.kafka) && !has(self.redis) && !has(self.rabbitmq) && !has(self.googlePubSub) && !has(self.awsSqs))")
+        .message("type Kafka needs exactly the `kafka` settings block (and no other broker's block)"),
+    validation = Rule::new("self.type != 'Redis' || (has(self.redis) && !has(self.kafka) && !has(self.rabbitmq) && !has(self.googlePubSub) && !has(self.awsSqs))")
+        .message("type Redis needs exactly the `redis` settings block (and no other broker's block)"),
+    validation = Rule::new("self.type != 'RabbitMQ' || (has(self.rabbitmq) && !has(self.kafka) && !has(self.redis) && !has(self.googlePubSub) && !has(self.awsSqs))")
+        .message("type RabbitMQ needs exactly the `rabbitmq` settings block (and no other broker's block)"),
+    validation = Rule::new("self.type != 'GooglePubSub' || (has(self.googlePubSub) && !has(self.kafka) && !has(self.redis) && !has(self.rabbitmq) && !has(self.awsSqs))")
+        .message("type GooglePubSub needs exactly the `googlePubSub` settings block (and no other broker's block)"),
+    validation = Rule::new("self.type != 'AwsSqs' || (has(self.awsSqs) && !has(self.kafka) && !has(self.redis) && !has(self.rabbitmq) && !has(self.googlePubSub))")
+        .message("type AwsSqs needs exactly the `awsSqs` settings block (and no other broker's block)"),
+)]
+pub struct EnvSpec {
+    /// Environment slug such as `prd` or `dev`: lowercase letters, digits and '-', 1 to 20 characters.
+    #[schemars(length(min = 1, max = 20), regex(pattern = r"^[a-z]([a-z0-9-]*[a-z0-9])?$"))]
+    pub slug: String,
+
+    /// Broker type for this environment; exactly the matching settings block must be set.
+    /// Changing it swaps the environment to the new broker without losing data.
+    #[serde(rename = "type")]
+    pub broker_type: BrokerType,
+
+    /// Take over broker-side objects that already exist with the derived names instead of
+    /// reporting a conflict. Adopted objects are treated as created by this resource.
+    #[serde(default)]
+    pub adopt_existing: bool,
+
+    /// Kafka settings (when type is Kafka).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kafka: Option<KafkaSpec>,
+    /// Redis settings (when type is Redis).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis: Option<RedisSpec>,
+    /// RabbitMQ settings (when type is RabbitMQ).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rabbitmq: Option<RabbitMqSpec>,
+    /// Google Pub/Sub settings (when type is GooglePubSub).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub google_pub_sub: Option<GooglePubSubSpec>,
+    /// AWS SQS/SNS settings (when type is AwsSqs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aws_sqs: Option<AwsSqsSpec>,
+}
+
+/// A key in a Secret in the same namespace as the MessageBroker.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    /// Secret name (same namespace; other namespaces are not allowed).
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"))]
+    pub name: String,
+    /// Key within the Secret.
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
+    pub key: String,
+}
+
+/// A Secret in the same namespace holding a username and a password.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CredentialsSecretRef {
+    /// Secret name (same namespace; other namespaces are not allowed).
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"))]
+    pub name: String,
+    /// Key holding the username (default `username`).
+    #[serde(default = "default_username_key")]
+    #[schemars(length(min = 1, max = 253))]
+    pub username_key: String,
+    /// Key holding the password (default `password`).
+    #[serde(default = "default_password_key")]
+    #[schemars(length(min = 1, max = 253))]
+    pub password_key: String,
+}
+
+fn default_username_key() -> String {
+    "username".into()
+}
+fn default_password_key() -> String {
+    "password".into()
+}
+
+/// TLS towards the broker.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsSpec {
+    /// Use TLS.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// CA bundle (PEM) that signs the broker's certificate; the system roots when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret_ref: Option<SecretKeyRef>,
+    /// Client certificate (PEM) for mutual TLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_secret_ref: Option<SecretKeyRef>,
+    /// Client private key (PEM) for mutual TLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_secret_ref: Option<SecretKeyRef>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// Kafka connection and topic defaults.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.tls) || !has(self.tls.certSecretRef) == !has(self.tls.keySecretRef)").message("tls.certSecretRef and tls.keySecretRef go together"))]
+pub struct KafkaSpec {
+    /// Bootstrap servers as host:port.
+    #[schemars(length(min = 1, max = 16))]
+    #[schemars(inner(length(min = 3, max = 255), regex(pattern = r"^[^\s:/]+:[0-9]{1,5}$")))]
+    pub bootstrap_servers: Vec<String>,
+    /// Client id the operator uses (default `switchyard`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub client_id: Option<String>,
+    /// Replication factor of created topics (default: the broker's default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 16))]
+    pub replication_factor: Option<i32>,
+    /// Prefix for physical topic names; replaces the default `<namespace>.<name>.`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 100), regex(pattern = r"^[a-zA-Z0-9._-]*$"))]
+    pub topic_prefix: Option<String>,
+    /// Topic configs applied to every topic (e.g. `cleanup.policy: delete`); retention comes from the topic.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 32))]
+    pub topic_config: BTreeMap<String, String>,
+    /// TLS settings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsSpec>,
+    /// SASL authentication.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sasl: Option<KafkaSaslSpec>,
+}
+
+/// SASL mechanisms for Kafka.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, schemars::JsonSchema)]
+pub enum SaslMechanism {
+    /// Username and password in clear (use with TLS).
+    #[serde(rename = "PLAIN")]
+    Plain,
+    /// SCRAM with SHA-256.
+    #[serde(rename = "SCRAM-SHA-256")]
+    ScramSha256,
+    /// SCRAM with SHA-512.
+    #[serde(rename = "SCRAM-SHA-512")]
+    ScramSha512,
+}
+
+impl SaslMechanism {
+    /// The mechanism name as Kafka clients spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SaslMechanism::Plain => "PLAIN",
+            SaslMechanism::ScramSha256 => "SCRAM-SHA-256",
+            SaslMechanism::ScramSha512 => "SCRAM-SHA-512",
+        }
+    }
+}
+
+/// Kafka SASL settings.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KafkaSaslSpec {
+    /// SASL mechanism.
+    pub mechanism: SaslMechanism,
+    /// Secret with the username and password.
+    pub credentials_secret_ref: CredentialsSecretRef,
+}
+
+/// Redis connection.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RedisSpec {
+    /// Server URL, `redis://host:port[/db]` or `rediss://` for TLS. No credentials in the URL.
+    #[schemars(length(min = 10, max = 512), regex(pattern = r"^rediss?://[^\s@]+$"))]
+    pub url: String,
+    /// Database number (overrides the one in the URL).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 15))]
+    pub database: Option<i64>,
+    /// ACL username (default user when unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username_secret_ref: Option<SecretKeyRef>,
+    /// Password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_secret_ref: Option<SecretKeyRef>,
+    /// CA bundle (PEM) for `rediss://`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret_ref: Option<SecretKeyRef>,
+}
+
+/// RabbitMQ queue types.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, schemars::JsonSchema)]
+pub enum QueueType {
+    /// Replicated, durable queues (default).
+    #[default]
+    Quorum,
+    /// Classic queues.
+    Classic,
+}
+
+/// RabbitMQ connection.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.url) != has(self.host)").message("set either url or host (not both)"))]
+pub struct RabbitMqSpec {
+    /// AMQP URL `amqp://host:port/vhost` or `amqps://...`, without credentials.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 512), regex(pattern = r"^amqps?://[^\s@]+$"))]
+    pub url: Option<String>,
+    /// Host name (instead of url).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
+    pub host: Option<String>,
+    /// Port (default 5672, or 5671 with TLS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: Option<i32>,
+    /// Virtual host (default `/`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 255))]
+    pub vhost: Option<String>,
+    /// TLS settings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsSpec>,
+    /// Secret with the username and password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret_ref: Option<CredentialsSecretRef>,
+    /// Queue type for subscription queues (Quorum by default).
+    #[serde(default)]
+    pub queue_type: QueueType,
+    /// Management HTTP API URL, used for observation (message counts, arguments) when set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 512), regex(pattern = r"^https?://[^\s@]+$"))]
+    pub management_url: Option<String>,
+}
+
+/// Google Pub/Sub project and credentials.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GooglePubSubSpec {
+    /// Google Cloud project id.
+    #[schemars(length(min = 6, max = 30), regex(pattern = r"^[a-z][a-z0-9-]*[a-z0-9]$"))]
+    pub project_id: String,
+    /// Service-account JSON key; workload identity / application default credentials when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret_ref: Option<SecretKeyRef>,
+    /// Endpoint override such as `http://pubsub-emulator:8085` (anonymous credentials are used).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 512), regex(pattern = r"^https?://[^\s@]+$"))]
+    pub endpoint: Option<String>,
+    /// Ack deadline of created subscriptions in seconds (10 to 600, default 10).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 10, max = 600))]
+    pub ack_deadline_seconds: Option<i32>,
+}
+
+/// AWS credentials in a Secret.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AwsCredentialsSecretRef {
+    /// Secret name (same namespace).
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"))]
+    pub name: String,
+    /// Key holding the access key id (default `accessKeyId`).
+    #[serde(default = "default_access_key_id_key")]
+    pub access_key_id_key: String,
+    /// Key holding the secret access key (default `secretAccessKey`).
+    #[serde(default = "default_secret_access_key_key")]
+    pub secret_access_key_key: String,
+    /// Key holding an optional session token (default `sessionToken`; ignored when absent).
+    #[serde(default = "default_session_token_key")]
+    pub session_token_key: String,
+}
+
+fn default_access_key_id_key() -> String {
+    "accessKeyId".into()
+}
+fn default_secret_access_key_key() -> String {
+    "secretAccessKey".into()
+}
+fn default_session_token_key() -> String {
+    "sessionToken".into()
+}
+
+/// AWS SQS (with SNS fan-out) region and credentials.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AwsSqsSpec {
+    /// AWS region such as `eu-west-1`.
+    #[schemars(length(min = 4, max = 32), regex(pattern = r"^[a-z]{2}(-[a-z]+)+-[0-9]+$"))]
+    pub region: String,
+    /// Static credentials; the default chain (IRSA / web identity) when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret_ref: Option<AwsCredentialsSecretRef>,
+    /// Endpoint override for SQS and SNS (an SQS/SNS-compatible server).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 512), regex(pattern = r"^https?://[^\s@]+$"))]
+    pub endpoint: Option<String>,
+}
+
+impl EnvSpec {
+    /// Every Secret this env references, for watching and resolving.
+    pub fn secret_names(&self) -> Vec<&str> {
+        let mut names = Vec::new();
+        fn tls(t: &Option<TlsSpec>) -> Vec<&str> {
+            t.iter()
+                .flat_map(|t| [&t.ca_secret_ref, &t.cert_secret_ref, &t.key_secret_ref])
+                .flatten()
+                .map(|r| r.name.as_str())
+                .collect()
+        }
+        if let Some(k) = &self.kafka {
+            names.extend(tls(&k.tls));
+            names.extend(k.sasl.iter().map(|s| s.credentials_secret_ref.name.as_str()));
+        }
+        if let Some(r) = &self.redis {
+            names.extend(
+                [&r.username_secret_ref, &r.password_secret_ref, &r.ca_secret_ref]
+                    .into_iter()
+                    .flatten()
+                    .map(|s| s.name.as_str()),
+            );
+        }
+        if let Some(r) = &self.rabbitmq {
+            names.extend(tls(&r.tls));
+            names.extend(r.credentials_secret_ref.iter().map(|s| s.name.as_str()));
+        }
+        if let Some(g) = &self.google_pub_sub {
+            names.extend(g.credentials_secret_ref.iter().map(|s| s.name.as_str()));
+        }
+        if let Some(a) = &self.aws_sqs {
+            names.extend(a.credentials_secret_ref.iter().map(|s| s.name.as_str()));
+        }
+        names.sort_unstable();
+        names.dedup();
+        names
+    }
+}
+
+impl TopicSpec {
+    /// The retention as a duration; `None` when unset. The schema already restricts the format,
+    /// so an error here means the object bypassed admission.
+    pub fn retention_duration(&self) -> Result<Option<std::time::Duration>, String> {
+        self.retention.as_deref().map(parse_duration).transpose()
+    }
+}
+
+/// Parse a Go-style duration such as `168h`, `1h30m`, `90s`, `1.5h` or `250ms`.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let err = || format!("{s:?} is not a duration like 168h, 30m, 90s or 1h30m");
+    let mut total = 0f64;
+    let mut rest = s;
+    if rest.is_empty() {
+        return Err(err());
+    }
+    while !rest.is_empty() {
+        let num_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).ok_or_else(err)?;
+        if num_len == 0 {
+            return Err(err());
+        }
+        let value: f64 = rest[..num_len].parse().map_err(|_| err())?;
+        rest = &rest[num_len..];
+        let unit_len = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
+        let factor = match &rest[..unit_len] {
+            "h" => 3600.0,
+            "m" => 60.0,
+            "s" => 1.0,
+            "ms" => 0.001,
+            _ => return Err(err()),
+        };
+        total += value * factor;
+        rest = &rest[unit_len..];
+    }
+    if !total.is_finite() || total > 1e12 {
+        return Err(err());
+    }
+    Ok(std::time::Duration::from_secs_f64(total))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_like_go() {
+        assert_eq!(parse_duration("168h").ok(), Some(std::time::Duration::from_secs(168 * 3600)));
+        assert_eq!(parse_duration("1h30m").ok(), Some(std::time::Duration::from_secs(5400)));
+        assert_eq!(parse_duration("1.5h").ok(), Some(std::time::Duration::from_secs(5400)));
+        assert_eq!(parse_duration("250ms").ok(), Some(std::time::Duration::from_millis(250)));
+        for bad in ["", "h", "10", "10d", "1x", "-1h", "1..2h"] {
+            assert!(parse_duration(bad).is_err(), "{bad} should not parse");
+        }
+    }
+}

@@ -1,0 +1,386 @@
+//! Broker backends behind one trait, and the broker-agnostic model they share.
+//!
+//! The reconcile pipeline is: desired (pure, from the spec) → observe (I/O) → plan (pure) →
+//! apply (I/O). Each backend module supplies the pure `desired` mapping for its broker and a
+//! [`Backend`] implementation for the I/O; [`plan::plan`] is shared by all of them, so the
+//! controller and `switchyard plan` compute exactly the same changes.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde::Serialize;
+
+use crate::api::{BrokerType, EnvSpec, TopicSpec};
+use crate::secrets::{ResolvedSecrets, SecretValue};
+
+pub mod fake;
+pub mod naming;
+pub mod plan;
+pub mod pool;
+
+/// Who is asking: the MessageBroker's namespace and name. Broker-side names derive from it,
+/// and ownership markers carry [`Scope::owner`].
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Scope {
+    /// Namespace of the MessageBroker.
+    pub namespace: String,
+    /// Name of the MessageBroker.
+    pub name: String,
+}
+
+impl Scope {
+    /// The ownership marker value: `namespace/name`.
+    pub fn owner(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+}
+
+/// What kind of broker-side object a desired or observed object is. Order matters: creation
+/// runs in this order and deletion in reverse, so parents exist before children.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum ObjectKind {
+    /// A dead-letter destination (topic, stream, exchange+queue, SQS queue).
+    DeadLetter,
+    /// A topic (Kafka topic, Redis stream, RabbitMQ exchange, Pub/Sub topic, SNS topic).
+    Topic,
+    /// A queue (RabbitMQ queue, SQS queue).
+    Queue,
+    /// A subscription (consumer group, Pub/Sub subscription, SNS subscription).
+    Subscription,
+    /// A binding between a topic and a queue.
+    Binding,
+}
+
+impl ObjectKind {
+    /// Lowercase name used in keys and status.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ObjectKind::DeadLetter => "deadLetter",
+            ObjectKind::Topic => "topic",
+            ObjectKind::Queue => "queue",
+            ObjectKind::Subscription => "subscription",
+            ObjectKind::Binding => "binding",
+        }
+    }
+}
+
+/// Identity of a broker-side object: kind and physical name, printed as `kind/name`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct ObjectKey {
+    /// Kind.
+    pub kind: ObjectKind,
+    /// Physical (broker-side) name.
+    pub name: String,
+}
+
+impl ObjectKey {
+    /// A key.
+    pub fn new(kind: ObjectKind, name: impl Into<String>) -> Self {
+        ObjectKey { kind, name: name.into() }
+    }
+
+    /// Parse `kind/name` as stored in status; `None` for anything else.
+    pub fn parse(s: &str) -> Option<Self> {
+        let (kind, name) = s.split_once('/')?;
+        let kind = [
+            ObjectKind::DeadLetter,
+            ObjectKind::Topic,
+            ObjectKind::Queue,
+            ObjectKind::Subscription,
+            ObjectKind::Binding,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == kind)?;
+        Some(ObjectKey::new(kind, name))
+    }
+}
+
+impl fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.kind.as_str(), self.name)
+    }
+}
+
+/// One broker-side object as the spec wants it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct DesiredObject {
+    /// Identity.
+    pub key: ObjectKey,
+    /// The logical name it serves, e.g. `order-created` or `order-created/billing`.
+    pub logical: String,
+    /// Physical name of the object it hangs off (a queue's exchange, a group's stream), if any.
+    pub parent: Option<String>,
+    /// Partition count, where the broker has partitions.
+    pub partitions: Option<i32>,
+    /// Settings to converge, in the broker's own vocabulary (`retention.ms`, `x-message-ttl`, …).
+    pub config: BTreeMap<String, String>,
+}
+
+/// What the spec means on one broker: the objects to have, and remarks for status.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct DesiredState {
+    /// Objects in creation order.
+    pub objects: Vec<DesiredObject>,
+    /// Remarks such as "partitions are ignored by Redis".
+    pub notes: Vec<String>,
+}
+
+/// One broker-side object as observed.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ObservedObject {
+    /// Partition count, where the broker has partitions.
+    pub partitions: Option<i32>,
+    /// Current settings (at least those the desired object names).
+    pub config: BTreeMap<String, String>,
+    /// Ownership marker on the broker (label, tag, registry entry), when the broker can hold one.
+    pub owner: Option<String>,
+    /// Messages still held (ready + unacknowledged / pending), when the broker can tell.
+    pub messages: Option<u64>,
+}
+
+/// The observed state of the objects asked about; absent keys do not exist.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Observed {
+    /// Existing objects by key.
+    pub objects: BTreeMap<ObjectKey, ObservedObject>,
+}
+
+/// A setting that changes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ConfigChange {
+    /// Setting name.
+    pub key: String,
+    /// Current value, if set.
+    pub before: Option<String>,
+    /// Wanted value.
+    pub after: String,
+}
+
+/// One step of a plan.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "action", rename_all = "camelCase")]
+pub enum Action {
+    /// Create an object.
+    Create {
+        /// The object.
+        object: DesiredObject,
+    },
+    /// Take over an existing object (spec opted into adoption).
+    Adopt {
+        /// The object.
+        object: DesiredObject,
+    },
+    /// Change settings in place.
+    Update {
+        /// The object with its wanted settings.
+        object: DesiredObject,
+        /// What changes.
+        changes: Vec<ConfigChange>,
+    },
+    /// Grow partitions.
+    AddPartitions {
+        /// The object.
+        object: DesiredObject,
+        /// Current count.
+        from: i32,
+        /// Wanted count.
+        to: i32,
+    },
+    /// Delete an object this resource owns that the spec no longer wants.
+    Delete {
+        /// The object.
+        key: ObjectKey,
+    },
+}
+
+impl Action {
+    /// The object the action is about.
+    pub fn key(&self) -> &ObjectKey {
+        match self {
+            Action::Create { object }
+            | Action::Adopt { object }
+            | Action::Update { object, .. }
+            | Action::AddPartitions { object, .. } => &object.key,
+            Action::Delete { key } => key,
+        }
+    }
+}
+
+/// A change the plan will not make, with the condition reason that explains it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Refusal {
+    /// The object.
+    pub key: ObjectKey,
+    /// Condition reason (see `api::conditions::reasons`).
+    pub reason: &'static str,
+    /// Human-readable explanation.
+    pub message: String,
+    /// Whether waiting can resolve it (a draining queue) rather than a spec change.
+    pub transient: bool,
+}
+
+/// What a backend can and cannot change in place.
+#[derive(Clone, Copy, Debug)]
+pub struct Capabilities {
+    /// The broker has partitions (only Kafka).
+    pub partitions: bool,
+    /// Settings that cannot change after creation, with the reason to report.
+    pub immutable_config: &'static [(&'static str, &'static str)],
+}
+
+/// Connection details for the binding Secret (Service Binding spec keys).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ConnectionInfo {
+    /// `provider` entry, e.g. `apache-kafka`, `redis`, `rabbitmq`, `google`, `aws`.
+    pub provider: String,
+    /// Host of the first endpoint.
+    pub host: Option<String>,
+    /// Port of the first endpoint.
+    pub port: Option<u16>,
+    /// URI without credentials (or bootstrap servers list for Kafka).
+    pub uri: Option<String>,
+    /// Username, copied from the referenced Secret.
+    pub username: Option<SecretValue>,
+    /// Password, copied from the referenced Secret.
+    pub password: Option<SecretValue>,
+    /// Further backend-specific entries (e.g. `bootstrap-servers`, `project-id`, `region`).
+    pub extra: BTreeMap<String, String>,
+}
+
+/// Why a broker call failed, as a condition reason can express it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BrokerErrorKind {
+    /// Connection refused, no route, DNS failure.
+    Unreachable,
+    /// No answer in time.
+    Timeout,
+    /// TLS handshake or certificate verification.
+    Tls,
+    /// Credentials refused.
+    Authentication,
+    /// Authenticated but not allowed.
+    PermissionDenied,
+    /// vhost / project / account not found.
+    NotFound,
+    /// The broker refused the request as invalid (permanent).
+    Rejected,
+    /// Anything else; assumed transient.
+    Other,
+}
+
+/// An error from a broker, with a message fit for status (never holding credentials).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct BrokerError {
+    /// Classification.
+    pub kind: BrokerErrorKind,
+    /// What happened.
+    pub message: String,
+}
+
+impl BrokerError {
+    /// An error of the given kind.
+    pub fn new(kind: BrokerErrorKind, message: impl Into<String>) -> Self {
+        BrokerError { kind, message: message.into() }
+    }
+
+    /// The condition reason for this error.
+    pub fn reason(&self) -> &'static str {
+        use crate::api::conditions::reasons;
+        match self.kind {
+            BrokerErrorKind::Unreachable => reasons::UNREACHABLE,
+            BrokerErrorKind::Timeout => reasons::TIMEOUT,
+            BrokerErrorKind::Tls => reasons::TLS_FAILED,
+            BrokerErrorKind::Authentication => reasons::AUTHENTICATION_FAILED,
+            BrokerErrorKind::PermissionDenied => reasons::PERMISSION_DENIED,
+            BrokerErrorKind::NotFound => reasons::NOT_FOUND,
+            BrokerErrorKind::Rejected | BrokerErrorKind::Other => reasons::BROKER_ERROR,
+        }
+    }
+
+    /// Whether retrying later can help without a change to spec or broker configuration.
+    /// Credentials and permissions are fixed by a Secret or broker change, which re-triggers
+    /// reconcile through the Secret watch; they are still retried on the slow resync.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self.kind,
+            BrokerErrorKind::Unreachable | BrokerErrorKind::Timeout | BrokerErrorKind::Other
+        )
+    }
+}
+
+/// Outcome of applying one action.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ActionOutcome {
+    /// The object.
+    pub key: ObjectKey,
+    /// Success, or why it failed.
+    pub result: Result<(), BrokerError>,
+}
+
+/// A connection to one broker endpoint with one set of credentials, shared (pooled) by every
+/// MessageBroker that uses it.
+#[async_trait]
+pub trait Backend: Send + Sync {
+    /// Which broker this talks to.
+    fn broker_type(&self) -> BrokerType;
+
+    /// Check the broker answers and the credentials work, within the backend's timeout.
+    async fn check(&self) -> Result<(), BrokerError>;
+
+    /// Observe the given objects (desired ones and owned ones). Missing objects are absent
+    /// from the result; an error means the observation itself failed.
+    async fn observe(&self, scope: &Scope, keys: &[ObjectKey]) -> Result<Observed, BrokerError>;
+
+    /// Apply actions in order; one outcome per action. Independent actions may be batched.
+    async fn apply(&self, scope: &Scope, actions: &[Action]) -> Vec<ActionOutcome>;
+}
+
+/// Builds backends for an env's settings and credentials. The real one dispatches to the
+/// backend modules; tests use [`fake::FakeConnector`].
+#[async_trait]
+pub trait Connector: Send + Sync {
+    /// A backend for this env (may be lazily connected).
+    async fn connect(&self, env: &EnvSpec, secrets: &ResolvedSecrets) -> Result<Arc<dyn Backend>, BrokerError>;
+}
+
+/// Pure mapping of the spec onto one broker: the objects to have and their settings.
+pub fn desired(scope: &Scope, env: &EnvSpec, topics: &[TopicSpec]) -> Result<DesiredState, crate::Error> {
+    registry::desired(scope, env, topics)
+}
+
+/// What the broker can change in place.
+pub fn capabilities(broker_type: BrokerType) -> Capabilities {
+    registry::capabilities(broker_type)
+}
+
+/// Connection details for the binding Secret; pure (no broker call).
+pub fn connection_info(env: &EnvSpec, secrets: &ResolvedSecrets) -> Result<ConnectionInfo, crate::Error> {
+    registry::connection_info(env, secrets)
+}
+
+mod registry;
+pub use registry::RealConnector;
+
+pub mod kafka;
+pub mod pubsub;
+pub mod rabbitmq;
+pub mod redis;
+pub mod sqs;
+
+/// Observe what the desired and owned objects look like on the broker, and plan the changes.
+pub async fn observe_and_plan(
+    backend: &dyn Backend,
+    desired: &DesiredState,
+    input: &plan::PlanInput<'_>,
+) -> Result<(Observed, plan::Plan), BrokerError> {
+    let mut keys: std::collections::BTreeSet<ObjectKey> = desired.objects.iter().map(|o| o.key.clone()).collect();
+    keys.extend(input.owned.iter().cloned());
+    let keys: Vec<ObjectKey> = keys.into_iter().collect();
+    let observed = backend.observe(input.scope, &keys).await?;
+    let plan = plan::plan(desired, &observed, input);
+    Ok((observed, plan))
+}

@@ -1,0 +1,95 @@
+//! The one error type of the operator. Each variant names the step that failed and maps to a
+//! category string used in metrics, Events and condition reasons.
+
+use crate::brokers::BrokerError;
+
+/// Errors of the reconcile pipeline and the CLI.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A Kubernetes API call failed.
+    #[error("kubernetes API: {0}")]
+    Kube(#[source] kube::Error),
+
+    /// A referenced Secret does not exist.
+    #[error("Secret {secret:?} not found in the MessageBroker's namespace")]
+    SecretNotFound {
+        /// Secret name.
+        secret: String,
+    },
+
+    /// A referenced key is missing from its Secret.
+    #[error("Secret {secret:?} has no key {key:?}")]
+    SecretKeyMissing {
+        /// Secret name.
+        secret: String,
+        /// Missing key.
+        key: String,
+    },
+
+    /// A Secret value is not UTF-8 text.
+    #[error("Secret {secret:?} key {key:?} is not UTF-8 text")]
+    SecretNotUtf8 {
+        /// Secret name.
+        secret: String,
+        /// Key.
+        key: String,
+    },
+
+    /// The spec passed the API server but cannot be acted on.
+    #[error("invalid spec: {0}")]
+    InvalidSpec(String),
+
+    /// A broker call failed.
+    #[error("broker: {0}")]
+    Broker(#[source] BrokerError),
+
+    /// The object lacks a namespace or name (never true for objects from the API server).
+    #[error("object has no {0}")]
+    MissingMetadata(&'static str),
+
+    /// A finalizer step failed.
+    #[error("finalizer: {0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+
+    /// Serialising YAML or JSON failed.
+    #[error("serialization: {0}")]
+    Serialization(String),
+
+    /// Reading input files failed.
+    #[error("{0}")]
+    Io(String),
+}
+
+impl Error {
+    /// A short category for metrics labels and Event reasons.
+    pub fn category(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "kube",
+            Error::SecretNotFound { .. } | Error::SecretKeyMissing { .. } | Error::SecretNotUtf8 { .. } => "secret",
+            Error::InvalidSpec(_) => "invalid_spec",
+            Error::Broker(_) => "broker",
+            Error::MissingMetadata(_) => "metadata",
+            Error::Finalizer(_) => "finalizer",
+            Error::Serialization(_) => "serialization",
+            Error::Io(_) => "io",
+        }
+    }
+
+    /// Whether retrying without a spec change can help.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::InvalidSpec(_) | Error::MissingMetadata(_) | Error::Serialization(_) => false,
+            Error::Broker(b) => b.is_transient(),
+            Error::Finalizer(e) => match e.as_ref() {
+                kube::runtime::finalizer::Error::ApplyFailed(e) | kube::runtime::finalizer::Error::CleanupFailed(e) => {
+                    e.is_transient()
+                }
+                _ => true,
+            },
+            _ => true,
+        }
+    }
+}
+
+/// Result alias.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

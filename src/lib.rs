@@ -1,0 +1,12 @@
+//! Switchyard: a Kubernetes operator that turns `MessageBroker` resources into topics, queues
+//! and subscriptions on Kafka, Redis, RabbitMQ, Google Pub/Sub and AWS SQS, and publishes a
+//! per-environment connection Secret that apps read.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod api;
+pub mod brokers;
+pub mod error;
+pub mod secrets;
+
+pub use error::{Error, Result};

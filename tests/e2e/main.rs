@@ -1,0 +1,4 @@
+//! Integration tests against the real API server and brokers started by `tests/env/up.sh`.
+//! One binary with modules keeps link time down.
+
+mod support;

@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# Shared helpers for the test-environment scripts. Source it; do not run it.
+#
+# Layout:
+#   CACHE_DIR  slow-to-build artefacts keyed by pinned version (kept between clones)
+#   RUN_DIR    this run's data, logs, pid files and env fragments (inside the clone)
+set -euo pipefail
+
+ENV_SRC_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO_DIR="$(cd "$ENV_SRC_DIR/../.." && pwd)"
+CACHE_DIR="${SWITCHYARD_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/switchyard}"
+RUN_DIR="${SWITCHYARD_RUN_DIR:-$REPO_DIR/target/testenv}"
+BIN_DIR="$CACHE_DIR/bin"
+mkdir -p "$CACHE_DIR" "$RUN_DIR" "$BIN_DIR"
+
+log() { printf '[env] %s\n' "$*" >&2; }
+
+# die NAME LOGFILE MESSAGE: name the failing service and show the tail of its log.
+die() {
+  local name="$1" logfile="$2"; shift 2
+  printf '[env] ERROR: %s: %s\n' "$name" "$*" >&2
+  if [ -n "$logfile" ] && [ -f "$logfile" ]; then
+    printf '[env] --- last 40 lines of %s ---\n' "$logfile" >&2
+    tail -n 40 "$logfile" >&2 || true
+  fi
+  exit 1
+}
+
+# free_port: a TCP port on 127.0.0.1 that nothing listens on right now.
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+}
+
+# wait_for NAME LOGFILE TIMEOUT_SECONDS COMMAND...: poll COMMAND until it succeeds.
+wait_for() {
+  local name="$1" logfile="$2" timeout="$3"; shift 3
+  local deadline=$((SECONDS + timeout))
+  until "$@" >/dev/null 2>&1; do
+    if [ "$SECONDS" -ge "$deadline" ]; then
+      die "$name" "$logfile" "not ready after ${timeout}s (check: $*)"
+    fi
+    sleep 0.2
+  done
+}
+
+# record_pid NAME PID: remember a process this run started, so down.sh stops exactly it.
+record_pid() { echo "$2" >"$RUN_DIR/$1.pid"; }
+
+# pid_alive PID: the process exists and is not a zombie. Our daemons are reparented to PID 1
+# once the start script exits, and an exited one stays a zombie until PID 1 reaps it (which
+# can take a while, or never happen in a container without an init); kill -0 still succeeds.
+pid_alive() {
+  kill -0 "$1" 2>/dev/null && [ "$(ps -o stat= -p "$1" 2>/dev/null | cut -c1)" != Z ]
+}
+
+# stop_pid NAME: stop the process recorded for NAME (TERM, then KILL), if still alive.
+stop_pid() {
+  local f="$RUN_DIR/$1.pid" pid
+  [ -f "$f" ] || return 0
+  pid="$(cat "$f")"
+  if pid_alive "$pid"; then
+    kill "$pid" 2>/dev/null || true
+    for _ in $(seq 1 50); do pid_alive "$pid" || break; sleep 0.1; done
+    pid_alive "$pid" && kill -9 "$pid" 2>/dev/null || true
+  fi
+  rm -f "$f"
+}
+
+# is_running NAME: the recorded process is alive.
+is_running() {
+  local f="$RUN_DIR/$1.pid"
+  [ -f "$f" ] && pid_alive "$(cat "$f")"
+}
+
+# write_env NAME: stdin holds `export KEY=VALUE` lines; saved as this service's env fragment.
+write_env() { cat >"$RUN_DIR/$1.env"; }
