@@ -65,7 +65,9 @@ impl Error {
     pub fn category(&self) -> &'static str {
         match self {
             Error::Kube(_) => "kube",
-            Error::SecretNotFound { .. } | Error::SecretKeyMissing { .. } | Error::SecretNotUtf8 { .. } => "secret",
+            Error::SecretNotFound { .. }
+            | Error::SecretKeyMissing { .. }
+            | Error::SecretNotUtf8 { .. } => "secret",
             Error::InvalidSpec(_) => "invalid_spec",
             Error::Broker(_) => "broker",
             Error::MissingMetadata(_) => "metadata",
@@ -81,9 +83,8 @@ impl Error {
             Error::InvalidSpec(_) | Error::MissingMetadata(_) | Error::Serialization(_) => false,
             Error::Broker(b) => b.is_transient(),
             Error::Finalizer(e) => match e.as_ref() {
-                kube::runtime::finalizer::Error::ApplyFailed(e) | kube::runtime::finalizer::Error::CleanupFailed(e) => {
-                    e.is_transient()
-                }
+                kube::runtime::finalizer::Error::ApplyFailed(e)
+                | kube::runtime::finalizer::Error::CleanupFailed(e) => e.is_transient(),
                 _ => true,
             },
             _ => true,

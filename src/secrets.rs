@@ -45,8 +45,10 @@ pub struct ResolvedSecrets {
 impl ResolvedSecrets {
     /// Record a value (used by resolvers and tests).
     pub fn insert(&mut self, secret: &str, key: &str, value: impl Into<String>) {
-        self.values
-            .insert((secret.to_string(), key.to_string()), SecretValue::new(value));
+        self.values.insert(
+            (secret.to_string(), key.to_string()),
+            SecretValue::new(value),
+        );
     }
 
     /// The value of a key, or an error naming the Secret and key (never the value).
@@ -60,7 +62,10 @@ impl ResolvedSecrets {
     }
 
     /// Username and password from a credentials Secret.
-    pub fn credentials(&self, r: &CredentialsSecretRef) -> Result<(SecretValue, SecretValue), Error> {
+    pub fn credentials(
+        &self,
+        r: &CredentialsSecretRef,
+    ) -> Result<(SecretValue, SecretValue), Error> {
         Ok((
             self.lookup(&r.name, &r.username_key)?.clone(),
             self.lookup(&r.name, &r.password_key)?.clone(),
@@ -68,10 +73,11 @@ impl ResolvedSecrets {
     }
 
     fn lookup(&self, secret: &str, key: &str) -> Result<&SecretValue, Error> {
-        self.get_opt(secret, key).ok_or_else(|| Error::SecretKeyMissing {
-            secret: secret.to_string(),
-            key: key.to_string(),
-        })
+        self.get_opt(secret, key)
+            .ok_or_else(|| Error::SecretKeyMissing {
+                secret: secret.to_string(),
+                key: key.to_string(),
+            })
     }
 
     /// A stable digest of every value, for pooling clients per endpoint + credentials
@@ -92,7 +98,11 @@ impl ResolvedSecrets {
 }
 
 /// Read every Secret an env references (same namespace only; the API has no namespace field).
-pub async fn resolve(client: &Client, namespace: &str, env: &EnvSpec) -> Result<ResolvedSecrets, Error> {
+pub async fn resolve(
+    client: &Client,
+    namespace: &str,
+    env: &EnvSpec,
+) -> Result<ResolvedSecrets, Error> {
     let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
     let mut resolved = ResolvedSecrets::default();
     for name in env.secret_names() {
@@ -100,7 +110,9 @@ pub async fn resolve(client: &Client, namespace: &str, env: &EnvSpec) -> Result<
             .get_opt(name)
             .await
             .map_err(Error::Kube)?
-            .ok_or_else(|| Error::SecretNotFound { secret: name.to_string() })?;
+            .ok_or_else(|| Error::SecretNotFound {
+                secret: name.to_string(),
+            })?;
         for (key, value) in secret.data.unwrap_or_default() {
             let text = String::from_utf8(value.0).map_err(|_| Error::SecretNotUtf8 {
                 secret: name.to_string(),
@@ -131,10 +143,16 @@ mod tests {
     fn missing_key_names_secret_and_key() {
         let s = ResolvedSecrets::default();
         let err = s
-            .get(&SecretKeyRef { name: "kafka-user".into(), key: "password".into() })
+            .get(&SecretKeyRef {
+                name: "kafka-user".into(),
+                key: "password".into(),
+            })
             .expect_err("missing");
         let msg = err.to_string();
-        assert!(msg.contains("kafka-user") && msg.contains("password"), "{msg}");
+        assert!(
+            msg.contains("kafka-user") && msg.contains("password"),
+            "{msg}"
+        );
     }
 
     #[test]

@@ -85,7 +85,12 @@ pub struct Desired {
 
 impl Desired {
     /// A condition with the given status, reason and message.
-    pub fn new(type_: &'static str, is_true: bool, reason: &str, message: impl Into<String>) -> Self {
+    pub fn new(
+        type_: &'static str,
+        is_true: bool,
+        reason: &str,
+        message: impl Into<String>,
+    ) -> Self {
         Desired {
             type_,
             status: if is_true { status::TRUE } else { status::FALSE },
@@ -98,7 +103,12 @@ impl Desired {
 /// Merge freshly computed conditions into the stored ones: `lastTransitionTime` changes only
 /// when a condition's status flips; reason, message and observedGeneration follow the new value.
 /// Conditions not in `desired` are dropped, so stale types do not linger.
-pub fn merge(existing: &[Condition], desired: &[Desired], generation: Option<i64>, now: &Time) -> Vec<Condition> {
+pub fn merge(
+    existing: &[Condition],
+    desired: &[Desired],
+    generation: Option<i64>,
+    now: &Time,
+) -> Vec<Condition> {
     desired
         .iter()
         .map(|d| {
@@ -141,17 +151,42 @@ mod tests {
     fn transition_time_moves_only_when_status_flips() {
         let t0 = time("2026-01-01T00:00:00Z");
         let t1 = time("2026-01-01T00:05:00Z");
-        let first = merge(&[], &[Desired::new(types::READY, false, reasons::PROGRESSING, "working")], Some(1), &t0);
+        let first = merge(
+            &[],
+            &[Desired::new(
+                types::READY,
+                false,
+                reasons::PROGRESSING,
+                "working",
+            )],
+            Some(1),
+            &t0,
+        );
         assert_eq!(first[0].last_transition_time, t0);
 
         // Same status, new message: time stays.
-        let second = merge(&first, &[Desired::new(types::READY, false, reasons::UNREACHABLE, "down")], Some(2), &t1);
+        let second = merge(
+            &first,
+            &[Desired::new(
+                types::READY,
+                false,
+                reasons::UNREACHABLE,
+                "down",
+            )],
+            Some(2),
+            &t1,
+        );
         assert_eq!(second[0].last_transition_time, t0);
         assert_eq!(second[0].reason, reasons::UNREACHABLE);
         assert_eq!(second[0].observed_generation, Some(2));
 
         // Flip: time moves.
-        let third = merge(&second, &[Desired::new(types::READY, true, reasons::RECONCILED, "ok")], Some(2), &t1);
+        let third = merge(
+            &second,
+            &[Desired::new(types::READY, true, reasons::RECONCILED, "ok")],
+            Some(2),
+            &t1,
+        );
         assert_eq!(third[0].last_transition_time, t1);
         assert_eq!(third[0].status, status::TRUE);
     }
@@ -168,7 +203,12 @@ mod tests {
             Some(1),
             &t0,
         );
-        let second = merge(&first, &[Desired::new(types::READY, true, reasons::RECONCILED, "")], Some(1), &t0);
+        let second = merge(
+            &first,
+            &[Desired::new(types::READY, true, reasons::RECONCILED, "")],
+            Some(1),
+            &t0,
+        );
         assert_eq!(second.len(), 1);
         assert!(find(&second, types::STALLED).is_none());
         assert!(is_true(&second, types::READY));
@@ -178,9 +218,17 @@ mod tests {
     fn merge_is_stable_when_nothing_changed() {
         let t0 = time("2026-01-01T00:00:00Z");
         let t1 = time("2026-01-02T00:00:00Z");
-        let desired = [Desired::new(types::READY, true, reasons::RECONCILED, "all good")];
+        let desired = [Desired::new(
+            types::READY,
+            true,
+            reasons::RECONCILED,
+            "all good",
+        )];
         let first = merge(&[], &desired, Some(3), &t0);
         let second = merge(&first, &desired, Some(3), &t1);
-        assert_eq!(first, second, "an unchanged pass must produce an identical status");
+        assert_eq!(
+            first, second,
+            "an unchanged pass must produce an identical status"
+        );
     }
 }

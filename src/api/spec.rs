@@ -76,7 +76,9 @@ pub struct MessageBrokerSpec {
 }
 
 /// What happens to broker-side objects this resource created once they are no longer wanted.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema,
+)]
 pub enum DeletionPolicy {
     /// Leave them on the broker (default).
     #[default]
@@ -90,7 +92,10 @@ pub enum DeletionPolicy {
 #[serde(rename_all = "camelCase")]
 pub struct TopicSpec {
     /// Topic name: lowercase letters, digits, '-' and '.', starting with a letter, 1 to 100 characters.
-    #[schemars(length(min = 1, max = 100), regex(pattern = r"^[a-z]([a-z0-9.-]*[a-z0-9])?$"))]
+    #[schemars(
+        length(min = 1, max = 100),
+        regex(pattern = r"^[a-z]([a-z0-9.-]*[a-z0-9])?$")
+    )]
     pub name: String,
 
     /// Partition count hint (1 to 1000). Kafka honours it and may only grow it; other brokers
@@ -122,7 +127,10 @@ pub struct TopicSpec {
 #[serde(rename_all = "camelCase")]
 pub struct SubscriptionSpec {
     /// Subscription name: lowercase letters, digits and '-', starting with a letter, 1 to 60 characters.
-    #[schemars(length(min = 1, max = 60), regex(pattern = r"^[a-z]([a-z0-9-]*[a-z0-9])?$"))]
+    #[schemars(
+        length(min = 1, max = 60),
+        regex(pattern = r"^[a-z]([a-z0-9-]*[a-z0-9])?$")
+    )]
     pub name: String,
 
     /// Send messages that keep failing to a dead-letter destination.
@@ -140,7 +148,19 @@ pub struct DeadLetterSpec {
 }
 
 /// The broker kinds Switchyard can drive.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, schemars::JsonSchema)]
+#[derive(
+    Serialize,
+    Deserialize,
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    schemars::JsonSchema,
+)]
 pub enum BrokerType {
     /// Apache Kafka (or a Kafka-API broker).
     Kafka,
@@ -190,7 +210,10 @@ impl std::fmt::Display for BrokerType {
 )]
 pub struct EnvSpec {
     /// Environment slug such as `prd` or `dev`: lowercase letters, digits and '-', 1 to 20 characters.
-    #[schemars(length(min = 1, max = 20), regex(pattern = r"^[a-z]([a-z0-9-]*[a-z0-9])?$"))]
+    #[schemars(
+        length(min = 1, max = 20),
+        regex(pattern = r"^[a-z]([a-z0-9-]*[a-z0-9])?$")
+    )]
     pub slug: String,
 
     /// Broker type for this environment; exactly the matching settings block must be set.
@@ -221,11 +244,16 @@ pub struct EnvSpec {
 }
 
 /// A key in a Secret in the same namespace as the MessageBroker.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, schemars::JsonSchema)]
+#[derive(
+    Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, schemars::JsonSchema,
+)]
 #[serde(rename_all = "camelCase")]
 pub struct SecretKeyRef {
     /// Secret name (same namespace; other namespaces are not allowed).
-    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"))]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    )]
     pub name: String,
     /// Key within the Secret.
     #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
@@ -233,11 +261,16 @@ pub struct SecretKeyRef {
 }
 
 /// A Secret in the same namespace holding a username and a password.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, schemars::JsonSchema)]
+#[derive(
+    Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, schemars::JsonSchema,
+)]
 #[serde(rename_all = "camelCase")]
 pub struct CredentialsSecretRef {
     /// Secret name (same namespace; other namespaces are not allowed).
-    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"))]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    )]
     pub name: String,
     /// Key holding the username (default `username`).
     #[serde(default = "default_username_key")]
@@ -369,7 +402,9 @@ pub struct RedisSpec {
 }
 
 /// RabbitMQ queue types.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, schemars::JsonSchema)]
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, schemars::JsonSchema,
+)]
 pub enum QueueType {
     /// Replicated, durable queues (default).
     #[default]
@@ -419,7 +454,10 @@ pub struct RabbitMqSpec {
 #[serde(rename_all = "camelCase")]
 pub struct GooglePubSubSpec {
     /// Google Cloud project id.
-    #[schemars(length(min = 6, max = 30), regex(pattern = r"^[a-z][a-z0-9-]*[a-z0-9]$"))]
+    #[schemars(
+        length(min = 6, max = 30),
+        regex(pattern = r"^[a-z][a-z0-9-]*[a-z0-9]$")
+    )]
     pub project_id: String,
     /// Service-account JSON key; workload identity / application default credentials when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -439,7 +477,10 @@ pub struct GooglePubSubSpec {
 #[serde(rename_all = "camelCase")]
 pub struct AwsCredentialsSecretRef {
     /// Secret name (same namespace).
-    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"))]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    )]
     pub name: String,
     /// Key holding the access key id (default `accessKeyId`).
     #[serde(default = "default_access_key_id_key")]
@@ -467,7 +508,10 @@ fn default_session_token_key() -> String {
 #[serde(rename_all = "camelCase")]
 pub struct AwsSqsSpec {
     /// AWS region such as `eu-west-1`.
-    #[schemars(length(min = 4, max = 32), regex(pattern = r"^[a-z]{2}(-[a-z]+)+-[0-9]+$"))]
+    #[schemars(
+        length(min = 4, max = 32),
+        regex(pattern = r"^[a-z]{2}(-[a-z]+)+-[0-9]+$")
+    )]
     pub region: String,
     /// Static credentials; the default chain (IRSA / web identity) when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -491,14 +535,22 @@ impl EnvSpec {
         }
         if let Some(k) = &self.kafka {
             names.extend(tls(&k.tls));
-            names.extend(k.sasl.iter().map(|s| s.credentials_secret_ref.name.as_str()));
+            names.extend(
+                k.sasl
+                    .iter()
+                    .map(|s| s.credentials_secret_ref.name.as_str()),
+            );
         }
         if let Some(r) = &self.redis {
             names.extend(
-                [&r.username_secret_ref, &r.password_secret_ref, &r.ca_secret_ref]
-                    .into_iter()
-                    .flatten()
-                    .map(|s| s.name.as_str()),
+                [
+                    &r.username_secret_ref,
+                    &r.password_secret_ref,
+                    &r.ca_secret_ref,
+                ]
+                .into_iter()
+                .flatten()
+                .map(|s| s.name.as_str()),
             );
         }
         if let Some(r) = &self.rabbitmq {
@@ -534,13 +586,17 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
         return Err(err());
     }
     while !rest.is_empty() {
-        let num_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).ok_or_else(err)?;
+        let num_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(err)?;
         if num_len == 0 {
             return Err(err());
         }
         let value: f64 = rest[..num_len].parse().map_err(|_| err())?;
         rest = &rest[num_len..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
         let factor = match &rest[..unit_len] {
             "h" => 3600.0,
             "m" => 60.0,
@@ -563,10 +619,22 @@ mod tests {
 
     #[test]
     fn durations_parse_like_go() {
-        assert_eq!(parse_duration("168h").ok(), Some(std::time::Duration::from_secs(168 * 3600)));
-        assert_eq!(parse_duration("1h30m").ok(), Some(std::time::Duration::from_secs(5400)));
-        assert_eq!(parse_duration("1.5h").ok(), Some(std::time::Duration::from_secs(5400)));
-        assert_eq!(parse_duration("250ms").ok(), Some(std::time::Duration::from_millis(250)));
+        assert_eq!(
+            parse_duration("168h").ok(),
+            Some(std::time::Duration::from_secs(168 * 3600))
+        );
+        assert_eq!(
+            parse_duration("1h30m").ok(),
+            Some(std::time::Duration::from_secs(5400))
+        );
+        assert_eq!(
+            parse_duration("1.5h").ok(),
+            Some(std::time::Duration::from_secs(5400))
+        );
+        assert_eq!(
+            parse_duration("250ms").ok(),
+            Some(std::time::Duration::from_millis(250))
+        );
         for bad in ["", "h", "10", "10d", "1x", "-1h", "1..2h"] {
             assert!(parse_duration(bad).is_err(), "{bad} should not parse");
         }

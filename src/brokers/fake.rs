@@ -8,7 +8,8 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 
 use super::{
-    Action, ActionOutcome, Backend, BrokerError, BrokerErrorKind, Connector, ObjectKey, Observed, ObservedObject, Scope,
+    Action, ActionOutcome, Backend, BrokerError, BrokerErrorKind, Connector, ObjectKey, Observed,
+    ObservedObject, Scope,
 };
 use crate::api::{BrokerType, EnvSpec};
 use crate::secrets::ResolvedSecrets;
@@ -63,7 +64,10 @@ impl FakeBackend {
 
     fn down(&self) -> Result<(), BrokerError> {
         if self.unreachable.load(Ordering::SeqCst) {
-            Err(BrokerError::new(BrokerErrorKind::Unreachable, "connection refused (fake)"))
+            Err(BrokerError::new(
+                BrokerErrorKind::Unreachable,
+                "connection refused (fake)",
+            ))
         } else {
             Ok(())
         }
@@ -83,7 +87,10 @@ impl Backend for FakeBackend {
     async fn observe(&self, _scope: &Scope, keys: &[ObjectKey]) -> Result<Observed, BrokerError> {
         self.down()?;
         self.observe_calls.fetch_add(1, Ordering::SeqCst);
-        let objects = self.objects.lock().map_err(|_| BrokerError::new(BrokerErrorKind::Other, "poisoned"))?;
+        let objects = self
+            .objects
+            .lock()
+            .map_err(|_| BrokerError::new(BrokerErrorKind::Other, "poisoned"))?;
         Ok(Observed {
             objects: keys
                 .iter()
@@ -103,7 +110,9 @@ impl Backend for FakeBackend {
             .iter()
             .map(|action| {
                 let result = down.clone().map(|()| match action {
-                    Action::Create { object } | Action::Adopt { object } | Action::Update { object, .. } => {
+                    Action::Create { object }
+                    | Action::Adopt { object }
+                    | Action::Update { object, .. } => {
                         let entry = objects.entry(object.key.clone()).or_default();
                         entry.partitions = object.partitions.or(entry.partitions);
                         entry.config.extend(object.config.clone());
@@ -118,7 +127,10 @@ impl Backend for FakeBackend {
                         objects.remove(key);
                     }
                 });
-                ActionOutcome { key: action.key().clone(), result }
+                ActionOutcome {
+                    key: action.key().clone(),
+                    result,
+                }
             })
             .collect()
     }
@@ -144,7 +156,11 @@ impl FakeConnector {
 
 #[async_trait]
 impl Connector for FakeConnector {
-    async fn connect(&self, env: &EnvSpec, _secrets: &ResolvedSecrets) -> Result<Arc<dyn Backend>, BrokerError> {
+    async fn connect(
+        &self,
+        env: &EnvSpec,
+        _secrets: &ResolvedSecrets,
+    ) -> Result<Arc<dyn Backend>, BrokerError> {
         self.connects.fetch_add(1, Ordering::SeqCst);
         Ok(self.backend(&env.slug, env.broker_type))
     }

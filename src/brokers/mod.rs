@@ -79,7 +79,10 @@ pub struct ObjectKey {
 impl ObjectKey {
     /// A key.
     pub fn new(kind: ObjectKind, name: impl Into<String>) -> Self {
-        ObjectKey { kind, name: name.into() }
+        ObjectKey {
+            kind,
+            name: name.into(),
+        }
     }
 
     /// Parse `kind/name` as stored in status; `None` for anything else.
@@ -126,6 +129,10 @@ pub struct DesiredState {
     pub objects: Vec<DesiredObject>,
     /// Remarks such as "partitions are ignored by Redis".
     pub notes: Vec<String>,
+    /// What apps use, logical → physical: `topic` → where to publish, `topic/sub` → where to
+    /// consume (queue, consumer group, subscription), `topic/sub/dlq` → dead-letter destination.
+    /// Goes into status and the binding Secret.
+    pub names: BTreeMap<String, String>,
 }
 
 /// One broker-side object as observed.
@@ -284,7 +291,10 @@ pub struct BrokerError {
 impl BrokerError {
     /// An error of the given kind.
     pub fn new(kind: BrokerErrorKind, message: impl Into<String>) -> Self {
-        BrokerError { kind, message: message.into() }
+        BrokerError {
+            kind,
+            message: message.into(),
+        }
     }
 
     /// The condition reason for this error.
@@ -344,11 +354,19 @@ pub trait Backend: Send + Sync {
 #[async_trait]
 pub trait Connector: Send + Sync {
     /// A backend for this env (may be lazily connected).
-    async fn connect(&self, env: &EnvSpec, secrets: &ResolvedSecrets) -> Result<Arc<dyn Backend>, BrokerError>;
+    async fn connect(
+        &self,
+        env: &EnvSpec,
+        secrets: &ResolvedSecrets,
+    ) -> Result<Arc<dyn Backend>, BrokerError>;
 }
 
 /// Pure mapping of the spec onto one broker: the objects to have and their settings.
-pub fn desired(scope: &Scope, env: &EnvSpec, topics: &[TopicSpec]) -> Result<DesiredState, crate::Error> {
+pub fn desired(
+    scope: &Scope,
+    env: &EnvSpec,
+    topics: &[TopicSpec],
+) -> Result<DesiredState, crate::Error> {
     registry::desired(scope, env, topics)
 }
 
@@ -358,7 +376,10 @@ pub fn capabilities(broker_type: BrokerType) -> Capabilities {
 }
 
 /// Connection details for the binding Secret; pure (no broker call).
-pub fn connection_info(env: &EnvSpec, secrets: &ResolvedSecrets) -> Result<ConnectionInfo, crate::Error> {
+pub fn connection_info(
+    env: &EnvSpec,
+    secrets: &ResolvedSecrets,
+) -> Result<ConnectionInfo, crate::Error> {
     registry::connection_info(env, secrets)
 }
 
@@ -377,7 +398,8 @@ pub async fn observe_and_plan(
     desired: &DesiredState,
     input: &plan::PlanInput<'_>,
 ) -> Result<(Observed, plan::Plan), BrokerError> {
-    let mut keys: std::collections::BTreeSet<ObjectKey> = desired.objects.iter().map(|o| o.key.clone()).collect();
+    let mut keys: std::collections::BTreeSet<ObjectKey> =
+        desired.objects.iter().map(|o| o.key.clone()).collect();
     keys.extend(input.owned.iter().cloned());
     let keys: Vec<ObjectKey> = keys.into_iter().collect();
     let observed = backend.observe(input.scope, &keys).await?;

@@ -109,7 +109,10 @@ mod tests {
 
     #[test]
     fn joins_and_sanitises() {
-        assert_eq!(physical(&KAFKA, &["shop", "message-bus", "order-created"], 0), "shop.message-bus.order-created");
+        assert_eq!(
+            physical(&KAFKA, &["shop", "message-bus", "order-created"], 0),
+            "shop.message-bus.order-created"
+        );
         assert_eq!(physical(&SQS, &["shop", "bus", "a.b"], 0), "shop_bus_a-b");
         assert_eq!(physical(&PUBSUB, &["1ns", "bus", "t"], 0), "sy-1ns.bus.t");
     }

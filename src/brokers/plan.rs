@@ -6,7 +6,9 @@ use std::collections::BTreeSet;
 
 use serde::Serialize;
 
-use super::{Action, Capabilities, ConfigChange, DesiredState, ObjectKey, Observed, Refusal, Scope};
+use super::{
+    Action, Capabilities, ConfigChange, DesiredState, ObjectKey, Observed, Refusal, Scope,
+};
 use crate::api::DeletionPolicy;
 use crate::api::conditions::reasons;
 
@@ -56,10 +58,13 @@ pub fn plan(desired: &DesiredState, observed: &Observed, input: &PlanInput<'_>) 
 
     for object in &desired.objects {
         let Some(current) = observed.objects.get(&object.key) else {
-            out.actions.push(Action::Create { object: object.clone() });
+            out.actions.push(Action::Create {
+                object: object.clone(),
+            });
             continue;
         };
-        let ours = input.owned.contains(&object.key) || current.owner.as_deref() == Some(owner.as_str());
+        let ours =
+            input.owned.contains(&object.key) || current.owner.as_deref() == Some(owner.as_str());
         if !ours {
             match &current.owner {
                 Some(other) => {
@@ -71,7 +76,9 @@ pub fn plan(desired: &DesiredState, observed: &Observed, input: &PlanInput<'_>) 
                     });
                     continue;
                 }
-                None if input.adopt_existing => out.actions.push(Action::Adopt { object: object.clone() }),
+                None if input.adopt_existing => out.actions.push(Action::Adopt {
+                    object: object.clone(),
+                }),
                 None => {
                     out.refused.push(Refusal {
                         key: object.key.clone(),
@@ -91,7 +98,11 @@ pub fn plan(desired: &DesiredState, observed: &Observed, input: &PlanInput<'_>) 
             && let (Some(want), Some(have)) = (object.partitions, current.partitions)
         {
             if want > have {
-                out.actions.push(Action::AddPartitions { object: object.clone(), from: have, to: want });
+                out.actions.push(Action::AddPartitions {
+                    object: object.clone(),
+                    from: have,
+                    to: want,
+                });
             } else if want < have {
                 out.refused.push(Refusal {
                     key: object.key.clone(),
@@ -111,8 +122,17 @@ pub fn plan(desired: &DesiredState, observed: &Observed, input: &PlanInput<'_>) 
             if before == Some(after) {
                 continue;
             }
-            let change = ConfigChange { key: key.clone(), before: before.cloned(), after: after.clone() };
-            match input.capabilities.immutable_config.iter().find(|(k, _)| k == key) {
+            let change = ConfigChange {
+                key: key.clone(),
+                before: before.cloned(),
+                after: after.clone(),
+            };
+            match input
+                .capabilities
+                .immutable_config
+                .iter()
+                .find(|(k, _)| k == key)
+            {
                 Some((_, reason)) => out.refused.push(Refusal {
                     key: object.key.clone(),
                     reason,
@@ -127,7 +147,10 @@ pub fn plan(desired: &DesiredState, observed: &Observed, input: &PlanInput<'_>) 
             }
         }
         if !mutable.is_empty() {
-            out.actions.push(Action::Update { object: object.clone(), changes: mutable });
+            out.actions.push(Action::Update {
+                object: object.clone(),
+                changes: mutable,
+            });
         }
     }
 
@@ -146,7 +169,9 @@ pub fn plan(desired: &DesiredState, observed: &Observed, input: &PlanInput<'_>) 
                     out.refused.push(Refusal {
                         key: key.clone(),
                         reason: reasons::RETIRE_BLOCKED,
-                        message: format!("{key} still holds {n} message(s); it is deleted once drained"),
+                        message: format!(
+                            "{key} still holds {n} message(s); it is deleted once drained"
+                        ),
                         transient: true,
                     });
                 }
@@ -202,7 +227,10 @@ mod tests {
     };
 
     fn scope() -> Scope {
-        Scope { namespace: "shop".into(), name: "bus".into() }
+        Scope {
+            namespace: "shop".into(),
+            name: "bus".into(),
+        }
     }
 
     fn topic(name: &str, partitions: i32, retention_ms: &str) -> DesiredObject {
@@ -222,23 +250,46 @@ mod tests {
                 .map(|o| {
                     (
                         o.key.clone(),
-                        ObservedObject { partitions: o.partitions, config: o.config.clone(), owner: None, messages: Some(0) },
+                        ObservedObject {
+                            partitions: o.partitions,
+                            config: o.config.clone(),
+                            owner: None,
+                            messages: Some(0),
+                        },
                     )
                 })
                 .collect(),
         }
     }
 
-    fn input<'a>(scope: &'a Scope, owned: &'a BTreeSet<ObjectKey>, policy: DeletionPolicy) -> PlanInput<'a> {
-        PlanInput { scope, owned, deletion_policy: policy, adopt_existing: false, capabilities: KAFKA_LIKE }
+    fn input<'a>(
+        scope: &'a Scope,
+        owned: &'a BTreeSet<ObjectKey>,
+        policy: DeletionPolicy,
+    ) -> PlanInput<'a> {
+        PlanInput {
+            scope,
+            owned,
+            deletion_policy: policy,
+            adopt_existing: false,
+            capabilities: KAFKA_LIKE,
+        }
     }
 
     #[test]
     fn creates_what_is_missing() {
         let s = scope();
         let owned = BTreeSet::new();
-        let desired = DesiredState { objects: vec![topic("a", 3, "1000"), topic("b", 1, "1000")], notes: vec![] };
-        let p = plan(&desired, &Observed::default(), &input(&s, &owned, DeletionPolicy::Retain));
+        let desired = DesiredState {
+            objects: vec![topic("a", 3, "1000"), topic("b", 1, "1000")],
+            notes: vec![],
+            names: BTreeMap::new(),
+        };
+        let p = plan(
+            &desired,
+            &Observed::default(),
+            &input(&s, &owned, DeletionPolicy::Retain),
+        );
         assert_eq!(p.actions.len(), 2);
         assert!(matches!(&p.actions[0], Action::Create { object } if object.key.name == "a"));
         assert!(p.refused.is_empty());
@@ -249,8 +300,16 @@ mod tests {
         let s = scope();
         let objects = vec![topic("a", 3, "1000")];
         let owned: BTreeSet<_> = objects.iter().map(|o| o.key.clone()).collect();
-        let desired = DesiredState { objects: objects.clone(), notes: vec![] };
-        let p = plan(&desired, &observed_from(&objects), &input(&s, &owned, DeletionPolicy::Retain));
+        let desired = DesiredState {
+            objects: objects.clone(),
+            notes: vec![],
+            names: BTreeMap::new(),
+        };
+        let p = plan(
+            &desired,
+            &observed_from(&objects),
+            &input(&s, &owned, DeletionPolicy::Retain),
+        );
         assert!(p.is_noop(), "{p:?}");
     }
 
@@ -259,10 +318,21 @@ mod tests {
         let s = scope();
         let before = vec![topic("a", 3, "1000")];
         let owned: BTreeSet<_> = before.iter().map(|o| o.key.clone()).collect();
-        let desired = DesiredState { objects: vec![topic("a", 6, "1000")], notes: vec![] };
-        let p = plan(&desired, &observed_from(&before), &input(&s, &owned, DeletionPolicy::Retain));
+        let desired = DesiredState {
+            objects: vec![topic("a", 6, "1000")],
+            notes: vec![],
+            names: BTreeMap::new(),
+        };
+        let p = plan(
+            &desired,
+            &observed_from(&before),
+            &input(&s, &owned, DeletionPolicy::Retain),
+        );
         assert_eq!(p.actions.len(), 1);
-        assert!(matches!(p.actions[0], Action::AddPartitions { from: 3, to: 6, .. }));
+        assert!(matches!(
+            p.actions[0],
+            Action::AddPartitions { from: 3, to: 6, .. }
+        ));
     }
 
     #[test]
@@ -270,24 +340,42 @@ mod tests {
         let s = scope();
         let before = vec![topic("a", 6, "1000")];
         let owned: BTreeSet<_> = before.iter().map(|o| o.key.clone()).collect();
-        let desired = DesiredState { objects: vec![topic("a", 3, "1000")], notes: vec![] };
-        let p = plan(&desired, &observed_from(&before), &input(&s, &owned, DeletionPolicy::Retain));
+        let desired = DesiredState {
+            objects: vec![topic("a", 3, "1000")],
+            notes: vec![],
+            names: BTreeMap::new(),
+        };
+        let p = plan(
+            &desired,
+            &observed_from(&before),
+            &input(&s, &owned, DeletionPolicy::Retain),
+        );
         assert!(p.actions.is_empty());
         let r = p.permanent_refusal().expect("refused");
         assert_eq!(r.reason, reasons::PARTITION_DECREASE);
-        assert!(r.message.contains("6 partitions") && r.message.contains("3"), "{}", r.message);
+        assert!(
+            r.message.contains("6 partitions") && r.message.contains("3"),
+            "{}",
+            r.message
+        );
     }
 
     #[test]
     fn config_drift_is_reverted_and_immutable_changes_refused() {
         let s = scope();
         let mut current = topic("a", 3, "999");
-        current.config.insert("replication.factor".into(), "1".into());
+        current
+            .config
+            .insert("replication.factor".into(), "1".into());
         let owned = BTreeSet::from([current.key.clone()]);
         let mut want = topic("a", 3, "1000");
         want.config.insert("replication.factor".into(), "3".into());
         let p = plan(
-            &DesiredState { objects: vec![want], notes: vec![] },
+            &DesiredState {
+                objects: vec![want],
+                notes: vec![],
+                names: BTreeMap::new(),
+            },
             &observed_from(&[current]),
             &input(&s, &owned, DeletionPolicy::Retain),
         );
@@ -302,8 +390,16 @@ mod tests {
         let s = scope();
         let before = vec![topic("a", 1, "1"), topic("gone", 1, "1")];
         let owned: BTreeSet<_> = before.iter().map(|o| o.key.clone()).collect();
-        let desired = DesiredState { objects: vec![topic("a", 1, "1")], notes: vec![] };
-        let p = plan(&desired, &observed_from(&before), &input(&s, &owned, DeletionPolicy::Retain));
+        let desired = DesiredState {
+            objects: vec![topic("a", 1, "1")],
+            notes: vec![],
+            names: BTreeMap::new(),
+        };
+        let p = plan(
+            &desired,
+            &observed_from(&before),
+            &input(&s, &owned, DeletionPolicy::Retain),
+        );
         assert!(p.actions.is_empty(), "Retain must delete nothing: {p:?}");
         assert_eq!(p.retained, vec![ObjectKey::new(ObjectKind::Topic, "gone")]);
     }
@@ -311,15 +407,35 @@ mod tests {
     #[test]
     fn removed_topic_is_deleted_under_delete_unless_it_holds_messages() {
         let s = scope();
-        let before = vec![topic("a", 1, "1"), topic("gone", 1, "1"), topic("full", 1, "1")];
+        let before = vec![
+            topic("a", 1, "1"),
+            topic("gone", 1, "1"),
+            topic("full", 1, "1"),
+        ];
         let owned: BTreeSet<_> = before.iter().map(|o| o.key.clone()).collect();
         let mut observed = observed_from(&before);
-        if let Some(full) = observed.objects.get_mut(&ObjectKey::new(ObjectKind::Topic, "full")) {
+        if let Some(full) = observed
+            .objects
+            .get_mut(&ObjectKey::new(ObjectKind::Topic, "full"))
+        {
             full.messages = Some(7);
         }
-        let desired = DesiredState { objects: vec![topic("a", 1, "1")], notes: vec![] };
-        let p = plan(&desired, &observed, &input(&s, &owned, DeletionPolicy::Delete));
-        assert_eq!(p.actions, vec![Action::Delete { key: ObjectKey::new(ObjectKind::Topic, "gone") }]);
+        let desired = DesiredState {
+            objects: vec![topic("a", 1, "1")],
+            notes: vec![],
+            names: BTreeMap::new(),
+        };
+        let p = plan(
+            &desired,
+            &observed,
+            &input(&s, &owned, DeletionPolicy::Delete),
+        );
+        assert_eq!(
+            p.actions,
+            vec![Action::Delete {
+                key: ObjectKey::new(ObjectKind::Topic, "gone")
+            }]
+        );
         assert_eq!(p.refused.len(), 1);
         assert_eq!(p.refused[0].reason, reasons::RETIRE_BLOCKED);
         assert!(p.refused[0].transient && p.refused[0].message.contains("7 message"));
@@ -330,8 +446,16 @@ mod tests {
         let s = scope();
         let owned = BTreeSet::new();
         let existing = vec![topic("a", 1, "1")];
-        let desired = DesiredState { objects: existing.clone(), notes: vec![] };
-        let p = plan(&desired, &observed_from(&existing), &input(&s, &owned, DeletionPolicy::Retain));
+        let desired = DesiredState {
+            objects: existing.clone(),
+            notes: vec![],
+            names: BTreeMap::new(),
+        };
+        let p = plan(
+            &desired,
+            &observed_from(&existing),
+            &input(&s, &owned, DeletionPolicy::Retain),
+        );
         assert_eq!(p.refused[0].reason, reasons::CONFLICT);
         assert!(p.actions.is_empty());
 
@@ -354,22 +478,36 @@ mod tests {
     fn ownership_follows_successful_actions() {
         let s = scope();
         let owned = BTreeSet::from([ObjectKey::new(ObjectKind::Topic, "gone")]);
-        let desired = DesiredState { objects: vec![topic("a", 1, "1"), topic("b", 1, "1")], notes: vec![] };
+        let desired = DesiredState {
+            objects: vec![topic("a", 1, "1"), topic("b", 1, "1")],
+            notes: vec![],
+            names: BTreeMap::new(),
+        };
         let observed = observed_from(&[topic("gone", 1, "1")]);
-        let p = plan(&desired, &observed, &input(&s, &owned, DeletionPolicy::Delete));
+        let p = plan(
+            &desired,
+            &observed,
+            &input(&s, &owned, DeletionPolicy::Delete),
+        );
         let outcomes: Vec<ActionOutcome> = p
             .actions
             .iter()
             .map(|a| ActionOutcome {
                 key: a.key().clone(),
                 result: if a.key().name == "b" {
-                    Err(crate::brokers::BrokerError::new(crate::brokers::BrokerErrorKind::Other, "boom"))
+                    Err(crate::brokers::BrokerError::new(
+                        crate::brokers::BrokerErrorKind::Other,
+                        "boom",
+                    ))
                 } else {
                     Ok(())
                 },
             })
             .collect();
         let next = owned_after(&owned, &desired, &observed, &outcomes, &p.actions);
-        assert_eq!(next, BTreeSet::from([ObjectKey::new(ObjectKind::Topic, "a")]));
+        assert_eq!(
+            next,
+            BTreeSet::from([ObjectKey::new(ObjectKind::Topic, "a")])
+        );
     }
 }

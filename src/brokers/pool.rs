@@ -20,11 +20,18 @@ pub struct BackendPool {
 impl BackendPool {
     /// A pool that builds backends with `connector`.
     pub fn new(connector: Arc<dyn Connector>) -> Self {
-        BackendPool { connector, entries: Mutex::new(HashMap::new()) }
+        BackendPool {
+            connector,
+            entries: Mutex::new(HashMap::new()),
+        }
     }
 
     /// The pooled backend for this env's endpoint and credentials, connecting on first use.
-    pub async fn get(&self, env: &EnvSpec, secrets: &ResolvedSecrets) -> Result<Arc<dyn Backend>, BrokerError> {
+    pub async fn get(
+        &self,
+        env: &EnvSpec,
+        secrets: &ResolvedSecrets,
+    ) -> Result<Arc<dyn Backend>, BrokerError> {
         let key = pool_key(env, secrets);
         if let Some(backend) = self.lookup(&key) {
             return Ok(backend);

@@ -4,7 +4,10 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use super::{Backend, BrokerError, BrokerErrorKind, Capabilities, ConnectionInfo, Connector, DesiredState, Scope};
+use super::{
+    Backend, BrokerError, BrokerErrorKind, Capabilities, ConnectionInfo, Connector, DesiredState,
+    Scope,
+};
 use super::{kafka, pubsub, rabbitmq, redis, sqs};
 use crate::Error;
 use crate::api::{BrokerType, EnvSpec, TopicSpec};
@@ -17,15 +20,37 @@ fn missing(env: &EnvSpec) -> Error {
     ))
 }
 
-pub(super) fn desired(scope: &Scope, env: &EnvSpec, topics: &[TopicSpec]) -> Result<DesiredState, Error> {
+pub(super) fn desired(
+    scope: &Scope,
+    env: &EnvSpec,
+    topics: &[TopicSpec],
+) -> Result<DesiredState, Error> {
     match env.broker_type {
-        BrokerType::Kafka => kafka::desired(scope, env.kafka.as_ref().ok_or_else(|| missing(env))?, topics),
-        BrokerType::Redis => redis::desired(scope, env.redis.as_ref().ok_or_else(|| missing(env))?, topics),
-        BrokerType::RabbitMQ => rabbitmq::desired(scope, env.rabbitmq.as_ref().ok_or_else(|| missing(env))?, topics),
-        BrokerType::GooglePubSub => {
-            pubsub::desired(scope, env.google_pub_sub.as_ref().ok_or_else(|| missing(env))?, topics)
-        }
-        BrokerType::AwsSqs => sqs::desired(scope, env.aws_sqs.as_ref().ok_or_else(|| missing(env))?, topics),
+        BrokerType::Kafka => kafka::desired(
+            scope,
+            env.kafka.as_ref().ok_or_else(|| missing(env))?,
+            topics,
+        ),
+        BrokerType::Redis => redis::desired(
+            scope,
+            env.redis.as_ref().ok_or_else(|| missing(env))?,
+            topics,
+        ),
+        BrokerType::RabbitMQ => rabbitmq::desired(
+            scope,
+            env.rabbitmq.as_ref().ok_or_else(|| missing(env))?,
+            topics,
+        ),
+        BrokerType::GooglePubSub => pubsub::desired(
+            scope,
+            env.google_pub_sub.as_ref().ok_or_else(|| missing(env))?,
+            topics,
+        ),
+        BrokerType::AwsSqs => sqs::desired(
+            scope,
+            env.aws_sqs.as_ref().ok_or_else(|| missing(env))?,
+            topics,
+        ),
     }
 }
 
@@ -39,17 +64,27 @@ pub(super) fn capabilities(broker_type: BrokerType) -> Capabilities {
     }
 }
 
-pub(super) fn connection_info(env: &EnvSpec, secrets: &ResolvedSecrets) -> Result<ConnectionInfo, Error> {
+pub(super) fn connection_info(
+    env: &EnvSpec,
+    secrets: &ResolvedSecrets,
+) -> Result<ConnectionInfo, Error> {
     match env.broker_type {
-        BrokerType::Kafka => kafka::connection_info(env.kafka.as_ref().ok_or_else(|| missing(env))?, secrets),
-        BrokerType::Redis => redis::connection_info(env.redis.as_ref().ok_or_else(|| missing(env))?, secrets),
+        BrokerType::Kafka => {
+            kafka::connection_info(env.kafka.as_ref().ok_or_else(|| missing(env))?, secrets)
+        }
+        BrokerType::Redis => {
+            redis::connection_info(env.redis.as_ref().ok_or_else(|| missing(env))?, secrets)
+        }
         BrokerType::RabbitMQ => {
             rabbitmq::connection_info(env.rabbitmq.as_ref().ok_or_else(|| missing(env))?, secrets)
         }
-        BrokerType::GooglePubSub => {
-            pubsub::connection_info(env.google_pub_sub.as_ref().ok_or_else(|| missing(env))?, secrets)
+        BrokerType::GooglePubSub => pubsub::connection_info(
+            env.google_pub_sub.as_ref().ok_or_else(|| missing(env))?,
+            secrets,
+        ),
+        BrokerType::AwsSqs => {
+            sqs::connection_info(env.aws_sqs.as_ref().ok_or_else(|| missing(env))?, secrets)
         }
-        BrokerType::AwsSqs => sqs::connection_info(env.aws_sqs.as_ref().ok_or_else(|| missing(env))?, secrets),
     }
 }
 
@@ -59,14 +94,33 @@ pub struct RealConnector;
 
 #[async_trait]
 impl Connector for RealConnector {
-    async fn connect(&self, env: &EnvSpec, secrets: &ResolvedSecrets) -> Result<Arc<dyn Backend>, BrokerError> {
-        let invalid = || BrokerError::new(BrokerErrorKind::Rejected, format!("env {:?} lacks its settings block", env.slug));
+    async fn connect(
+        &self,
+        env: &EnvSpec,
+        secrets: &ResolvedSecrets,
+    ) -> Result<Arc<dyn Backend>, BrokerError> {
+        let invalid = || {
+            BrokerError::new(
+                BrokerErrorKind::Rejected,
+                format!("env {:?} lacks its settings block", env.slug),
+            )
+        };
         match env.broker_type {
-            BrokerType::Kafka => kafka::connect(env.kafka.as_ref().ok_or_else(invalid)?, secrets).await,
-            BrokerType::Redis => redis::connect(env.redis.as_ref().ok_or_else(invalid)?, secrets).await,
-            BrokerType::RabbitMQ => rabbitmq::connect(env.rabbitmq.as_ref().ok_or_else(invalid)?, secrets).await,
-            BrokerType::GooglePubSub => pubsub::connect(env.google_pub_sub.as_ref().ok_or_else(invalid)?, secrets).await,
-            BrokerType::AwsSqs => sqs::connect(env.aws_sqs.as_ref().ok_or_else(invalid)?, secrets).await,
+            BrokerType::Kafka => {
+                kafka::connect(env.kafka.as_ref().ok_or_else(invalid)?, secrets).await
+            }
+            BrokerType::Redis => {
+                redis::connect(env.redis.as_ref().ok_or_else(invalid)?, secrets).await
+            }
+            BrokerType::RabbitMQ => {
+                rabbitmq::connect(env.rabbitmq.as_ref().ok_or_else(invalid)?, secrets).await
+            }
+            BrokerType::GooglePubSub => {
+                pubsub::connect(env.google_pub_sub.as_ref().ok_or_else(invalid)?, secrets).await
+            }
+            BrokerType::AwsSqs => {
+                sqs::connect(env.aws_sqs.as_ref().ok_or_else(invalid)?, secrets).await
+            }
         }
     }
 }

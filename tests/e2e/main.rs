@@ -1,4 +1,5 @@
 //! Integration tests against the real API server and brokers started by `tests/env/up.sh`.
 //! One binary with modules keeps link time down.
 
+#[allow(dead_code)]
 mod support;
