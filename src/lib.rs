@@ -5,8 +5,14 @@
 #![warn(missing_docs)]
 
 pub mod api;
+pub mod binding;
 pub mod brokers;
+pub mod controller;
+pub mod crd;
 pub mod error;
+pub mod metrics;
 pub mod secrets;
+pub mod server;
+pub mod telemetry;
 
 pub use error::{Error, Result};

@@ -1,1 +1,145 @@
-fn main() {}
+//! The `switchyard` command: `run` the controller, print the `crd`, or the `version`.
+#![forbid(unsafe_code)]
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use prometheus_client::registry::Registry;
+use switchyard::brokers::RealConnector;
+use switchyard::controller::{self, Config};
+use switchyard::metrics::Metrics;
+use switchyard::server::{self, ServerState};
+use switchyard::telemetry::{self, LogFormat};
+use tracing::error;
+
+#[derive(Parser)]
+#[command(
+    name = "switchyard",
+    version,
+    about = "Message brokers declared in Git: the MessageBroker operator"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the controller.
+    Run(RunArgs),
+    /// Print the MessageBroker CRD as YAML.
+    Crd,
+    /// Print the version.
+    Version,
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Env slugs this instance manages (repeat or comma-separate); all when unset.
+    #[arg(long = "env", value_delimiter = ',', env = "SWITCHYARD_ENVS")]
+    envs: Vec<String>,
+    /// Watch only this namespace (all namespaces when unset).
+    #[arg(long, env = "SWITCHYARD_WATCH_NAMESPACE")]
+    namespace: Option<String>,
+    /// Resync interval that repairs drift, e.g. 60s or 5m.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    resync: Duration,
+    /// Timeout of a broker connectivity check.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    check_timeout: Duration,
+    /// Reconciles running at once.
+    #[arg(long, default_value_t = 16)]
+    concurrency: u16,
+    /// Address of the /metrics, /healthz and /readyz endpoints.
+    #[arg(long, default_value = "0.0.0.0:8080", env = "SWITCHYARD_METRICS_ADDR")]
+    metrics_addr: SocketAddr,
+    /// Log format.
+    #[arg(
+        long,
+        value_enum,
+        default_value = "text",
+        env = "SWITCHYARD_LOG_FORMAT"
+    )]
+    log_format: LogFormat,
+    /// Log level (RUST_LOG overrides).
+    #[arg(long, default_value = "info", env = "SWITCHYARD_LOG_LEVEL")]
+    log_level: String,
+    /// Instance name for Events (the pod name in a cluster).
+    #[arg(long, env = "POD_NAME", default_value = "switchyard")]
+    instance: String,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Crd => match switchyard::crd::yaml() {
+            Ok(y) => {
+                print!("{y}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Version => {
+            println!("switchyard {}", env!("CARGO_PKG_VERSION"));
+            ExitCode::SUCCESS
+        }
+        Command::Run(args) => run(args).await,
+    }
+}
+
+async fn run(args: RunArgs) -> ExitCode {
+    telemetry::init(args.log_format, &args.log_level);
+    let client = match kube::Client::try_default().await {
+        Ok(c) => c,
+        Err(e) => {
+            error!(error = %e, "cannot build a Kubernetes client");
+            return ExitCode::FAILURE;
+        }
+    };
+    let metrics = Arc::new(Metrics::default());
+    let mut registry = Registry::default();
+    metrics.register(&mut registry);
+    let state = Arc::new(ServerState {
+        registry,
+        ready: Default::default(),
+    });
+    let addr = args.metrics_addr;
+    let server_state = state.clone();
+    tokio::spawn(async move {
+        if let Err(e) = server::serve(addr, server_state).await {
+            error!(error = %e, %addr, "metrics server failed");
+        }
+    });
+
+    let envs: BTreeSet<String> = args.envs.into_iter().filter(|s| !s.is_empty()).collect();
+    let config = Config {
+        envs: if envs.is_empty() { None } else { Some(envs) },
+        resync: args.resync,
+        check_timeout: args.check_timeout,
+        concurrency: args.concurrency,
+        instance: args.instance,
+    };
+    state.ready.store(true, Ordering::SeqCst);
+    let shutdown = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    controller::run(
+        client,
+        args.namespace,
+        Arc::new(RealConnector),
+        config,
+        metrics,
+        shutdown,
+    )
+    .await;
+    ExitCode::SUCCESS
+}

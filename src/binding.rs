@@ -1,0 +1,209 @@
+//! The per-environment connection Secret apps read, following the Service Binding spec:
+//! `type`, `provider`, `host`, `port`, `uri`, `username`, `password`, plus the map of logical
+//! topics and subscriptions to broker-side names.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::api::{ObjectMeta, Patch, PatchParams};
+use kube::{Api, Client};
+use sha2::{Digest, Sha256};
+
+use crate::api::BrokerType;
+use crate::brokers::ConnectionInfo;
+use crate::error::Error;
+
+/// Field manager for everything Switchyard writes.
+pub const MANAGER: &str = "switchyard";
+/// Annotation holding the content hash, so workloads can roll when it changes.
+pub const HASH_ANNOTATION: &str = "switchyard.dev/content-hash";
+/// Label marking Secrets Switchyard manages.
+pub const MANAGED_BY_LABEL: (&str, &str) = ("app.kubernetes.io/managed-by", "switchyard");
+
+/// The Service Binding `type` entry for a broker type.
+pub fn binding_type(t: BrokerType) -> &'static str {
+    match t {
+        BrokerType::Kafka => "kafka",
+        BrokerType::Redis => "redis",
+        BrokerType::RabbitMQ => "rabbitmq",
+        BrokerType::GooglePubSub => "google-pubsub",
+        BrokerType::AwsSqs => "aws-sqs",
+    }
+}
+
+/// The binding Secret's name: `<broker>-<slug>`.
+pub fn secret_name(broker: &str, slug: &str) -> String {
+    format!("{broker}-{slug}")
+}
+
+/// The binding's entries, ready to write.
+#[derive(Clone, PartialEq, Eq)]
+pub struct BindingContent {
+    /// Secret entries.
+    pub data: BTreeMap<String, String>,
+    /// Content hash (16 hex characters).
+    pub hash: String,
+}
+
+impl std::fmt::Debug for BindingContent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BindingContent")
+            .field("keys", &self.data.keys().collect::<Vec<_>>())
+            .field("hash", &self.hash)
+            .finish()
+    }
+}
+
+/// Build the entries for one env.
+pub fn content(
+    broker_type: BrokerType,
+    info: &ConnectionInfo,
+    names: &BTreeMap<String, String>,
+) -> BindingContent {
+    let mut data = BTreeMap::new();
+    data.insert("type".to_string(), binding_type(broker_type).to_string());
+    data.insert("provider".to_string(), info.provider.clone());
+    if let Some(h) = &info.host {
+        data.insert("host".into(), h.clone());
+    }
+    if let Some(p) = info.port {
+        data.insert("port".into(), p.to_string());
+    }
+    if let Some(u) = &info.uri {
+        data.insert("uri".into(), u.clone());
+    }
+    if let Some(u) = &info.username {
+        data.insert("username".into(), u.expose().to_string());
+    }
+    if let Some(p) = &info.password {
+        data.insert("password".into(), p.expose().to_string());
+    }
+    for (k, v) in &info.extra {
+        data.insert(k.clone(), v.clone());
+    }
+    for (logical, physical) in names {
+        let mut parts = logical.split('/');
+        let key = match (parts.next(), parts.next(), parts.next()) {
+            (Some(t), None, None) => format!("topic.{t}"),
+            (Some(t), Some(s), None) => format!("subscription.{t}.{s}"),
+            (Some(t), Some(s), Some(_)) => format!("deadletter.{t}.{s}"),
+            _ => continue,
+        };
+        data.insert(key, physical.clone());
+    }
+    data.insert(
+        "names.json".into(),
+        serde_json::to_string(names).unwrap_or_else(|_| "{}".to_string()),
+    );
+    let mut h = Sha256::new();
+    for (k, v) in &data {
+        h.update(k.as_bytes());
+        h.update([0]);
+        h.update(v.as_bytes());
+        h.update([0]);
+    }
+    let hash = hex::encode(h.finalize())[..16].to_string();
+    BindingContent { data, hash }
+}
+
+/// Write the binding Secret in one server-side apply.
+pub async fn write(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    owner: OwnerReference,
+    labels: BTreeMap<String, String>,
+    broker_type: BrokerType,
+    content: &BindingContent,
+) -> Result<(), Error> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let mut all_labels = labels;
+    all_labels.insert(MANAGED_BY_LABEL.0.into(), MANAGED_BY_LABEL.1.into());
+    let secret = Secret {
+        metadata: ObjectMeta {
+            name: Some(name.to_string()),
+            namespace: Some(namespace.to_string()),
+            labels: Some(all_labels),
+            annotations: Some(BTreeMap::from([(
+                HASH_ANNOTATION.to_string(),
+                content.hash.clone(),
+            )])),
+            owner_references: Some(vec![owner]),
+            ..Default::default()
+        },
+        type_: Some(format!("servicebinding.io/{}", binding_type(broker_type))),
+        data: Some(
+            content
+                .data
+                .iter()
+                .map(|(k, v)| (k.clone(), ByteString(v.clone().into_bytes())))
+                .collect(),
+        ),
+        ..Default::default()
+    };
+    let mut value =
+        serde_json::to_value(&secret).map_err(|e| Error::Serialization(e.to_string()))?;
+    value["apiVersion"] = "v1".into();
+    value["kind"] = "Secret".into();
+    // A Secret's type cannot change; after a swap the entries (including `type`) describe the
+    // new broker while the Secret keeps the type it was created with.
+    if let Some(existing) = api.get_metadata_opt(name).await.map_err(Error::Kube)?
+        && existing.metadata.uid.is_some()
+        && let Some(obj) = value.as_object_mut()
+    {
+        obj.remove("type");
+    }
+    api.patch(
+        name,
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(&value),
+    )
+    .await
+    .map_err(Error::Kube)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::secrets::SecretValue;
+
+    #[test]
+    fn content_has_service_binding_keys_and_names() {
+        let info = ConnectionInfo {
+            provider: "apache-kafka".into(),
+            host: Some("k".into()),
+            port: Some(9092),
+            uri: Some("k:9092".into()),
+            username: Some(SecretValue::new("u")),
+            password: Some(SecretValue::new("p")),
+            extra: BTreeMap::new(),
+        };
+        let names = BTreeMap::from([
+            ("orders".to_string(), "ns.bus.orders".to_string()),
+            (
+                "orders/billing".to_string(),
+                "ns.bus.orders.billing".to_string(),
+            ),
+        ]);
+        let c = content(BrokerType::Kafka, &info, &names);
+        assert_eq!(c.data["type"], "kafka");
+        assert_eq!(c.data["port"], "9092");
+        assert_eq!(c.data["password"], "p");
+        assert_eq!(c.data["topic.orders"], "ns.bus.orders");
+        assert_eq!(
+            c.data["subscription.orders.billing"],
+            "ns.bus.orders.billing"
+        );
+        assert!(
+            !format!("{c:?}").contains("\"p\""),
+            "Debug must not print values"
+        );
+        let again = content(BrokerType::Kafka, &info, &names);
+        assert_eq!(c.hash, again.hash);
+        let other = content(BrokerType::Redis, &info, &names);
+        assert_ne!(c.hash, other.hash);
+    }
+}

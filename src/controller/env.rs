@@ -1,0 +1,803 @@
+//! One environment of one MessageBroker: connect, observe, plan (phase 1); apply, bind, swap
+//! and retire (phase 2). Each env is independent: one broken env never blocks another.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
+use kube::runtime::events::EventType;
+
+use super::Context;
+use crate::api::conditions::{self, Desired, reasons, types};
+use crate::api::{
+    BindingStatus, DeletionPolicy, EnvSpec, EnvStatus, SubscriptionStatus, SwapPhase, SwapStatus,
+    TopicSpec, TopicStatus,
+};
+use crate::binding;
+use crate::brokers::plan::{Plan, PlanInput, owned_after};
+use crate::brokers::{
+    self, Action, ActionOutcome, Backend, BrokerError, DesiredState, ObjectKey, ObjectKind,
+    Observed, Scope,
+};
+use crate::error::Error;
+use crate::secrets::{self, ResolvedSecrets};
+
+/// What every env of one reconcile shares.
+pub(super) struct Shared<'a> {
+    pub ctx: &'a Context,
+    pub scope: &'a Scope,
+    pub topics: &'a [TopicSpec],
+    pub policy: DeletionPolicy,
+    pub generation: Option<i64>,
+    pub now: &'a Time,
+    pub owner_ref: OwnerReference,
+}
+
+/// An env after phase 1.
+pub(super) struct Prepared {
+    pub env: EnvSpec,
+    pub status: EnvStatus,
+    pub stage: Stage,
+}
+
+pub(super) enum Stage {
+    /// Could not get as far as a plan.
+    Blocked {
+        conditions: Vec<Desired>,
+        transient: bool,
+        stalled: bool,
+    },
+    /// Ready to apply.
+    Planned(Box<Planned>),
+}
+
+pub(super) struct Planned {
+    backend: Arc<dyn Backend>,
+    secrets: ResolvedSecrets,
+    desired: DesiredState,
+    observed: Observed,
+    plan: Plan,
+    owned: BTreeSet<ObjectKey>,
+}
+
+/// An env after phase 2.
+pub(super) struct Finished {
+    pub status: EnvStatus,
+    /// A failure retrying can fix.
+    pub transient: Option<String>,
+    /// A failure only a spec or broker change can fix: (reason, message).
+    pub stalled: Option<(String, String)>,
+    /// Events to publish.
+    pub events: Vec<(EventType, String, String)>,
+}
+
+impl Prepared {
+    /// Keys this pass is about to create or adopt: recorded as owned before applying so an
+    /// operator killed mid-apply recognises its own objects afterwards.
+    pub fn intents(&self) -> Vec<String> {
+        match &self.stage {
+            Stage::Planned(p) => p
+                .plan
+                .actions
+                .iter()
+                .filter(|a| matches!(a, Action::Create { .. } | Action::Adopt { .. }))
+                .map(|a| a.key().to_string())
+                .collect(),
+            Stage::Blocked { .. } => Vec::new(),
+        }
+    }
+}
+
+fn owned_set(list: &[String]) -> BTreeSet<ObjectKey> {
+    list.iter().filter_map(|s| ObjectKey::parse(s)).collect()
+}
+
+fn owned_list(set: &BTreeSet<ObjectKey>) -> Vec<String> {
+    set.iter().map(ToString::to_string).collect()
+}
+
+/// The identity of the endpoint an env points at: a change is a swap.
+fn endpoint_identity(env: &EnvSpec) -> serde_json::Value {
+    serde_json::json!({
+        "type": env.broker_type,
+        "kafka": env.kafka.as_ref().map(|k| &k.bootstrap_servers),
+        "redis": env.redis.as_ref().map(|r| (&r.url, r.database)),
+        "rabbitmq": env.rabbitmq.as_ref().map(|r| (&r.url, &r.host, r.port, &r.vhost)),
+        "googlePubSub": env.google_pub_sub.as_ref().map(|g| (&g.project_id, &g.endpoint)),
+        "awsSqs": env.aws_sqs.as_ref().map(|a| (&a.region, &a.endpoint)),
+    })
+}
+
+fn env_json(env: &EnvSpec) -> Option<serde_json::Value> {
+    serde_json::to_value(env).ok()
+}
+
+fn broker_failure(e: &BrokerError) -> (Desired, bool, bool) {
+    (
+        Desired::new(types::CONNECTED, false, e.reason(), e.message.clone()),
+        e.is_transient(),
+        !e.is_transient(),
+    )
+}
+
+/// Phase 1: resolve credentials, connect, check, observe and plan.
+pub(super) async fn prepare(
+    shared: &Shared<'_>,
+    env: &EnvSpec,
+    prev: Option<&EnvStatus>,
+) -> Prepared {
+    let mut status = prev.cloned().unwrap_or_else(|| EnvStatus {
+        slug: env.slug.clone(),
+        ..Default::default()
+    });
+    let stage = prepare_stage(shared, env, &mut status).await;
+    Prepared {
+        env: env.clone(),
+        status,
+        stage,
+    }
+}
+
+async fn prepare_stage(shared: &Shared<'_>, env: &EnvSpec, status: &mut EnvStatus) -> Stage {
+    let blocked = |c: Desired, transient: bool, stalled: bool| Stage::Blocked {
+        conditions: vec![c],
+        transient,
+        stalled,
+    };
+
+    // A changed endpoint starts a swap; a swap in progress resumes from status.
+    let active: Option<EnvSpec> = status
+        .active
+        .clone()
+        .and_then(|v| serde_json::from_value(v).ok());
+    let swapping = status
+        .swap
+        .as_ref()
+        .is_some_and(|s| s.phase != SwapPhase::Complete);
+    if let Some(active) = &active
+        && !swapping
+        && endpoint_identity(active) != endpoint_identity(env)
+    {
+        status.swap = Some(SwapStatus {
+            from: active.broker_type,
+            to: env.broker_type,
+            phase: SwapPhase::Provisioning,
+            started_at: shared.now.0.to_string(),
+            switched_at: None,
+            message: None,
+            old: status.active.clone(),
+            old_owned: std::mem::take(&mut status.owned),
+        });
+    } else if let Some(swap) = &mut status.swap
+        && swap.phase == SwapPhase::Provisioning
+        && let Some(old) = swap
+            .old
+            .as_ref()
+            .and_then(|v| serde_json::from_value::<EnvSpec>(v.clone()).ok())
+        && endpoint_identity(&old) == endpoint_identity(env)
+    {
+        // Swapped back before the flip: the old side never stopped serving. What the new side
+        // created stays listed as retained.
+        status.retained.extend(std::mem::take(&mut status.owned));
+        status.owned = std::mem::take(&mut swap.old_owned);
+        status.swap = None;
+    }
+
+    let secrets = match secrets::resolve(&shared.ctx.client, &shared.scope.namespace, env).await {
+        Ok(s) => s,
+        Err(e @ Error::Kube(_)) => {
+            return blocked(
+                Desired::new(types::CONNECTED, false, reasons::PROGRESSING, e.to_string()),
+                true,
+                false,
+            );
+        }
+        Err(e) => {
+            return blocked(
+                Desired::new(
+                    types::CONNECTED,
+                    false,
+                    reasons::SECRET_NOT_FOUND,
+                    e.to_string(),
+                ),
+                false,
+                true,
+            );
+        }
+    };
+    let backend = match shared.ctx.pool.get(env, &secrets).await {
+        Ok(b) => b,
+        Err(e) => {
+            let (c, t, s) = broker_failure(&e);
+            return blocked(c, t, s);
+        }
+    };
+    shared
+        .ctx
+        .metrics
+        .pooled_clients
+        .set(shared.ctx.pool.len() as i64);
+    let backend_name = env.broker_type.as_str();
+    let checked = match tokio::time::timeout(shared.ctx.config.check_timeout, backend.check()).await
+    {
+        Ok(r) => r,
+        Err(_) => Err(BrokerError::new(
+            brokers::BrokerErrorKind::Timeout,
+            format!("no answer within {:?}", shared.ctx.config.check_timeout),
+        )),
+    };
+    shared
+        .ctx
+        .metrics
+        .broker_op(backend_name, "check", checked.is_ok());
+    if let Err(e) = checked {
+        let (c, t, s) = broker_failure(&e);
+        return blocked(c, t, s);
+    }
+    let desired = match brokers::desired(shared.scope, env, shared.topics) {
+        Ok(d) => d,
+        Err(e) => {
+            return Stage::Blocked {
+                conditions: vec![
+                    Desired::new(
+                        types::CONNECTED,
+                        true,
+                        reasons::CONNECTED,
+                        "broker answered",
+                    ),
+                    Desired::new(
+                        types::TOPICS_READY,
+                        false,
+                        reasons::INVALID_SPEC,
+                        e.to_string(),
+                    ),
+                ],
+                transient: false,
+                stalled: true,
+            };
+        }
+    };
+    let owned = owned_set(&status.owned);
+    let input = PlanInput {
+        scope: shared.scope,
+        owned: &owned,
+        deletion_policy: shared.policy,
+        adopt_existing: env.adopt_existing,
+        capabilities: brokers::capabilities(env.broker_type),
+    };
+    let observed = brokers::observe_and_plan(backend.as_ref(), &desired, &input).await;
+    shared
+        .ctx
+        .metrics
+        .broker_op(backend_name, "observe", observed.is_ok());
+    match observed {
+        Ok((observed, plan)) => Stage::Planned(Box::new(Planned {
+            backend,
+            secrets,
+            desired,
+            observed,
+            plan,
+            owned,
+        })),
+        Err(e) => Stage::Blocked {
+            conditions: vec![
+                Desired::new(
+                    types::CONNECTED,
+                    true,
+                    reasons::CONNECTED,
+                    "broker answered",
+                ),
+                Desired::new(
+                    types::TOPICS_READY,
+                    false,
+                    e.reason(),
+                    format!("observing the broker failed: {e}"),
+                ),
+            ],
+            transient: e.is_transient(),
+            stalled: !e.is_transient(),
+        },
+    }
+}
+
+/// Phase 2: apply the plan, write the binding, advance a swap, retire the old side.
+pub(super) async fn finish(shared: &Shared<'_>, prepared: Prepared) -> Finished {
+    let Prepared {
+        env,
+        mut status,
+        stage,
+    } = prepared;
+    let mut out = Finished {
+        status: EnvStatus::default(),
+        transient: None,
+        stalled: None,
+        events: Vec::new(),
+    };
+    let mut conds: Vec<Desired> = Vec::new();
+
+    match stage {
+        Stage::Blocked {
+            conditions: c,
+            transient,
+            stalled,
+        } => {
+            let first = c
+                .iter()
+                .find(|d| d.status != conditions::status::TRUE)
+                .cloned();
+            conds = c;
+            if !conds.iter().any(|d| d.type_ == types::TOPICS_READY) {
+                conds.push(Desired::new(
+                    types::TOPICS_READY,
+                    false,
+                    reasons::PROGRESSING,
+                    "waiting for the broker",
+                ));
+            }
+            if let Some(first) = first {
+                let msg = format!("env {}: {}", env.slug, first.message);
+                if transient {
+                    out.transient = Some(msg.clone());
+                }
+                if stalled {
+                    out.stalled = Some((first.reason.clone(), msg.clone()));
+                }
+                out.events
+                    .push((EventType::Warning, first.reason.clone(), msg));
+            }
+        }
+        Stage::Planned(p) => {
+            let Planned {
+                backend,
+                secrets,
+                desired,
+                observed,
+                plan: the_plan,
+                owned,
+            } = *p;
+            conds.push(Desired::new(
+                types::CONNECTED,
+                true,
+                reasons::CONNECTED,
+                "broker answered",
+            ));
+            let outcomes = if the_plan.actions.is_empty() {
+                Vec::new()
+            } else {
+                let o = backend.apply(shared.scope, &the_plan.actions).await;
+                let ok = o.iter().all(|x| x.result.is_ok());
+                shared
+                    .ctx
+                    .metrics
+                    .broker_op(env.broker_type.as_str(), "apply", ok);
+                o
+            };
+            let next_owned = owned_after(&owned, &desired, &observed, &outcomes, &the_plan.actions);
+            status.owned = owned_list(&next_owned);
+            for key in &the_plan.retained {
+                let s = key.to_string();
+                if !status.retained.contains(&s) {
+                    status.retained.push(s);
+                }
+            }
+            status.notes = desired.notes.clone();
+            status.topics = topic_statuses(shared.topics, &desired, &the_plan, &outcomes);
+            summarise_actions(&env, &the_plan, &outcomes, &mut out.events);
+
+            let failed = outcomes
+                .iter()
+                .find_map(|o| o.result.as_ref().err().map(|e| (o.key.clone(), e.clone())));
+            let topics_ready = match (&failed, the_plan.refused.first()) {
+                (Some((key, e)), _) => {
+                    let msg = format!("env {}: {key}: {e}", env.slug);
+                    if e.is_transient() {
+                        out.transient = Some(msg.clone());
+                    } else {
+                        out.stalled = Some((e.reason().to_string(), msg.clone()));
+                    }
+                    conds.push(Desired::new(types::TOPICS_READY, false, e.reason(), msg));
+                    false
+                }
+                (None, Some(_)) => {
+                    let refusal = the_plan.permanent_refusal().or(the_plan.refused.first());
+                    if let Some(r) = refusal {
+                        let msg = format!("env {}: {}", env.slug, r.message);
+                        if r.transient {
+                            out.transient.get_or_insert(msg.clone());
+                        } else {
+                            out.stalled = Some((r.reason.to_string(), msg.clone()));
+                        }
+                        conds.push(Desired::new(
+                            types::TOPICS_READY,
+                            r.transient,
+                            r.reason,
+                            msg,
+                        ));
+                    }
+                    // A blocked retirement does not make the wanted topics less ready.
+                    the_plan.permanent_refusal().is_none()
+                }
+                (None, None) => {
+                    conds.push(Desired::new(
+                        types::TOPICS_READY,
+                        true,
+                        reasons::RECONCILED,
+                        "all topics and subscriptions provisioned",
+                    ));
+                    true
+                }
+            };
+
+            // Bind: always in steady state; during a swap only once the new side is ready.
+            let in_swap = status
+                .swap
+                .as_ref()
+                .is_some_and(|s| s.phase == SwapPhase::Provisioning);
+            let bind_now = !in_swap || topics_ready;
+            if bind_now {
+                match write_binding(shared, &env, &secrets, &desired, &status).await {
+                    Ok(b) => {
+                        status.binding = Some(b);
+                        status.broker_type = Some(env.broker_type);
+                        status.active = env_json(&env);
+                        conds.push(Desired::new(
+                            types::BINDING_READY,
+                            true,
+                            reasons::RECONCILED,
+                            "connection Secret is current",
+                        ));
+                        if let Some(swap) = status
+                            .swap
+                            .as_mut()
+                            .filter(|s| s.phase == SwapPhase::Provisioning)
+                        {
+                            swap.phase = SwapPhase::Retiring;
+                            swap.switched_at = Some(shared.now.0.to_string());
+                            swap.message = None;
+                            out.events.push((
+                                EventType::Normal,
+                                "Switched".into(),
+                                format!("env {}: binding now points at {}", env.slug, swap.to),
+                            ));
+                        }
+                    }
+                    Err(e) => {
+                        let msg = format!(
+                            "env {}: writing the connection Secret failed: {e}",
+                            env.slug
+                        );
+                        out.transient = Some(msg.clone());
+                        conds.push(Desired::new(
+                            types::BINDING_READY,
+                            false,
+                            reasons::PROGRESSING,
+                            msg,
+                        ));
+                    }
+                }
+            } else {
+                if let Some(swap) = status.swap.as_mut() {
+                    swap.message = Some("waiting for the new broker to become ready; the binding still points at the old one".into());
+                }
+                conds.push(Desired::new(
+                    types::BINDING_READY,
+                    status.binding.is_some(),
+                    reasons::SWAPPING,
+                    "binding points at the previous broker until the new one is ready",
+                ));
+            }
+        }
+    }
+
+    if conds.iter().all(|d| d.type_ != types::BINDING_READY) {
+        let bound = status.binding.is_some();
+        conds.push(Desired::new(
+            types::BINDING_READY,
+            bound,
+            if bound {
+                reasons::RECONCILED
+            } else {
+                reasons::PROGRESSING
+            },
+            if bound {
+                "connection Secret still points at the last known broker"
+            } else {
+                "waiting for the broker"
+            },
+        ));
+    }
+
+    // Retire the old side of a swap whose binding has flipped.
+    if status
+        .swap
+        .as_ref()
+        .is_some_and(|s| s.phase == SwapPhase::Retiring)
+    {
+        retire_old_side(shared, &env, &mut status, &mut out).await;
+    }
+
+    status.conditions =
+        conditions::merge(&status.conditions, &conds, shared.generation, shared.now);
+    out.status = status;
+    out
+}
+
+async fn write_binding(
+    shared: &Shared<'_>,
+    env: &EnvSpec,
+    secrets: &ResolvedSecrets,
+    desired: &DesiredState,
+    status: &EnvStatus,
+) -> Result<BindingStatus, Error> {
+    let info = brokers::connection_info(env, secrets)?;
+    let content = binding::content(env.broker_type, &info, &desired.names);
+    let name = binding::secret_name(&shared.scope.name, &env.slug);
+    let current = match &shared.ctx.bindings {
+        // The watched store also notices a binding deleted behind our back.
+        Some(store) => store
+            .get(&kube::runtime::reflector::ObjectRef::new(&name).within(&shared.scope.namespace))
+            .and_then(|s| {
+                s.metadata
+                    .annotations
+                    .as_ref()?
+                    .get(binding::HASH_ANNOTATION)
+                    .cloned()
+            }),
+        None => status.binding.as_ref().map(|b| b.hash.clone()),
+    };
+    if current.as_deref() != Some(content.hash.as_str()) {
+        let labels = BTreeMap::from([
+            (
+                "switchyard.dev/broker".to_string(),
+                shared.scope.name.clone(),
+            ),
+            ("switchyard.dev/env".to_string(), env.slug.clone()),
+        ]);
+        binding::write(
+            &shared.ctx.client,
+            &shared.scope.namespace,
+            &name,
+            shared.owner_ref.clone(),
+            labels,
+            env.broker_type,
+            &content,
+        )
+        .await?;
+        shared.ctx.metrics.binding_writes.inc();
+    }
+    Ok(BindingStatus {
+        name,
+        hash: content.hash,
+    })
+}
+
+/// Retire what a swap left on the old broker, by the deletion policy.
+async fn retire_old_side(
+    shared: &Shared<'_>,
+    env: &EnvSpec,
+    status: &mut EnvStatus,
+    out: &mut Finished,
+) {
+    let Some(swap) = status.swap.as_mut() else {
+        return;
+    };
+    let Some(old) = swap
+        .old
+        .as_ref()
+        .and_then(|v| serde_json::from_value::<EnvSpec>(v.clone()).ok())
+    else {
+        swap.phase = SwapPhase::Complete;
+        return;
+    };
+    let owned = owned_set(&swap.old_owned);
+    match retire(shared.ctx, shared.scope, &old, &owned, shared.policy).await {
+        Ok(r) => {
+            for k in &r.retained {
+                let s = k.to_string();
+                if !status.retained.contains(&s) {
+                    status.retained.push(s);
+                }
+            }
+            swap.old_owned = owned_list(&r.remaining);
+            match r.blocked {
+                Some(msg) => {
+                    swap.message = Some(msg.clone());
+                    out.transient
+                        .get_or_insert(format!("env {}: {msg}", env.slug));
+                }
+                None => {
+                    swap.phase = SwapPhase::Complete;
+                    swap.message = None;
+                    swap.old_owned.clear();
+                    out.events.push((
+                        EventType::Normal,
+                        "SwapComplete".into(),
+                        format!(
+                            "env {}: swap from {} to {} complete",
+                            env.slug, swap.from, swap.to
+                        ),
+                    ));
+                }
+            }
+        }
+        Err(e) => {
+            let msg = format!("retiring the old {} side failed: {e}", swap.from);
+            swap.message = Some(msg.clone());
+            out.transient
+                .get_or_insert(format!("env {}: {msg}", env.slug));
+        }
+    }
+}
+
+/// Result of retiring owned objects.
+pub(super) struct Retired {
+    /// Still owned (blocked or failed deletes).
+    pub remaining: BTreeSet<ObjectKey>,
+    /// Left in place by policy.
+    pub retained: Vec<ObjectKey>,
+    /// Why retirement is not finished, if it is not.
+    pub blocked: Option<String>,
+}
+
+/// Remove (Delete) or leave (Retain) every owned object of an env. Retain never touches the
+/// broker, so an unreachable broker cannot wedge a deletion under Retain.
+pub(super) async fn retire(
+    ctx: &Context,
+    scope: &Scope,
+    env: &EnvSpec,
+    owned: &BTreeSet<ObjectKey>,
+    policy: DeletionPolicy,
+) -> Result<Retired, Error> {
+    if policy == DeletionPolicy::Retain || owned.is_empty() {
+        return Ok(Retired {
+            remaining: BTreeSet::new(),
+            retained: owned.iter().cloned().collect(),
+            blocked: None,
+        });
+    }
+    let secrets = secrets::resolve(&ctx.client, &scope.namespace, env).await?;
+    let backend = ctx.pool.get(env, &secrets).await.map_err(Error::Broker)?;
+    let desired = DesiredState::default();
+    let input = PlanInput {
+        scope,
+        owned,
+        deletion_policy: policy,
+        adopt_existing: false,
+        capabilities: brokers::capabilities(env.broker_type),
+    };
+    let (observed, the_plan) = brokers::observe_and_plan(backend.as_ref(), &desired, &input)
+        .await
+        .map_err(Error::Broker)?;
+    let outcomes = if the_plan.actions.is_empty() {
+        Vec::new()
+    } else {
+        backend.apply(scope, &the_plan.actions).await
+    };
+    let remaining = owned_after(owned, &desired, &observed, &outcomes, &the_plan.actions);
+    let failed = outcomes
+        .iter()
+        .find_map(|o| o.result.as_ref().err().map(|e| format!("{}: {e}", o.key)));
+    let blocked = failed.or_else(|| {
+        the_plan
+            .refused
+            .first()
+            .map(|r| format!("{}: {}", r.reason, r.message))
+    });
+    Ok(Retired {
+        remaining,
+        retained: Vec::new(),
+        blocked,
+    })
+}
+
+fn topic_statuses(
+    topics: &[TopicSpec],
+    desired: &DesiredState,
+    plan: &Plan,
+    outcomes: &[ActionOutcome],
+) -> Vec<TopicStatus> {
+    let mut problems: BTreeMap<String, String> = BTreeMap::new();
+    for r in &plan.refused {
+        problems
+            .entry(r.key.name.clone())
+            .or_insert_with(|| r.message.clone());
+    }
+    for o in outcomes {
+        if let Err(e) = &o.result {
+            problems
+                .entry(o.key.name.clone())
+                .or_insert_with(|| e.message.clone());
+        }
+    }
+    // Which logical topic each physical object serves.
+    let mut per_topic: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for o in &desired.objects {
+        let topic = o.logical.split('/').next().unwrap_or_default();
+        per_topic
+            .entry(topic)
+            .or_default()
+            .push(o.key.name.as_str());
+    }
+    topics
+        .iter()
+        .map(|t| {
+            let message = per_topic
+                .get(t.name.as_str())
+                .into_iter()
+                .flatten()
+                .find_map(|name| problems.get(*name).cloned());
+            TopicStatus {
+                name: t.name.clone(),
+                physical_name: desired.names.get(&t.name).cloned().unwrap_or_default(),
+                ready: message.is_none(),
+                message,
+                subscriptions: t
+                    .subscriptions
+                    .iter()
+                    .map(|s| {
+                        let key = format!("{}/{}", t.name, s.name);
+                        SubscriptionStatus {
+                            name: s.name.clone(),
+                            physical_name: desired.names.get(&key).cloned().unwrap_or_default(),
+                            dead_letter: desired.names.get(&format!("{key}/dlq")).cloned(),
+                        }
+                    })
+                    .collect(),
+            }
+        })
+        .collect()
+}
+
+fn summarise_actions(
+    env: &EnvSpec,
+    plan: &Plan,
+    outcomes: &[ActionOutcome],
+    events: &mut Vec<(EventType, String, String)>,
+) {
+    let mut created = 0;
+    let mut updated = 0;
+    let mut deleted = 0;
+    for (a, o) in plan.actions.iter().zip(outcomes) {
+        if o.result.is_err() {
+            continue;
+        }
+        match a {
+            Action::Create { .. } | Action::Adopt { .. } => created += 1,
+            Action::Update { .. } | Action::AddPartitions { .. } => updated += 1,
+            Action::Delete { .. } => deleted += 1,
+        }
+    }
+    let topics_created = plan
+        .actions
+        .iter()
+        .zip(outcomes)
+        .filter(|(a, o)| {
+            o.result.is_ok()
+                && matches!(a, Action::Create { object } if object.key.kind == ObjectKind::Topic)
+        })
+        .count();
+    if created > 0 {
+        events.push((
+            EventType::Normal,
+            "Created".into(),
+            format!(
+                "env {}: created {created} object(s) on {} ({topics_created} topic(s))",
+                env.slug, env.broker_type
+            ),
+        ));
+    }
+    if updated > 0 {
+        events.push((
+            EventType::Normal,
+            "Updated".into(),
+            format!("env {}: updated {updated} object(s)", env.slug),
+        ));
+    }
+    if deleted > 0 {
+        events.push((
+            EventType::Normal,
+            "Deleted".into(),
+            format!("env {}: deleted {deleted} object(s)", env.slug),
+        ));
+    }
+}

@@ -1,0 +1,304 @@
+//! The controller: watches MessageBrokers (and the Secrets they reference), reconciles each one
+//! against its brokers, and writes status, binding Secrets and Events.
+
+use std::collections::{BTreeSet, HashMap};
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::ObjectMeta;
+use kube::core::PartialObjectMeta;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use crate::api::MessageBroker;
+use crate::brokers::Connector;
+use crate::brokers::pool::BackendPool;
+use crate::error::Error;
+use crate::metrics::Metrics;
+
+mod env;
+mod reconcile;
+mod status;
+
+pub use reconcile::reconcile;
+
+/// Annotation that lets an admin abandon broker-side cleanup of a deleting MessageBroker.
+pub const ABANDON_ANNOTATION: &str = "switchyard.dev/abandon-cleanup";
+
+/// A MessageBroker as stored, with spec and status kept as JSON so that an object the current
+/// types cannot read is reported as Stalled instead of breaking the watch.
+#[derive(kube::Resource, Serialize, Deserialize, Clone, Debug)]
+#[resource(inherit = "MessageBroker")]
+pub struct RawMessageBroker {
+    /// Object metadata.
+    pub metadata: ObjectMeta,
+    /// The spec, not yet validated.
+    #[serde(default)]
+    pub spec: serde_json::Value,
+    /// The status, as last written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<serde_json::Value>,
+}
+
+/// Settings of one controller instance.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Env slugs this instance manages; `None` manages all.
+    pub envs: Option<BTreeSet<String>>,
+    /// Requeue interval that repairs drift.
+    pub resync: Duration,
+    /// Timeout of a broker connectivity check.
+    pub check_timeout: Duration,
+    /// Reconciles running at once.
+    pub concurrency: u16,
+    /// Name for Events' reporting controller.
+    pub instance: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            envs: None,
+            resync: Duration::from_secs(60),
+            check_timeout: Duration::from_secs(5),
+            concurrency: 16,
+            instance: "switchyard".into(),
+        }
+    }
+}
+
+impl Config {
+    /// Whether this instance manages the env.
+    pub fn manages(&self, slug: &str) -> bool {
+        self.envs.as_ref().is_none_or(|e| e.contains(slug))
+    }
+
+    /// The finalizer of this instance: one per env selection, so instances that split envs
+    /// each clean up their own.
+    pub fn finalizer(&self) -> String {
+        match &self.envs {
+            None => "switchyard.dev/cleanup".to_string(),
+            Some(envs) => {
+                let joined = envs.iter().cloned().collect::<Vec<_>>().join(".");
+                let mut name = format!("cleanup.{joined}");
+                name.truncate(63);
+                format!("switchyard.dev/{}", name.trim_end_matches(['.', '-']))
+            }
+        }
+    }
+}
+
+/// Shared state of the reconcilers.
+pub struct Context {
+    /// Kubernetes client.
+    pub client: Client,
+    /// Pooled broker clients.
+    pub pool: BackendPool,
+    /// Instance settings.
+    pub config: Config,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Event recorder.
+    pub recorder: Recorder,
+    /// Binding Secrets Switchyard manages (metadata only), to skip writes that change nothing.
+    pub bindings: Option<Store<kube::core::PartialObjectMeta<Secret>>>,
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl Context {
+    /// A context. `bindings` is the store of managed binding Secrets, when watched.
+    pub fn new(
+        client: Client,
+        connector: Arc<dyn Connector>,
+        config: Config,
+        metrics: Arc<Metrics>,
+        bindings: Option<Store<kube::core::PartialObjectMeta<Secret>>>,
+    ) -> Self {
+        let recorder = Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: "switchyard".into(),
+                instance: Some(config.instance.clone()),
+            },
+        );
+        Context {
+            client,
+            pool: BackendPool::new(connector),
+            config,
+            metrics,
+            recorder,
+            bindings,
+            failures: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn backoff(&self, key: &str) -> Duration {
+        let mut f = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        let n = f.entry(key.to_string()).or_insert(0);
+        *n = n.saturating_add(1);
+        // 1s, 2s, 4s … capped at the resync interval (and 5 minutes).
+        let secs = 1u64 << (*n - 1).min(9);
+        Duration::from_secs(secs)
+            .min(self.config.resync.max(Duration::from_secs(1)))
+            .min(Duration::from_secs(300))
+    }
+
+    fn reset_backoff(&self, key: &str) {
+        self.failures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key);
+    }
+}
+
+/// Requeue with exponential backoff per object; count the error by category.
+pub fn error_policy(raw: Arc<RawMessageBroker>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.error(error.category());
+    let key = format!("{}/{}", raw.namespace().unwrap_or_default(), raw.name_any());
+    if error.is_transient() {
+        let delay = ctx.backoff(&key);
+        warn!(name = %key, category = error.category(), error = %error, retry_in = ?delay, "reconcile failed");
+        Action::requeue(delay)
+    } else {
+        warn!(name = %key, category = error.category(), error = %error, "reconcile failed; waiting for a change");
+        Action::await_change()
+    }
+}
+
+/// What re-triggers a reconcile on a MessageBroker event: spec changes, finalizers, deletion
+/// and our annotations — not status writes (which would loop).
+fn trigger_hash(obj: &RawMessageBroker) -> Option<u64> {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    obj.metadata.generation.hash(&mut h);
+    obj.metadata.finalizers.hash(&mut h);
+    obj.metadata.deletion_timestamp.is_some().hash(&mut h);
+    obj.annotations().get(ABANDON_ANNOTATION).hash(&mut h);
+    Some(h.finish())
+}
+
+/// The Secrets a MessageBroker references, read from its raw spec.
+fn referenced_secrets(raw: &RawMessageBroker) -> Vec<String> {
+    serde_json::from_value::<crate::api::MessageBrokerSpec>(raw.spec.clone())
+        .map(|s| {
+            s.envs
+                .iter()
+                .flat_map(|e| e.secret_names())
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Run the controller until `shutdown` resolves. Watches MessageBrokers in `namespace` (all when
+/// `None`), the metadata of Secrets (to react to credential rotation without caching Secret data),
+/// and the binding Secrets it writes.
+pub async fn run(
+    client: Client,
+    namespace: Option<String>,
+    connector: Arc<dyn Connector>,
+    config: Config,
+    metrics: Arc<Metrics>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let brokers: Api<RawMessageBroker> = match &namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    let secrets: Api<PartialObjectMeta<Secret>> = match &namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+
+    // Binding Secrets we manage: metadata only, label-selected.
+    let (binding_store, binding_writer) = reflector::store();
+    let binding_stream = reflector::reflector(
+        binding_writer,
+        watcher(
+            secrets.clone(),
+            watcher::Config::default().labels(&format!(
+                "{}={}",
+                crate::binding::MANAGED_BY_LABEL.0,
+                crate::binding::MANAGED_BY_LABEL.1
+            )),
+        )
+        .default_backoff(),
+    )
+    .touched_objects();
+
+    let ctx = Arc::new(Context::new(
+        client,
+        connector,
+        config.clone(),
+        metrics,
+        Some(binding_store),
+    ));
+
+    let (store, writer) = reflector::store();
+    let main_stream = watcher(brokers, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .reflect(writer)
+        .applied_objects()
+        .predicate_filter(trigger_hash, Default::default());
+
+    let rotation_store = store.clone();
+    let rotation = watcher(secrets, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .touched_objects();
+
+    let controller = Controller::for_stream(main_stream, store)
+        .with_config(kube::runtime::controller::Config::default().concurrency(config.concurrency))
+        .watches_stream(
+            rotation,
+            move |secret: kube::core::PartialObjectMeta<Secret>| {
+                let ns = secret.namespace().unwrap_or_default();
+                let name = secret.name_any();
+                rotation_store
+                    .state()
+                    .into_iter()
+                    .filter(|mb| {
+                        mb.namespace().as_deref() == Some(ns.as_str())
+                            && referenced_secrets(mb).contains(&name)
+                    })
+                    .map(|mb| ObjectRef::from_obj(mb.as_ref()))
+                    .collect::<Vec<_>>()
+            },
+        )
+        .watches_stream(
+            binding_stream,
+            |secret: kube::core::PartialObjectMeta<Secret>| {
+                let ns = secret.namespace().unwrap_or_default();
+                secret
+                    .owner_references()
+                    .iter()
+                    .filter(|o| {
+                        o.kind == MessageBroker::kind(&())
+                            && o.api_version == MessageBroker::api_version(&())
+                    })
+                    .map(|o| ObjectRef::<RawMessageBroker>::new(&o.name).within(&ns))
+                    .collect::<Vec<_>>()
+            },
+        )
+        .graceful_shutdown_on(shutdown);
+
+    info!(envs = ?config.envs, resync = ?config.resync, "controller started");
+    controller
+        .run(reconcile, error_policy, ctx)
+        .for_each(|res| async move {
+            if let Err(e) = res {
+                tracing::debug!(error = %e, "reconcile dispatch");
+            }
+        })
+        .await;
+    info!("controller stopped");
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,394 @@
+//! Reconcile one MessageBroker: parse → validate → per env (phase 1: connect, observe, plan) →
+//! record intents → per env (phase 2: apply, bind, swap, retire) → status, written only when it changed.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
+use kube::api::DeleteParams;
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event as KubeEvent, EventType};
+use kube::runtime::finalizer::{Event, finalizer};
+use kube::{Api, Resource, ResourceExt};
+use tracing::{Instrument, debug, info, info_span};
+
+use super::env::{self, Shared};
+use super::status::{self, Verdict};
+use super::{ABANDON_ANNOTATION, Context, RawMessageBroker};
+use crate::api::conditions::{Desired, reasons, types};
+use crate::api::{
+    DeletionPolicy, EnvSpec, EnvStatus, MessageBroker, MessageBrokerSpec, MessageBrokerStatus,
+};
+use crate::brokers::{ObjectKey, Scope};
+use crate::error::Error;
+
+/// The reconcile entry point, wrapped in the finalizer so cleanup runs before deletion.
+pub async fn reconcile(raw: Arc<RawMessageBroker>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let _timer = ctx.metrics.timer();
+    let namespace = raw.namespace().ok_or(Error::MissingMetadata("namespace"))?;
+    let span = info_span!("reconcile", namespace = %namespace, name = %raw.name_any());
+    let api: Api<RawMessageBroker> = Api::namespaced(ctx.client.clone(), &namespace);
+    let finalizer_name = ctx.config.finalizer();
+    finalizer(&api, &finalizer_name, raw, |event| async {
+        match event {
+            Event::Apply(mb) => apply(mb, &ctx).await,
+            Event::Cleanup(mb) => cleanup(mb, &ctx).await,
+        }
+    })
+    .instrument(span)
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)))
+}
+
+fn now() -> Time {
+    Time(jiff::Timestamp::now())
+}
+
+fn previous_status(raw: &RawMessageBroker) -> MessageBrokerStatus {
+    raw.status
+        .clone()
+        .and_then(|v| serde_json::from_value(v).ok())
+        .unwrap_or_default()
+}
+
+fn owner_reference(raw: &RawMessageBroker) -> Result<OwnerReference, Error> {
+    Ok(OwnerReference {
+        api_version: MessageBroker::api_version(&()).to_string(),
+        kind: MessageBroker::kind(&()).to_string(),
+        name: raw.name_any(),
+        uid: raw
+            .metadata
+            .uid
+            .clone()
+            .ok_or(Error::MissingMetadata("uid"))?,
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    })
+}
+
+/// Checks the API server cannot express (the schema and CEL rules catch the rest).
+pub fn validate(spec: &MessageBrokerSpec) -> Result<(), String> {
+    for t in &spec.topics {
+        t.retention_duration()
+            .map_err(|e| format!("topic {:?}: retention {e}", t.name))?;
+    }
+    for e in &spec.envs {
+        let present = [
+            e.kafka.is_some(),
+            e.redis.is_some(),
+            e.rabbitmq.is_some(),
+            e.google_pub_sub.is_some(),
+            e.aws_sqs.is_some(),
+        ]
+        .iter()
+        .filter(|p| **p)
+        .count();
+        if present != 1 {
+            return Err(format!(
+                "env {:?}: exactly the settings block of type {} must be set",
+                e.slug, e.broker_type
+            ));
+        }
+    }
+    Ok(())
+}
+
+async fn publish(ctx: &Context, raw: &RawMessageBroker, events: Vec<(EventType, String, String)>) {
+    let reference = raw.object_ref(&());
+    for (type_, reason, note) in events {
+        let ev = KubeEvent {
+            type_,
+            reason,
+            note: Some(note),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        if let Err(e) = ctx.recorder.publish(&ev, &reference).await {
+            debug!(error = %e, "publishing an event failed");
+        }
+    }
+}
+
+async fn stall(
+    raw: &RawMessageBroker,
+    ctx: &Context,
+    prev: &MessageBrokerStatus,
+    message: String,
+) -> Result<Action, Error> {
+    let mut next = prev.clone();
+    status::set_top(
+        &mut next,
+        raw.metadata.generation,
+        &now(),
+        Verdict::Stalled(reasons::INVALID_SPEC.into(), message.clone()),
+    );
+    status::write_if_changed(ctx, raw, prev, &next).await?;
+    publish(
+        ctx,
+        raw,
+        vec![(EventType::Warning, reasons::INVALID_SPEC.into(), message)],
+    )
+    .await;
+    Ok(Action::await_change())
+}
+
+async fn apply(raw: Arc<RawMessageBroker>, ctx: &Context) -> Result<Action, Error> {
+    let prev = previous_status(&raw);
+    let spec: MessageBrokerSpec = match serde_json::from_value(raw.spec.clone()) {
+        Ok(s) => s,
+        Err(e) => return stall(&raw, ctx, &prev, format!("the spec cannot be read: {e}")).await,
+    };
+    if let Err(msg) = validate(&spec) {
+        return stall(&raw, ctx, &prev, msg).await;
+    }
+    let namespace = raw.namespace().ok_or(Error::MissingMetadata("namespace"))?;
+    let scope = Scope {
+        namespace,
+        name: raw.name_any(),
+    };
+    let now = now();
+    let shared = Shared {
+        ctx,
+        scope: &scope,
+        topics: &spec.topics,
+        policy: spec.deletion_policy,
+        generation: raw.metadata.generation,
+        now: &now,
+        owner_ref: owner_reference(&raw)?,
+    };
+
+    let managed: Vec<&EnvSpec> = spec
+        .envs
+        .iter()
+        .filter(|e| ctx.config.manages(&e.slug))
+        .collect();
+    let prepared = futures::future::join_all(
+        managed
+            .iter()
+            .map(|e| env::prepare(&shared, e, prev.envs.iter().find(|s| s.slug == e.slug))),
+    )
+    .await;
+
+    // Record what is about to be created (and a swap that starts) before touching the broker.
+    if prepared.iter().any(|p| {
+        !p.intents().is_empty()
+            || prev_env(&prev, &p.env.slug).map(|s| &s.swap) != Some(&p.status.swap)
+    }) {
+        let mut intent = prev.clone();
+        for p in &prepared {
+            let mut s = p.status.clone();
+            let mut owned: BTreeSet<String> = s.owned.into_iter().collect();
+            owned.extend(p.intents());
+            s.owned = owned.into_iter().collect();
+            upsert_env(&mut intent.envs, s);
+        }
+        status::write_if_changed(ctx, &raw, &prev, &intent).await?;
+    }
+
+    let finished =
+        futures::future::join_all(prepared.into_iter().map(|p| env::finish(&shared, p))).await;
+
+    let mut next = prev.clone();
+    let mut events = Vec::new();
+    let mut transient = None;
+    let mut stalled = None;
+    for f in finished {
+        events.extend(f.events);
+        transient = transient.or(f.transient);
+        stalled = stalled.or(f.stalled);
+        upsert_env(&mut next.envs, f.status);
+    }
+    let removed = retire_removed_envs(ctx, &scope, &spec, &mut next, &mut events).await;
+    transient = transient.or(removed);
+    // Keep status in spec order; drop entries of envs that left the spec and are retired.
+    next.envs.sort_by_key(|s| {
+        spec.envs
+            .iter()
+            .position(|e| e.slug == s.slug)
+            .unwrap_or(usize::MAX)
+    });
+    next.topic_count = i32::try_from(spec.topics.len()).unwrap_or(i32::MAX);
+    next.env_summary = status::env_summary(&spec, &next.envs);
+    let verdict = status::verdict(&spec, &next.envs, stalled, transient.clone());
+    status::set_top(&mut next, raw.metadata.generation, &now, verdict);
+    let wrote = status::write_if_changed(ctx, &raw, &prev, &next).await?;
+    if wrote {
+        debug!("status updated");
+    }
+    publish(ctx, &raw, events).await;
+
+    let key = format!("{}/{}", scope.namespace, scope.name);
+    match transient {
+        Some(msg) => {
+            ctx.metrics.error("broker");
+            let delay = ctx.backoff(&key);
+            info!(reason = %msg, retry_in = ?delay, "not ready yet");
+            Ok(Action::requeue(delay))
+        }
+        None => {
+            ctx.reset_backoff(&key);
+            Ok(Action::requeue(ctx.config.resync))
+        }
+    }
+}
+
+fn prev_env<'a>(prev: &'a MessageBrokerStatus, slug: &str) -> Option<&'a EnvStatus> {
+    prev.envs.iter().find(|s| s.slug == slug)
+}
+
+fn upsert_env(envs: &mut Vec<EnvStatus>, status: EnvStatus) {
+    match envs.iter_mut().find(|s| s.slug == status.slug) {
+        Some(existing) => *existing = status,
+        None => envs.push(status),
+    }
+}
+
+/// Envs that left the spec: retire their objects by policy, then forget them.
+/// Returns a message when retirement has to be retried.
+async fn retire_removed_envs(
+    ctx: &Context,
+    scope: &Scope,
+    spec: &MessageBrokerSpec,
+    next: &mut MessageBrokerStatus,
+    events: &mut Vec<(EventType, String, String)>,
+) -> Option<String> {
+    let mut retry = None;
+    let mut keep = Vec::new();
+    for s in std::mem::take(&mut next.envs) {
+        let gone = !spec.envs.iter().any(|e| e.slug == s.slug) && ctx.config.manages(&s.slug);
+        if !gone {
+            keep.push(s);
+            continue;
+        }
+        match retire_env_status(ctx, scope, &s, spec.deletion_policy).await {
+            Ok(None) => {
+                delete_binding(ctx, scope, &s).await;
+                events.push((
+                    EventType::Normal,
+                    "EnvRemoved".into(),
+                    format!("env {} removed", s.slug),
+                ));
+            }
+            Ok(Some(msg)) | Err(msg) => {
+                retry = Some(format!("env {}: {msg}", s.slug));
+                keep.push(s);
+            }
+        }
+    }
+    next.envs = keep;
+    retry
+}
+
+/// Retire everything an env status owns (and a swap's old side). `Ok(None)` when done.
+async fn retire_env_status(
+    ctx: &Context,
+    scope: &Scope,
+    s: &EnvStatus,
+    policy: DeletionPolicy,
+) -> Result<Option<String>, String> {
+    let mut sides: Vec<(Option<serde_json::Value>, Vec<String>)> =
+        vec![(s.active.clone(), s.owned.clone())];
+    if let Some(swap) = &s.swap {
+        sides.push((swap.old.clone(), swap.old_owned.clone()));
+    }
+    for (active, owned) in sides {
+        let owned: BTreeSet<ObjectKey> = owned.iter().filter_map(|k| ObjectKey::parse(k)).collect();
+        if owned.is_empty() || policy == DeletionPolicy::Retain {
+            continue;
+        }
+        let Some(env) = active.and_then(|v| serde_json::from_value::<EnvSpec>(v).ok()) else {
+            continue;
+        };
+        let r = env::retire(ctx, scope, &env, &owned, policy)
+            .await
+            .map_err(|e| e.to_string())?;
+        if let Some(blocked) = r.blocked {
+            return Ok(Some(blocked));
+        }
+    }
+    Ok(None)
+}
+
+async fn delete_binding(ctx: &Context, scope: &Scope, s: &EnvStatus) {
+    if let Some(b) = &s.binding {
+        let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &scope.namespace);
+        if let Err(e) = api.delete(&b.name, &DeleteParams::default()).await
+            && !matches!(&e, kube::Error::Api(s) if s.code == 404)
+        {
+            debug!(error = %e, secret = %b.name, "deleting binding Secret failed");
+        }
+    }
+}
+
+/// Deletion: retire broker-side objects by the deletion policy (nothing under Retain), unless
+/// an admin set the abandon annotation; then remove binding Secrets.
+async fn cleanup(raw: Arc<RawMessageBroker>, ctx: &Context) -> Result<Action, Error> {
+    let prev = previous_status(&raw);
+    let namespace = raw.namespace().ok_or(Error::MissingMetadata("namespace"))?;
+    let scope = Scope {
+        namespace,
+        name: raw.name_any(),
+    };
+    let policy = serde_json::from_value::<MessageBrokerSpec>(raw.spec.clone())
+        .map(|s| s.deletion_policy)
+        .unwrap_or_default();
+    let abandon = raw
+        .annotations()
+        .get(ABANDON_ANNOTATION)
+        .is_some_and(|v| v == "true");
+
+    let mut blocked = Vec::new();
+    for s in prev.envs.iter().filter(|s| ctx.config.manages(&s.slug)) {
+        if !abandon {
+            match retire_env_status(ctx, &scope, s, policy).await {
+                Ok(None) => {}
+                Ok(Some(msg)) | Err(msg) => {
+                    blocked.push(format!("env {}: {msg}", s.slug));
+                    continue;
+                }
+            }
+        }
+        delete_binding(ctx, &scope, s).await;
+    }
+    if blocked.is_empty() {
+        let note = if abandon {
+            "cleanup abandoned by annotation; broker objects left in place"
+        } else {
+            "cleanup complete"
+        };
+        publish(
+            ctx,
+            &raw,
+            vec![(EventType::Normal, reasons::DELETING.into(), note.into())],
+        )
+        .await;
+        return Ok(Action::await_change());
+    }
+    let message = format!(
+        "deletion waits for broker cleanup ({}); set annotation {ABANDON_ANNOTATION}=true to leave broker objects in place",
+        blocked.join("; ")
+    );
+    let mut next = prev.clone();
+    let conds = vec![
+        Desired::new(types::READY, false, reasons::DELETING, message.clone()),
+        Desired::new(types::RECONCILING, true, reasons::DELETING, message.clone()),
+    ];
+    next.conditions =
+        crate::api::conditions::merge(&prev.conditions, &conds, raw.metadata.generation, &now());
+    status::write_if_changed(ctx, &raw, &prev, &next).await?;
+    publish(
+        ctx,
+        &raw,
+        vec![(
+            EventType::Warning,
+            reasons::DELETING.into(),
+            message.clone(),
+        )],
+    )
+    .await;
+    Err(Error::Broker(crate::brokers::BrokerError::new(
+        crate::brokers::BrokerErrorKind::Other,
+        message,
+    )))
+}
