@@ -16,3 +16,161 @@ pub fn unique(prefix: &str) -> String {
     let n = COUNTER.fetch_add(1, Ordering::SeqCst);
     format!("{prefix}-{}-{n}", std::process::id())
 }
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::runtime::wait::{await_condition, conditions};
+use kube::{Api, Client, CustomResourceExt};
+use switchyard::api::MessageBroker;
+use switchyard::brokers::Connector;
+use switchyard::controller::{self, Config};
+use switchyard::metrics::Metrics;
+
+/// A client for the test API server as admin (KUBECONFIG from env.sh).
+pub async fn client() -> Client {
+    env_var("KUBECONFIG");
+    Client::try_default().await.expect("a client for the test API server")
+}
+
+/// A client with an explicit kubeconfig file.
+pub async fn client_from(path: &str) -> Client {
+    let kc = kube::config::Kubeconfig::read_from(path).expect("kubeconfig readable");
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.expect("kubeconfig valid");
+    Client::try_from(cfg).expect("client")
+}
+
+/// Install (server-side apply) the generated CRD and wait until it is Established.
+pub async fn ensure_crd(client: &Client) {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let crd = MessageBroker::crd();
+    let name = crd.metadata.name.clone().expect("CRD has a name");
+    api.patch(&name, &PatchParams::apply("switchyard-tests").force(), &Patch::Apply(&crd))
+        .await
+        .expect("CRD applies");
+    tokio::time::timeout(Duration::from_secs(30), await_condition(api, &name, conditions::is_crd_established()))
+        .await
+        .expect("CRD established within 30s")
+        .expect("watching the CRD");
+}
+
+/// A fresh namespace for one test.
+pub async fn namespace(client: &Client, prefix: &str) -> String {
+    let name = unique(prefix);
+    let api: Api<Namespace> = Api::all(client.clone());
+    let ns: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).expect("namespace");
+    api.create(&PostParams::default(), &ns).await.expect("namespace created");
+    name
+}
+
+/// A controller running in this test's runtime, watching one namespace.
+pub struct RunningController {
+    /// Its metrics.
+    pub metrics: Arc<Metrics>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    handle: tokio::task::JoinHandle<()>,
+}
+
+impl RunningController {
+    /// Stop it and wait until it has stopped.
+    pub async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(20), &mut self.handle).await;
+    }
+
+    /// Kill it at once, as SIGKILL would: no graceful shutdown.
+    pub fn kill(self) {
+        self.handle.abort();
+    }
+}
+
+/// Start the controller in-process against `client`, limited to `namespace`.
+pub fn start_controller(client: Client, namespace: &str, connector: Arc<dyn Connector>, config: Config) -> RunningController {
+    let metrics = Arc::new(Metrics::default());
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let m = metrics.clone();
+    let ns = namespace.to_string();
+    let handle = tokio::spawn(async move {
+        controller::run(client, Some(ns), connector, config, m, async {
+            let _ = rx.await;
+        })
+        .await;
+    });
+    RunningController { metrics, stop: Some(tx), handle }
+}
+
+/// Test settings: short resync so drift repair is observable quickly.
+pub fn fast_config() -> Config {
+    Config { resync: Duration::from_secs(2), check_timeout: Duration::from_secs(3), ..Config::default() }
+}
+
+/// Wait until `check` holds for the named MessageBroker, or fail with the last object seen.
+pub async fn wait_for_mb(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    timeout: Duration,
+    what: &str,
+    check: impl Fn(&MessageBroker) -> bool,
+) -> MessageBroker {
+    let api: Api<MessageBroker> = Api::namespaced(client.clone(), namespace);
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut last = None;
+    loop {
+        if let Ok(Some(mb)) = api.get_opt(name).await {
+            if check(&mb) {
+                return mb;
+            }
+            last = Some(mb);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            panic!(
+                "{namespace}/{name}: not {what} within {timeout:?}; last status: {}",
+                serde_json::to_string_pretty(&last.and_then(|m| m.status)).unwrap_or_default()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Whether the MessageBroker's top-level condition of this type is True.
+pub fn condition_true(mb: &MessageBroker, type_: &str) -> bool {
+    mb.status
+        .as_ref()
+        .is_some_and(|s| switchyard::api::conditions::is_true(&s.conditions, type_))
+}
+
+/// The top-level condition of a type.
+pub fn condition<'a>(
+    mb: &'a MessageBroker,
+    type_: &str,
+) -> Option<&'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+    mb.status.as_ref().and_then(|s| switchyard::api::conditions::find(&s.conditions, type_))
+}
+
+/// Server-side apply a MessageBroker from YAML into a namespace.
+pub async fn apply_mb(client: &Client, namespace: &str, yaml: &str) -> MessageBroker {
+    let mb: MessageBroker = serde_norway::from_str(yaml).expect("test manifest parses");
+    let name = mb.metadata.name.clone().expect("manifest has a name");
+    let api: Api<MessageBroker> = Api::namespaced(client.clone(), namespace);
+    api.patch(&name, &PatchParams::apply("switchyard-tests").force(), &Patch::Apply(&mb))
+        .await
+        .expect("MessageBroker applies")
+}
+
+/// Create or replace an Opaque Secret.
+pub async fn put_secret(client: &Client, namespace: &str, name: &str, data: &[(&str, &str)]) {
+    use k8s_openapi::api::core::v1::Secret;
+    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let map: serde_json::Map<String, serde_json::Value> =
+        data.iter().map(|(k, v)| (k.to_string(), serde_json::Value::String(v.to_string()))).collect();
+    let s = serde_json::json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "stringData": map});
+    api.patch(name, &PatchParams::apply("switchyard-tests").force(), &Patch::Apply(&s))
+        .await
+        .expect("Secret applies");
+}
