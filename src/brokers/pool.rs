@@ -11,10 +11,13 @@ use crate::secrets::ResolvedSecrets;
 /// Entries unused for this long are dropped (e.g. after a credential rotation).
 const IDLE_EVICTION: Duration = Duration::from_secs(15 * 60);
 
+/// A pooled backend and when it was last used.
+type PoolEntry = (Arc<dyn Backend>, Instant);
+
 /// A pool of backends keyed by the env's broker settings and a digest of its credentials.
 pub struct BackendPool {
     connector: Arc<dyn Connector>,
-    entries: Mutex<HashMap<String, (Arc<dyn Backend>, Instant)>>,
+    entries: Mutex<HashMap<String, PoolEntry>>,
 }
 
 impl BackendPool {

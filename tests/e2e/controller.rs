@@ -57,16 +57,34 @@ async fn reconciles_to_ready_with_status_binding_events_and_finalizer() {
     let ctl = start_controller(client.clone(), &ns, connector.clone(), fast_config());
 
     apply_mb(&client, &ns, &two_env_manifest("bus")).await;
-    let mb = wait_for_mb(&client, &ns, "bus", TIMEOUT, "Ready", |m| condition_true(m, "Ready")).await;
+    let mb = wait_for_mb(&client, &ns, "bus", TIMEOUT, "Ready", |m| {
+        condition_true(m, "Ready")
+    })
+    .await;
     let status = mb.status.clone().expect("status");
     assert_eq!(status.observed_generation, mb.metadata.generation);
     assert_eq!(status.env_summary, "prd:Kafka dev:Redis");
     assert_eq!(status.topic_count, 2);
     assert!(condition(&mb, "Reconciling").is_none() && condition(&mb, "Stalled").is_none());
-    let prd = status.envs.iter().find(|e| e.slug == "prd").expect("prd status");
+    let prd = status
+        .envs
+        .iter()
+        .find(|e| e.slug == "prd")
+        .expect("prd status");
     assert_eq!(prd.topics.len(), 2);
-    assert!(prd.topics.iter().all(|t| t.ready && !t.physical_name.is_empty()), "{:?}", prd.topics);
-    assert!(mb.metadata.finalizers.as_ref().is_some_and(|f| f.iter().any(|x| x == "switchyard.dev/cleanup")));
+    assert!(
+        prd.topics
+            .iter()
+            .all(|t| t.ready && !t.physical_name.is_empty()),
+        "{:?}",
+        prd.topics
+    );
+    assert!(
+        mb.metadata
+            .finalizers
+            .as_ref()
+            .is_some_and(|f| f.iter().any(|x| x == "switchyard.dev/cleanup"))
+    );
     // Every created object is recorded as owned, and exists on the (fake) broker.
     let broker = connector.backend("prd", BrokerType::Kafka);
     assert_eq!(prd.owned.len(), broker.objects().len());
@@ -74,37 +92,59 @@ async fn reconciles_to_ready_with_status_binding_events_and_finalizer() {
 
     // The binding Secret, owned by the MessageBroker.
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
-    let binding = secrets.get("bus-prd").await.expect("binding Secret bus-prd");
+    let binding = secrets
+        .get("bus-prd")
+        .await
+        .expect("binding Secret bus-prd");
     let data = binding.data.clone().expect("binding data");
     assert_eq!(String::from_utf8_lossy(&data["type"].0), "kafka");
     assert!(data.contains_key("topic.order-created"));
     assert_eq!(binding.type_.as_deref(), Some("servicebinding.io/kafka"));
     let owner = &binding.metadata.owner_references.expect("owner")[0];
     assert_eq!(owner.kind, "MessageBroker");
-    assert_eq!(prd.binding.as_ref().map(|b| b.name.as_str()), Some("bus-prd"));
+    assert_eq!(
+        prd.binding.as_ref().map(|b| b.name.as_str()),
+        Some("bus-prd")
+    );
 
     // Events were recorded against the object.
     let events: Api<Event> = Api::namespaced(client.clone(), &ns);
     let deadline = tokio::time::Instant::now() + TIMEOUT;
     loop {
         let list = events.list(&ListParams::default()).await.expect("events");
-        if list.items.iter().any(|e| e.reason.as_deref() == Some("Created")) {
+        if list
+            .items
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("Created"))
+        {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "no Created event within {TIMEOUT:?}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no Created event within {TIMEOUT:?}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
     // Delete: the finalizer runs (Retain: nothing deleted on the broker) and is removed.
     let before = broker.objects().len();
     let api: Api<MessageBroker> = Api::namespaced(client.clone(), &ns);
-    api.delete("bus", &DeleteParams::default()).await.expect("delete");
+    api.delete("bus", &DeleteParams::default())
+        .await
+        .expect("delete");
     let deadline = tokio::time::Instant::now() + TIMEOUT;
     while api.get_opt("bus").await.expect("get").is_some() {
-        assert!(tokio::time::Instant::now() < deadline, "MessageBroker still present: finalizer not removed");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "MessageBroker still present: finalizer not removed"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(broker.objects().len(), before, "Retain must not delete broker objects");
+    assert_eq!(
+        broker.objects().len(),
+        before,
+        "Retain must not delete broker objects"
+    );
     ctl.stop().await;
 }
 
@@ -116,7 +156,10 @@ async fn idle_resyncs_write_nothing() {
     let connector = Arc::new(FakeConnector::default());
     let ctl = start_controller(client.clone(), &ns, connector.clone(), fast_config());
     apply_mb(&client, &ns, &two_env_manifest("idle")).await;
-    let ready = wait_for_mb(&client, &ns, "idle", TIMEOUT, "Ready", |m| condition_true(m, "Ready")).await;
+    let ready = wait_for_mb(&client, &ns, "idle", TIMEOUT, "Ready", |m| {
+        condition_true(m, "Ready")
+    })
+    .await;
 
     let broker = connector.backend("prd", BrokerType::Kafka);
     let writes = ctl.metrics.status_writes.get();
@@ -125,14 +168,28 @@ async fn idle_resyncs_write_nothing() {
     // Wait for three more resync passes (observations), then compare.
     let deadline = tokio::time::Instant::now() + TIMEOUT;
     while broker.observe_calls.load(Ordering::SeqCst) < observed + 3 {
-        assert!(tokio::time::Instant::now() < deadline, "no resync passes happened");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no resync passes happened"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(ctl.metrics.status_writes.get(), writes, "idle passes must not write status");
-    assert_eq!(ctl.metrics.binding_writes.get(), bindings, "idle passes must not rewrite bindings");
+    assert_eq!(
+        ctl.metrics.status_writes.get(),
+        writes,
+        "idle passes must not write status"
+    );
+    assert_eq!(
+        ctl.metrics.binding_writes.get(),
+        bindings,
+        "idle passes must not rewrite bindings"
+    );
     let api: Api<MessageBroker> = Api::namespaced(client.clone(), &ns);
     let now = api.get("idle").await.expect("get");
-    assert_eq!(now.metadata.resource_version, ready.metadata.resource_version, "object was rewritten");
+    assert_eq!(
+        now.metadata.resource_version, ready.metadata.resource_version,
+        "object was rewritten"
+    );
     ctl.stop().await;
 }
 
@@ -144,15 +201,25 @@ async fn drift_is_repaired_on_resync() {
     let connector = Arc::new(FakeConnector::default());
     let ctl = start_controller(client.clone(), &ns, connector.clone(), fast_config());
     apply_mb(&client, &ns, &two_env_manifest("drift")).await;
-    wait_for_mb(&client, &ns, "drift", TIMEOUT, "Ready", |m| condition_true(m, "Ready")).await;
+    wait_for_mb(&client, &ns, "drift", TIMEOUT, "Ready", |m| {
+        condition_true(m, "Ready")
+    })
+    .await;
 
     let broker = connector.backend("dev", BrokerType::Redis);
     let objects = broker.objects();
-    let victim = objects.keys().next().expect("something provisioned").clone();
+    let victim = objects
+        .keys()
+        .next()
+        .expect("something provisioned")
+        .clone();
     broker.remove(&victim);
     let deadline = tokio::time::Instant::now() + TIMEOUT;
     while !broker.objects().contains_key(&victim) {
-        assert!(tokio::time::Instant::now() < deadline, "{victim} was not re-created");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{victim} was not re-created"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     ctl.stop().await;
@@ -164,25 +231,48 @@ async fn one_failing_env_does_not_block_another() {
     ensure_crd(&client).await;
     let ns = namespace(&client, "ctl-isolation").await;
     let connector = Arc::new(FakeConnector::default());
-    connector.backend("dev", BrokerType::Redis).set_unreachable(true);
+    connector
+        .backend("dev", BrokerType::Redis)
+        .set_unreachable(true);
     let ctl = start_controller(client.clone(), &ns, connector.clone(), fast_config());
     apply_mb(&client, &ns, &two_env_manifest("iso")).await;
 
-    let mb = wait_for_mb(&client, &ns, "iso", TIMEOUT, "prd bound while dev is down", |m| {
-        env_condition(m, "prd", "BindingReady").is_some_and(|(s, _)| s == "True")
-            && env_condition(m, "dev", "Connected").is_some_and(|(s, _)| s == "False")
-    })
+    let mb = wait_for_mb(
+        &client,
+        &ns,
+        "iso",
+        TIMEOUT,
+        "prd bound while dev is down",
+        |m| {
+            env_condition(m, "prd", "BindingReady").is_some_and(|(s, _)| s == "True")
+                && env_condition(m, "dev", "Connected").is_some_and(|(s, _)| s == "False")
+        },
+    )
     .await;
-    assert_eq!(env_condition(&mb, "prd", "TopicsReady").map(|c| c.0), Some("True".to_string()));
-    assert_eq!(env_condition(&mb, "dev", "Connected").map(|c| c.1), Some("Unreachable".to_string()));
+    assert_eq!(
+        env_condition(&mb, "prd", "TopicsReady").map(|c| c.0),
+        Some("True".to_string())
+    );
+    assert_eq!(
+        env_condition(&mb, "dev", "Connected").map(|c| c.1),
+        Some("Unreachable".to_string())
+    );
     let ready = condition(&mb, "Ready").expect("Ready condition");
     assert_eq!(ready.status, "False");
     assert!(ready.message.contains("env dev"), "{}", ready.message);
-    assert!(condition_true(&mb, "Reconciling"), "a retried outage is InProgress, not Stalled");
+    assert!(
+        condition_true(&mb, "Reconciling"),
+        "a retried outage is InProgress, not Stalled"
+    );
 
     // The broker comes back: Ready follows within the backoff.
-    connector.backend("dev", BrokerType::Redis).set_unreachable(false);
-    wait_for_mb(&client, &ns, "iso", TIMEOUT, "Ready after recovery", |m| condition_true(m, "Ready")).await;
+    connector
+        .backend("dev", BrokerType::Redis)
+        .set_unreachable(false);
+    wait_for_mb(&client, &ns, "iso", TIMEOUT, "Ready after recovery", |m| {
+        condition_true(m, "Ready")
+    })
+    .await;
     ctl.stop().await;
 }
 
@@ -196,9 +286,20 @@ async fn operator_works_under_the_shipped_rbac() {
     let connector = Arc::new(FakeConnector::default());
     let ctl = start_controller(operator, &ns, connector, fast_config());
     apply_mb(&admin, &ns, &two_env_manifest("rbac")).await;
-    wait_for_mb(&admin, &ns, "rbac", TIMEOUT, "Ready under restricted identity", |m| condition_true(m, "Ready")).await;
+    wait_for_mb(
+        &admin,
+        &ns,
+        "rbac",
+        TIMEOUT,
+        "Ready under restricted identity",
+        |m| condition_true(m, "Ready"),
+    )
+    .await;
     let secrets: Api<Secret> = Api::namespaced(admin.clone(), &ns);
-    assert!(secrets.get_opt("rbac-dev").await.expect("get").is_some(), "binding written with restricted rights");
+    assert!(
+        secrets.get_opt("rbac-dev").await.expect("get").is_some(),
+        "binding written with restricted rights"
+    );
     ctl.stop().await;
 }
 
@@ -209,7 +310,11 @@ pub async fn apply_rbac(client: &kube::Client) {
     let ns_api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
     let ns = serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "switchyard-system"}});
     ns_api
-        .patch("switchyard-system", &PatchParams::apply("switchyard-tests"), &Patch::Apply(&ns))
+        .patch(
+            "switchyard-system",
+            &PatchParams::apply("switchyard-tests"),
+            &Patch::Apply(&ns),
+        )
         .await
         .expect("namespace");
     for file in ["service_account.yaml", "role.yaml", "role_binding.yaml"] {
@@ -217,7 +322,10 @@ pub async fn apply_rbac(client: &kube::Client) {
         let text = std::fs::read_to_string(&path).expect("rbac manifest");
         let obj: DynamicObject = serde_norway::from_str(&text).expect("rbac yaml");
         let types = obj.types.clone().expect("typed manifest");
-        let (group, version) = types.api_version.split_once('/').unwrap_or(("", types.api_version.as_str()));
+        let (group, version) = types
+            .api_version
+            .split_once('/')
+            .unwrap_or(("", types.api_version.as_str()));
         let ar = ApiResource {
             group: group.to_string(),
             version: version.to_string(),
@@ -235,8 +343,12 @@ pub async fn apply_rbac(client: &kube::Client) {
             None => Api::all_with(client.clone(), &ar),
         };
         let name = obj.metadata.name.clone().expect("name");
-        api.patch(&name, &PatchParams::apply("switchyard-tests").force(), &Patch::Apply(&obj))
-            .await
-            .expect("rbac applies");
+        api.patch(
+            &name,
+            &PatchParams::apply("switchyard-tests").force(),
+            &Patch::Apply(&obj),
+        )
+        .await
+        .expect("rbac applies");
     }
 }

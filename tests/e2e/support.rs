@@ -33,13 +33,17 @@ use switchyard::metrics::Metrics;
 /// A client for the test API server as admin (KUBECONFIG from env.sh).
 pub async fn client() -> Client {
     env_var("KUBECONFIG");
-    Client::try_default().await.expect("a client for the test API server")
+    Client::try_default()
+        .await
+        .expect("a client for the test API server")
 }
 
 /// A client with an explicit kubeconfig file.
 pub async fn client_from(path: &str) -> Client {
     let kc = kube::config::Kubeconfig::read_from(path).expect("kubeconfig readable");
-    let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.expect("kubeconfig valid");
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+        .await
+        .expect("kubeconfig valid");
     Client::try_from(cfg).expect("client")
 }
 
@@ -48,21 +52,31 @@ pub async fn ensure_crd(client: &Client) {
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
     let crd = MessageBroker::crd();
     let name = crd.metadata.name.clone().expect("CRD has a name");
-    api.patch(&name, &PatchParams::apply("switchyard-tests").force(), &Patch::Apply(&crd))
-        .await
-        .expect("CRD applies");
-    tokio::time::timeout(Duration::from_secs(30), await_condition(api, &name, conditions::is_crd_established()))
-        .await
-        .expect("CRD established within 30s")
-        .expect("watching the CRD");
+    api.patch(
+        &name,
+        &PatchParams::apply("switchyard-tests").force(),
+        &Patch::Apply(&crd),
+    )
+    .await
+    .expect("CRD applies");
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        await_condition(api, &name, conditions::is_crd_established()),
+    )
+    .await
+    .expect("CRD established within 30s")
+    .expect("watching the CRD");
 }
 
 /// A fresh namespace for one test.
 pub async fn namespace(client: &Client, prefix: &str) -> String {
     let name = unique(prefix);
     let api: Api<Namespace> = Api::all(client.clone());
-    let ns: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).expect("namespace");
-    api.create(&PostParams::default(), &ns).await.expect("namespace created");
+    let ns: Namespace =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).expect("namespace");
+    api.create(&PostParams::default(), &ns)
+        .await
+        .expect("namespace created");
     name
 }
 
@@ -90,7 +104,12 @@ impl RunningController {
 }
 
 /// Start the controller in-process against `client`, limited to `namespace`.
-pub fn start_controller(client: Client, namespace: &str, connector: Arc<dyn Connector>, config: Config) -> RunningController {
+pub fn start_controller(
+    client: Client,
+    namespace: &str,
+    connector: Arc<dyn Connector>,
+    config: Config,
+) -> RunningController {
     let metrics = Arc::new(Metrics::default());
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let m = metrics.clone();
@@ -101,12 +120,20 @@ pub fn start_controller(client: Client, namespace: &str, connector: Arc<dyn Conn
         })
         .await;
     });
-    RunningController { metrics, stop: Some(tx), handle }
+    RunningController {
+        metrics,
+        stop: Some(tx),
+        handle,
+    }
 }
 
 /// Test settings: short resync so drift repair is observable quickly.
 pub fn fast_config() -> Config {
-    Config { resync: Duration::from_secs(2), check_timeout: Duration::from_secs(3), ..Config::default() }
+    Config {
+        resync: Duration::from_secs(2),
+        check_timeout: Duration::from_secs(3),
+        ..Config::default()
+    }
 }
 
 /// Wait until `check` holds for the named MessageBroker, or fail with the last object seen.
@@ -150,7 +177,9 @@ pub fn condition<'a>(
     mb: &'a MessageBroker,
     type_: &str,
 ) -> Option<&'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
-    mb.status.as_ref().and_then(|s| switchyard::api::conditions::find(&s.conditions, type_))
+    mb.status
+        .as_ref()
+        .and_then(|s| switchyard::api::conditions::find(&s.conditions, type_))
 }
 
 /// Server-side apply a MessageBroker from YAML into a namespace.
@@ -158,19 +187,29 @@ pub async fn apply_mb(client: &Client, namespace: &str, yaml: &str) -> MessageBr
     let mb: MessageBroker = serde_norway::from_str(yaml).expect("test manifest parses");
     let name = mb.metadata.name.clone().expect("manifest has a name");
     let api: Api<MessageBroker> = Api::namespaced(client.clone(), namespace);
-    api.patch(&name, &PatchParams::apply("switchyard-tests").force(), &Patch::Apply(&mb))
-        .await
-        .expect("MessageBroker applies")
+    api.patch(
+        &name,
+        &PatchParams::apply("switchyard-tests").force(),
+        &Patch::Apply(&mb),
+    )
+    .await
+    .expect("MessageBroker applies")
 }
 
 /// Create or replace an Opaque Secret.
 pub async fn put_secret(client: &Client, namespace: &str, name: &str, data: &[(&str, &str)]) {
     use k8s_openapi::api::core::v1::Secret;
     let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
-    let map: serde_json::Map<String, serde_json::Value> =
-        data.iter().map(|(k, v)| (k.to_string(), serde_json::Value::String(v.to_string()))).collect();
+    let map: serde_json::Map<String, serde_json::Value> = data
+        .iter()
+        .map(|(k, v)| (k.to_string(), serde_json::Value::String(v.to_string())))
+        .collect();
     let s = serde_json::json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "stringData": map});
-    api.patch(name, &PatchParams::apply("switchyard-tests").force(), &Patch::Apply(&s))
-        .await
-        .expect("Secret applies");
+    api.patch(
+        name,
+        &PatchParams::apply("switchyard-tests").force(),
+        &Patch::Apply(&s),
+    )
+    .await
+    .expect("Secret applies");
 }
