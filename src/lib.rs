@@ -14,5 +14,6 @@ pub mod metrics;
 pub mod secrets;
 pub mod server;
 pub mod telemetry;
+pub mod validation;
 
 pub use error::{Error, Result};

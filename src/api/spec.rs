@@ -523,26 +523,31 @@ pub struct AwsSqsSpec {
 }
 
 impl EnvSpec {
-    /// Every Secret this env references, for watching and resolving.
-    pub fn secret_names(&self) -> Vec<&str> {
-        let mut names = Vec::new();
-        fn tls(t: &Option<TlsSpec>) -> Vec<&str> {
+    /// Every (Secret, key) this env references, for resolving and watching.
+    pub fn secret_keys(&self) -> Vec<(String, String)> {
+        fn key(r: &SecretKeyRef) -> (String, String) {
+            (r.name.clone(), r.key.clone())
+        }
+        fn tls(t: &Option<TlsSpec>) -> Vec<(String, String)> {
             t.iter()
                 .flat_map(|t| [&t.ca_secret_ref, &t.cert_secret_ref, &t.key_secret_ref])
                 .flatten()
-                .map(|r| r.name.as_str())
+                .map(key)
                 .collect()
         }
+        fn creds(c: &CredentialsSecretRef) -> [(String, String); 2] {
+            [
+                (c.name.clone(), c.username_key.clone()),
+                (c.name.clone(), c.password_key.clone()),
+            ]
+        }
+        let mut keys = Vec::new();
         if let Some(k) = &self.kafka {
-            names.extend(tls(&k.tls));
-            names.extend(
-                k.sasl
-                    .iter()
-                    .map(|s| s.credentials_secret_ref.name.as_str()),
-            );
+            keys.extend(tls(&k.tls));
+            keys.extend(k.sasl.iter().flat_map(|s| creds(&s.credentials_secret_ref)));
         }
         if let Some(r) = &self.redis {
-            names.extend(
+            keys.extend(
                 [
                     &r.username_secret_ref,
                     &r.password_secret_ref,
@@ -550,20 +555,31 @@ impl EnvSpec {
                 ]
                 .into_iter()
                 .flatten()
-                .map(|s| s.name.as_str()),
+                .map(key),
             );
         }
         if let Some(r) = &self.rabbitmq {
-            names.extend(tls(&r.tls));
-            names.extend(r.credentials_secret_ref.iter().map(|s| s.name.as_str()));
+            keys.extend(tls(&r.tls));
+            keys.extend(r.credentials_secret_ref.iter().flat_map(creds));
         }
         if let Some(g) = &self.google_pub_sub {
-            names.extend(g.credentials_secret_ref.iter().map(|s| s.name.as_str()));
+            keys.extend(g.credentials_secret_ref.iter().map(key));
         }
-        if let Some(a) = &self.aws_sqs {
-            names.extend(a.credentials_secret_ref.iter().map(|s| s.name.as_str()));
+        if let Some(a) = &self.aws_sqs
+            && let Some(c) = &a.credentials_secret_ref
+        {
+            keys.push((c.name.clone(), c.access_key_id_key.clone()));
+            keys.push((c.name.clone(), c.secret_access_key_key.clone()));
+            keys.push((c.name.clone(), c.session_token_key.clone()));
         }
-        names.sort_unstable();
+        keys.sort();
+        keys.dedup();
+        keys
+    }
+
+    /// Every Secret this env references.
+    pub fn secret_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.secret_keys().into_iter().map(|(n, _)| n).collect();
         names.dedup();
         names
     }

@@ -187,13 +187,7 @@ fn trigger_hash(obj: &RawMessageBroker) -> Option<u64> {
 /// The Secrets a MessageBroker references, read from its raw spec.
 fn referenced_secrets(raw: &RawMessageBroker) -> Vec<String> {
     serde_json::from_value::<crate::api::MessageBrokerSpec>(raw.spec.clone())
-        .map(|s| {
-            s.envs
-                .iter()
-                .flat_map(|e| e.secret_names())
-                .map(str::to_string)
-                .collect()
-        })
+        .map(|s| s.envs.iter().flat_map(|e| e.secret_names()).collect())
         .unwrap_or_default()
 }
 
