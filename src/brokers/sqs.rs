@@ -43,7 +43,7 @@ pub const KEY_REDRIVE: &str = "RedrivePolicy";
 /// Queue access policy, normalised as `sns-topic:<topic name>` when it is exactly the policy
 /// that lets that topic send, empty when there is none, `custom` otherwise.
 pub const KEY_POLICY: &str = "Policy";
-/// FIFO topics and stand-alone FIFO queues deduplicate by content (`true`).
+/// FIFO topics and queues deduplicate by content (`true`).
 pub const KEY_CONTENT_DEDUP: &str = "ContentBasedDeduplication";
 /// SNS subscription delivers the raw message body (`true`).
 pub const KEY_RAW_DELIVERY: &str = "RawMessageDelivery";
@@ -104,13 +104,13 @@ pub fn desired(
 
         if topic.subscriptions.is_empty() {
             let queue = queue_name(&[ns, name, &topic.name]);
-            let mut config = BTreeMap::from([
-                (KEY_RETENTION.to_string(), retention.to_string()),
-                (KEY_REDRIVE.to_string(), String::new()),
-            ]);
-            if topic.ordered {
-                config.insert(KEY_CONTENT_DEDUP.to_string(), "true".to_string());
-            }
+            let config = fifo(
+                topic.ordered,
+                BTreeMap::from([
+                    (KEY_RETENTION.to_string(), retention.to_string()),
+                    (KEY_REDRIVE.to_string(), String::new()),
+                ]),
+            );
             state.names.insert(topic.name.clone(), queue.clone());
             state.objects.push(DesiredObject {
                 key: ObjectKey::new(ObjectKind::Queue, &queue),
@@ -144,10 +144,13 @@ pub fn desired(
                     logical: dlq_logical,
                     parent: None,
                     partitions: None,
-                    config: BTreeMap::from([
-                        (KEY_RETENTION.to_string(), DEAD_LETTER_RETENTION.to_string()),
-                        (KEY_REDRIVE.to_string(), String::new()),
-                    ]),
+                    config: fifo(
+                        topic.ordered,
+                        BTreeMap::from([
+                            (KEY_RETENTION.to_string(), DEAD_LETTER_RETENTION.to_string()),
+                            (KEY_REDRIVE.to_string(), String::new()),
+                        ]),
+                    ),
                 });
             }
             queues.push(DesiredObject {
@@ -155,11 +158,14 @@ pub fn desired(
                 logical: logical.clone(),
                 parent: Some(sns_topic.clone()),
                 partitions: None,
-                config: BTreeMap::from([
-                    (KEY_RETENTION.to_string(), retention.to_string()),
-                    (KEY_REDRIVE.to_string(), redrive),
-                    (KEY_POLICY.to_string(), policy_value(&sns_topic)),
-                ]),
+                config: fifo(
+                    topic.ordered,
+                    BTreeMap::from([
+                        (KEY_RETENTION.to_string(), retention.to_string()),
+                        (KEY_REDRIVE.to_string(), redrive),
+                        (KEY_POLICY.to_string(), policy_value(&sns_topic)),
+                    ]),
+                ),
             });
             subscriptions.push(DesiredObject {
                 key: ObjectKey::new(
@@ -187,6 +193,15 @@ pub fn desired(
         state.objects.extend(subscriptions);
     }
     Ok(state)
+}
+
+/// FIFO queues and topics deduplicate by content, so neither publishers nor the SNS → SQS
+/// hop need explicit deduplication ids.
+fn fifo(ordered: bool, mut config: BTreeMap<String, String>) -> BTreeMap<String, String> {
+    if ordered {
+        config.insert(KEY_CONTENT_DEDUP.to_string(), "true".to_string());
+    }
+    config
 }
 
 fn subscription_key(topic: &str, queue: &str) -> String {
