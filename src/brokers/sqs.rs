@@ -441,8 +441,7 @@ where
             let text = DisplayErrorContext(e).to_string().to_ascii_lowercase();
             if text.contains("credential") {
                 BrokerErrorKind::Authentication
-            } else if text.contains("dns") || text.contains("connect") || text.contains("resolve")
-            {
+            } else if text.contains("dns") || text.contains("connect") || text.contains("resolve") {
                 BrokerErrorKind::Unreachable
             } else {
                 BrokerErrorKind::Other
@@ -1374,8 +1373,8 @@ mod tests {
         );
         assert_eq!(state.objects[0].config[KEY_CONTENT_DEDUP], "true");
         assert!(!state.objects[0].config.contains_key(KEY_POLICY));
-        let state = desired(&scope(), &spec(), &[topic("ev", true, &[("a", Some(5))])])
-            .expect("desired");
+        let state =
+            desired(&scope(), &spec(), &[topic("ev", true, &[("a", Some(5))])]).expect("desired");
         assert!(
             state
                 .objects
@@ -1387,8 +1386,12 @@ mod tests {
     #[test]
     fn long_names_fit_sqs_limits_with_fifo_suffix() {
         let long = "t".repeat(100);
-        let state = desired(&scope(), &spec(), &[topic(&long, true, &[("sub", Some(5))])])
-            .expect("desired");
+        let state = desired(
+            &scope(),
+            &spec(),
+            &[topic(&long, true, &[("sub", Some(5))])],
+        )
+        .expect("desired");
         for o in &state.objects {
             if matches!(o.key.kind, ObjectKind::Queue | ObjectKind::DeadLetter) {
                 assert!(o.key.name.len() <= 80, "{}", o.key.name);
@@ -1417,7 +1420,9 @@ mod tests {
         );
         assert_eq!(normalise_policy(None), "");
         assert_eq!(
-            normalise_policy(Some(r#"{"Statement":[{"Effect":"Allow","Principal":"*","Action":"sqs:*"}]}"#)),
+            normalise_policy(Some(
+                r#"{"Statement":[{"Effect":"Allow","Principal":"*","Action":"sqs:*"}]}"#
+            )),
             "custom"
         );
         let value = redrive_value("x.fifo", 9);

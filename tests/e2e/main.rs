@@ -1,7 +1,7 @@
 //! Integration tests against the real API server and brokers started by `tests/env/up.sh`.
 //! One binary with modules keeps link time down.
 
-#[allow(dead_code)]
-mod support;
 mod pubsub;
 mod sqs;
+#[allow(dead_code)]
+mod support;

@@ -46,11 +46,7 @@ fn env_spec(endpoint: &str, adopt: bool) -> EnvSpec {
 
 fn secrets() -> ResolvedSecrets {
     let mut s = ResolvedSecrets::default();
-    s.insert(
-        SECRET,
-        "accessKeyId",
-        support::env_var("AWS_ACCESS_KEY_ID"),
-    );
+    s.insert(SECRET, "accessKeyId", support::env_var("AWS_ACCESS_KEY_ID"));
     s.insert(
         SECRET,
         "secretAccessKey",
@@ -378,7 +374,10 @@ async fn sqs_repairs_drift_on_resync() {
     let billing_sub = subs
         .subscriptions()
         .iter()
-        .find(|s| s.endpoint().is_some_and(|e| e.ends_with(&format!(":{billing}"))))
+        .find(|s| {
+            s.endpoint()
+                .is_some_and(|e| e.ends_with(&format!(":{billing}")))
+        })
         .and_then(|s| s.subscription_arn())
         .expect("billing subscription")
         .to_string();
@@ -476,7 +475,10 @@ async fn sqs_retain_keeps_everything_and_delete_spares_queues_holding_messages()
         ObjectKey::new(ObjectKind::Queue, &billing)
     );
     assert!(delete.refused[0].transient);
-    assert!(h.queue_url(&billing).await.is_some(), "non-empty queue kept");
+    assert!(
+        h.queue_url(&billing).await.is_some(),
+        "non-empty queue kept"
+    );
     assert!(
         h.queue_url(&format!("{ns}_bus_orders_shipping"))
             .await
