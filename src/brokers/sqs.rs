@@ -462,6 +462,8 @@ where
             | "AccessDeniedException"
             | "AuthorizationError"
             | "KMSAccessDeniedException" => BrokerErrorKind::PermissionDenied,
+            // SQS refuses to recreate a queue name for 60 s after deleting it: wait it out.
+            c if c.contains("QueueDeletedRecently") => BrokerErrorKind::Other,
             "ThrottlingException" | "Throttling" | "RequestThrottled" | "ServiceUnavailable" => {
                 BrokerErrorKind::Other
             }
