@@ -484,12 +484,15 @@ pub struct AwsCredentialsSecretRef {
     pub name: String,
     /// Key holding the access key id (default `accessKeyId`).
     #[serde(default = "default_access_key_id_key")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
     pub access_key_id_key: String,
     /// Key holding the secret access key (default `secretAccessKey`).
     #[serde(default = "default_secret_access_key_key")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
     pub secret_access_key_key: String,
     /// Key holding an optional session token (default `sessionToken`; ignored when absent).
     #[serde(default = "default_session_token_key")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
     pub session_token_key: String,
 }
 

@@ -3,5 +3,7 @@
 
 mod admission;
 mod controller;
+mod pubsub;
+mod sqs;
 #[allow(dead_code)]
 mod support;
