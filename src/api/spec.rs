@@ -381,8 +381,9 @@ pub struct KafkaSaslSpec {
 
 /// Redis connection. Topics become streams, subscriptions consumer groups. The operator records
 /// what it creates in the hashes `switchyard:owners` and `switchyard:config` of the database, so
-/// an ACL user needs the stream commands (XGROUP, XINFO, XRANGE, XLEN, XTRIM), TYPE, DEL, TIME
-/// and HSET/HMGET/HGET/HDEL on the keys `switchyard:*` and `<namespace>:<name>:*`.
+/// an ACL user needs `+ping +time +type +del +xgroup +xinfo +xrange +xlen +xtrim +hset +hmget
+/// +hget +hdel` (and `+select` when the database is not 0) on the keys `~switchyard:*` and
+/// `~<namespace>:<name>:*`.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(

@@ -768,3 +768,88 @@ async fn an_acl_user_without_xgroup_is_permission_denied() {
             .expect("ACL DELUSER");
     }
 }
+
+#[tokio::test]
+async fn a_least_privilege_acl_user_can_provision_and_retire() {
+    let auth_url = env_var("SWITCHYARD_REDIS_AUTH_URL");
+    let admin_password = env_var("SWITCHYARD_REDIS_AUTH_PASSWORD");
+    let mut conn = admin(&auth_url, Some(&admin_password)).await;
+    let scope = scope();
+    let user = unique("operator");
+    let user_password = "operator-password-distinctive";
+    // Exactly the rights the RedisSpec documentation lists, on exactly its key patterns.
+    let mut cmd = redis::cmd("ACL");
+    cmd.arg("SETUSER")
+        .arg(&user)
+        .arg("reset")
+        .arg("on")
+        .arg(format!(">{user_password}"))
+        .arg("~switchyard:*")
+        .arg(format!("~{}:{}:*", scope.namespace, scope.name));
+    for c in [
+        "+ping", "+time", "+type", "+del", "+xgroup", "+xinfo", "+xrange", "+xlen", "+xtrim",
+        "+hset", "+hmget", "+hget", "+hdel",
+    ] {
+        cmd.arg(c);
+    }
+    cmd.query_async::<()>(&mut conn).await.expect("ACL SETUSER");
+
+    let (s, sec) = secrets(Some(&user), user_password);
+    let b = backend(&s, &sec).await;
+    b.check()
+        .await
+        .expect("the documented rights pass the check");
+    let env = env(s, false);
+    let mut t = topic("orders", &[("billing", Some(5))]);
+    t.retention = Some("1h".into());
+    let topics = vec![t];
+    let first = pass(
+        &*b,
+        &scope,
+        &env,
+        &topics,
+        &BTreeSet::new(),
+        DeletionPolicy::Delete,
+    )
+    .await;
+    assert_eq!(first.plan.actions.len(), 3);
+    let stream = stream_name(&scope, "orders");
+    let _: String = conn
+        .xadd(&stream, "1000-0", &[("k", "v")])
+        .await
+        .expect("XADD");
+    let trimmed = pass(
+        &*b,
+        &scope,
+        &env,
+        &topics,
+        &first.owned,
+        DeletionPolicy::Delete,
+    )
+    .await;
+    assert_eq!(trimmed.plan.actions.len(), 1, "{:?}", trimmed.plan);
+    let retired = pass(
+        &*b,
+        &scope,
+        &env,
+        &[],
+        &trimmed.owned,
+        DeletionPolicy::Delete,
+    )
+    .await;
+    assert_eq!(retired.plan.actions.len(), 3, "{:?}", retired.plan);
+    assert!(retired.owned.is_empty());
+    let t: String = redis::cmd("TYPE")
+        .arg(&stream)
+        .query_async(&mut conn)
+        .await
+        .expect("TYPE");
+    assert_eq!(t, "none");
+
+    let _: i64 = redis::cmd("ACL")
+        .arg("DELUSER")
+        .arg(&user)
+        .query_async(&mut conn)
+        .await
+        .expect("ACL DELUSER");
+}

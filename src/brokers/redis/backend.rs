@@ -115,6 +115,7 @@ impl RedisBackend {
         add("XTRIM", &["XTRIM", &probe, "MINID", "0"]);
         add("DEL", &["DEL", &probe]);
         add("HMGET", &["HMGET", OWNERS_KEY, &probe]);
+        add("HGET", &["HGET", OWNERS_KEY, &probe]);
         add("HDEL", &["HDEL", OWNERS_KEY, &probe]);
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
@@ -142,7 +143,7 @@ impl RedisBackend {
             return Err(BrokerError::new(
                 BrokerErrorKind::PermissionDenied,
                 format!(
-                    "redis {}: the user may not run {} ({}); it needs the stream commands XGROUP, XINFO, XRANGE, XLEN, XTRIM, TYPE, DEL and the hash commands HSET, HMGET, HDEL on the keys switchyard:* and the MessageBroker's streams",
+                    "redis {}: the user may not run {} ({}); it needs PING TIME TYPE DEL XGROUP XINFO XRANGE XLEN XTRIM HSET HMGET HGET HDEL on the keys switchyard:* and <namespace>:<name>:*",
                     s.endpoint,
                     denied.join(", "),
                     first_detail.unwrap_or_default()

@@ -513,6 +513,21 @@ mod tests {
     }
 
     #[test]
+    fn urls_in_messages_never_show_credentials() {
+        assert_eq!(
+            redacted_url("redis://u:pw-distinctive@h:6379/0"),
+            "redis://<redacted>@h:6379/0"
+        );
+        assert_eq!(redacted_url("redis://h:6379"), "redis://h:6379");
+        let err = build(
+            &spec("redis://u:pw-distinctive@h:notaport"),
+            &ResolvedSecrets::default(),
+        )
+        .expect_err("bad url");
+        assert!(!err.message.contains("pw-distinctive"), "{}", err.message);
+    }
+
+    #[test]
     fn credentials_in_url_are_refused() {
         let err = build(
             &spec("redis://user:pw-distinctive@r:6379"),
