@@ -76,6 +76,8 @@ struct RunArgs {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    // Several TLS stacks share rustls; pick one provider for all of them.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let cli = Cli::parse();
     match cli.command {
         Command::Crd => match switchyard::crd::yaml() {

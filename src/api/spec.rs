@@ -379,24 +379,39 @@ pub struct KafkaSaslSpec {
     pub credentials_secret_ref: CredentialsSecretRef,
 }
 
-/// Redis connection.
+/// Redis connection. Topics become streams, subscriptions consumer groups. The operator records
+/// what it creates in the hashes `switchyard:owners` and `switchyard:config` of the database, so
+/// an ACL user needs `+ping +time +type +del +xgroup +xinfo +xrange +xlen +xtrim +hset +hmget
+/// +hget +hdel` (and `+select` when the database is not 0) on the keys `~switchyard:*` and
+/// `~<namespace>:<name>:*`.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("!has(self.caSecretRef) || self.url.startsWith('rediss://')")
+        .message("caSecretRef needs a rediss:// url (TLS)"),
+    validation = Rule::new("!has(self.usernameSecretRef) || has(self.passwordSecretRef)")
+        .message("usernameSecretRef needs passwordSecretRef (Redis ACL users log in with both)"),
+)]
 pub struct RedisSpec {
-    /// Server URL, `redis://host:port[/db]` or `rediss://` for TLS. No credentials in the URL.
-    #[schemars(length(min = 10, max = 512), regex(pattern = r"^rediss?://[^\s@]+$"))]
+    /// Server URL, `redis://host:port[/db]` or `rediss://host:port[/db]` for TLS. No credentials
+    /// in the URL: use the Secret references.
+    #[schemars(
+        length(min = 10, max = 512),
+        regex(pattern = r"^rediss?://[^\s@/]+(/[0-9]{0,2})?$")
+    )]
     pub url: String,
-    /// Database number (overrides the one in the URL).
+    /// Database number 0 to 15 (overrides the one in the URL; default 0).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 15))]
     pub database: Option<i64>,
-    /// ACL username (default user when unset).
+    /// Secret key holding the ACL username (the `default` user when unset).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub username_secret_ref: Option<SecretKeyRef>,
-    /// Password.
+    /// Secret key holding the password (of the ACL user, or the `requirepass` password).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_secret_ref: Option<SecretKeyRef>,
-    /// CA bundle (PEM) for `rediss://`.
+    /// Secret key holding the CA bundle (PEM) that signs the server certificate, for `rediss://`;
+    /// the system roots when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_secret_ref: Option<SecretKeyRef>,
 }

@@ -4,6 +4,7 @@
 mod admission;
 mod controller;
 mod pubsub;
+mod redis;
 mod sqs;
 #[allow(dead_code)]
 mod support;
