@@ -11,6 +11,7 @@ pub mod controller;
 pub mod crd;
 pub mod error;
 pub mod metrics;
+pub mod preview;
 pub mod secrets;
 pub mod server;
 pub mod telemetry;

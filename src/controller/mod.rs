@@ -28,7 +28,8 @@ mod env;
 mod reconcile;
 mod status;
 
-pub use reconcile::reconcile;
+pub use env::endpoint_identity;
+pub use reconcile::{reconcile, validate};
 
 /// Annotation that lets an admin abandon broker-side cleanup of a deleting MessageBroker.
 pub const ABANDON_ANNOTATION: &str = "switchyard.dev/abandon-cleanup";

@@ -3,6 +3,7 @@
 
 mod admission;
 mod controller;
+mod plan;
 mod pubsub;
 mod redis;
 mod sqs;
