@@ -1,0 +1,1 @@
+//! Unit tests for the pure parts: names, desired objects, config normalisation, endpoints.
