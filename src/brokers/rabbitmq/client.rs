@@ -334,15 +334,31 @@ impl RabbitMqBackend {
                     .await
             }
             Entity::Queue(name) => {
-                // The broker itself refuses to delete a queue that still holds messages, even
-                // if they arrived after observe.
-                let options = QueueDeleteOptions {
-                    if_empty: true,
+                // Count again right before deleting: messages may have arrived since observe.
+                // (Quorum queues do not support `if-empty` on queue.delete.)
+                let passive = QueueDeclareOptions {
+                    passive: true,
                     ..Default::default()
                 };
-                ch.queue_delete(name.as_str().into(), options)
+                match ch
+                    .queue_declare(name.as_str().into(), passive, FieldTable::default())
                     .await
-                    .map(|_| ())
+                {
+                    Ok(q) if q.message_count() > 0 => {
+                        return Err(BrokerError::new(
+                            BrokerErrorKind::Other,
+                            format!(
+                                "{key} still holds {} message(s); it is deleted once drained",
+                                q.message_count()
+                            ),
+                        ));
+                    }
+                    Ok(_) => ch
+                        .queue_delete(name.as_str().into(), QueueDeleteOptions::default())
+                        .await
+                        .map(|_| ()),
+                    Err(e) => Err(e),
+                }
             }
             Entity::Binding { exchange, queue } => {
                 ch.queue_unbind(
@@ -358,12 +374,6 @@ impl RabbitMqBackend {
             Ok(()) => {}
             // Already gone (or its queue/exchange is): deleting it is done.
             Err(e) if e.kind == BrokerErrorKind::NotFound => {}
-            Err(e) if matches!(entity, Entity::Queue(_)) && e.message.contains("not empty") => {
-                return Err(BrokerError::new(
-                    BrokerErrorKind::Other,
-                    format!("{key} still holds messages; it is deleted once drained"),
-                ));
-            }
             Err(e) => return Err(e),
         }
         if let Ok(mut declared) = self.declared.lock() {
