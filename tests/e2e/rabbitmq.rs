@@ -833,6 +833,102 @@ async fn without_the_management_api_provisioning_converges_and_bindings_are_repa
     assert_eq!(ready(&conn, &billing).await, 1);
 }
 
+#[tokio::test]
+async fn a_closed_pooled_connection_is_reopened() {
+    let b = broker();
+    // A user of its own, so closing its connections touches no other test.
+    let user = unique("rmq-reconnect");
+    admin(
+        &b,
+        reqwest::Method::PUT,
+        &format!("/api/users/{}", enc(&user)),
+        Some(serde_json::json!({"password": "reconnect-pw", "tags": "monitoring"})),
+    )
+    .await;
+    admin(
+        &b,
+        reqwest::Method::PUT,
+        &format!("/api/permissions/%2F/{}", enc(&user)),
+        Some(serde_json::json!({"configure": ".*", "write": ".*", "read": ".*"})),
+    )
+    .await;
+    let backend = rabbitmq::connect(&spec(&b, true), &secrets(&user, "reconnect-pw"))
+        .await
+        .expect("lazy");
+    let s = scope("rmq-reconnect");
+    let env = env(spec(&b, true));
+    let topics = vec![topic("orders", None, &["billing"])];
+    let first = pass(
+        &*backend,
+        &s,
+        &env,
+        &topics,
+        &BTreeSet::new(),
+        DeletionPolicy::Retain,
+    )
+    .await;
+    assert_all_ok(&first.outcomes);
+
+    // Close the operator's connection from the broker side (as a node restart or an
+    // administrator would). The management API lists connections once their stats arrive.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let names = loop {
+        let conns: Vec<serde_json::Value> = reqwest::Client::new()
+            .get(format!("{}/api/connections", b.management))
+            .basic_auth(&b.username, Some(&b.password))
+            .send()
+            .await
+            .expect("list connections")
+            .json()
+            .await
+            .expect("json");
+        let names: Vec<String> = conns
+            .iter()
+            .filter(|c| c["user"] == user.as_str())
+            .filter_map(|c| c["name"].as_str().map(str::to_string))
+            .collect();
+        if !names.is_empty() {
+            break names;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the operator's connection never showed up"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    for name in &names {
+        admin(
+            &b,
+            reqwest::Method::DELETE,
+            &format!("/api/connections/{}", enc(name)),
+            None,
+        )
+        .await;
+    }
+
+    // The next pass reconnects and converges: add a subscription so it must do real work.
+    let more = vec![topic("orders", None, &["billing", "audit"])];
+    let second = pass(
+        &*backend,
+        &s,
+        &env,
+        &more,
+        &first.owned,
+        DeletionPolicy::Retain,
+    )
+    .await;
+    assert_all_ok(&second.outcomes);
+    assert_eq!(second.plan.actions.len(), 2, "{:?}", second.plan.actions);
+    backend.check().await.expect("reconnected");
+    admin(
+        &b,
+        reqwest::Method::DELETE,
+        &format!("/api/users/{}", enc(&user)),
+        None,
+    )
+    .await;
+}
+
 /// Provisioning time for 100 topics × 3 subscriptions in one MessageBroker. Run with
 /// `cargo test --test e2e rabbitmq::provisioning_time -- --ignored --nocapture`.
 #[tokio::test]

@@ -103,7 +103,10 @@ impl Management {
 
     /// The vhost exists and these credentials may read it.
     pub(crate) async fn check_vhost(&self) -> Result<(), BrokerError> {
-        let _: serde_json::Value = self.get(&format!("/api/vhosts/{}", self.vhost)).await?;
+        // `amq.direct` exists in every vhost; reading it needs only the access observe needs.
+        let _: serde_json::Value = self
+            .get(&format!("/api/exchanges/{}/amq.direct", self.vhost))
+            .await?;
         Ok(())
     }
 
