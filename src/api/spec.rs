@@ -421,44 +421,56 @@ pub struct RedisSpec {
     Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, schemars::JsonSchema,
 )]
 pub enum QueueType {
-    /// Replicated, durable queues (default).
+    /// Replicated, durable queues (default); `maxDeliveryAttempts` becomes `x-delivery-limit`.
     #[default]
     Quorum,
-    /// Classic queues.
+    /// Classic queues; they have no delivery limit, so dead-lettering happens only on reject
+    /// without requeue or expiry.
     Classic,
 }
 
-/// RabbitMQ connection.
+/// RabbitMQ connection. Topics become durable topic exchanges, subscriptions durable queues bound
+/// to them; queue arguments cannot change after creation, so a changed retention or queue type is
+/// reported (ImmutableQueueArguments) rather than applied.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("has(self.url) != has(self.host)").message("set either url or host (not both)"))]
+#[x_kube(
+    validation = Rule::new("has(self.url) != has(self.host)").message("set either url or host (not both)"),
+    validation = Rule::new("!has(self.tls) || !has(self.tls.certSecretRef) == !has(self.tls.keySecretRef)").message("tls.certSecretRef and tls.keySecretRef go together"),
+)]
 pub struct RabbitMqSpec {
-    /// AMQP URL `amqp://host:port/vhost` or `amqps://...`, without credentials.
+    /// AMQP URL `amqp://host:port/vhost` or `amqps://...`, without credentials. The vhost in the
+    /// path is percent-encoded (`%2F` for `/`); the `vhost` field overrides it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 512), regex(pattern = r"^amqps?://[^\s@]+$"))]
     pub url: Option<String>,
     /// Host name (instead of url).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 253))]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[^\s/:@]+$"))]
     pub host: Option<String>,
     /// Port (default 5672, or 5671 with TLS).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 65535))]
     pub port: Option<i32>,
-    /// Virtual host (default `/`).
+    /// Virtual host, unencoded (default `/`, or the URL's path).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 255))]
     pub vhost: Option<String>,
-    /// TLS settings.
+    /// TLS settings; the CA also verifies an https managementUrl.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsSpec>,
-    /// Secret with the username and password.
+    /// Secret with the username and password (RabbitMQ's guest/guest when unset, which RabbitMQ
+    /// accepts on loopback only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_secret_ref: Option<CredentialsSecretRef>,
-    /// Queue type for subscription queues (Quorum by default).
+    /// Queue type for subscription and dead-letter queues (Quorum by default). Changing it for
+    /// existing queues is refused: RabbitMQ cannot convert a queue in place.
     #[serde(default)]
     pub queue_type: QueueType,
-    /// Management HTTP API URL, used for observation (message counts, arguments) when set.
+    /// Management HTTP API URL such as `http://rabbitmq:15672`, used to read back queue
+    /// arguments, ownership markers, bindings and message counts (the user needs the
+    /// `monitoring` or `management` tag). Without it, changed arguments and deleted-behind-our-back
+    /// objects are detected only partially.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 512), regex(pattern = r"^https?://[^\s@]+$"))]
     pub management_url: Option<String>,

@@ -5,6 +5,7 @@ mod admission;
 mod controller;
 mod plan;
 mod pubsub;
+mod rabbitmq;
 mod redis;
 mod sqs;
 #[allow(dead_code)]
