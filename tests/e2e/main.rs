@@ -10,3 +10,4 @@ mod redis;
 mod sqs;
 #[allow(dead_code)]
 mod support;
+mod swap;

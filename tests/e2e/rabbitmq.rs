@@ -27,15 +27,15 @@ use crate::support::{env_var, unique};
 
 const SECRET: &str = "rabbit-user";
 
-struct Broker {
-    host: String,
-    port: i32,
-    username: String,
-    password: String,
-    management: String,
+pub(crate) struct Broker {
+    pub host: String,
+    pub port: i32,
+    pub username: String,
+    pub password: String,
+    pub management: String,
 }
 
-fn broker() -> Broker {
+pub(crate) fn broker() -> Broker {
     Broker {
         host: env_var("SWITCHYARD_RABBITMQ_HOST"),
         port: env_var("SWITCHYARD_RABBITMQ_PORT")
@@ -174,7 +174,12 @@ fn queue_name(scope: &Scope, topic: &str, sub: &str) -> String {
 }
 
 /// A management API call as the administrator; panics on failure.
-async fn admin(b: &Broker, method: reqwest::Method, path: &str, body: Option<serde_json::Value>) {
+pub(crate) async fn admin(
+    b: &Broker,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+) {
     let mut req = reqwest::Client::new()
         .request(method.clone(), format!("{}{path}", b.management))
         .basic_auth(&b.username, Some(&b.password));
@@ -189,7 +194,7 @@ async fn admin(b: &Broker, method: reqwest::Method, path: &str, body: Option<ser
     );
 }
 
-fn enc(s: &str) -> String {
+pub(crate) fn enc(s: &str) -> String {
     s.bytes()
         .map(|b| {
             if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
@@ -201,7 +206,7 @@ fn enc(s: &str) -> String {
         .collect()
 }
 
-async fn amqp(b: &Broker) -> Connection {
+pub(crate) async fn amqp(b: &Broker) -> Connection {
     let uri = format!(
         "amqp://{}:{}@{}:{}/%2f",
         enc(&b.username),
@@ -215,7 +220,7 @@ async fn amqp(b: &Broker) -> Connection {
 }
 
 /// Publish with confirms to `exchange`; returns once the broker confirmed every message.
-async fn publish(conn: &Connection, exchange: &str, routing_key: &str, count: usize) {
+pub(crate) async fn publish(conn: &Connection, exchange: &str, routing_key: &str, count: usize) {
     let ch = conn.create_channel().await.expect("channel");
     ch.confirm_select(ConfirmSelectOptions::default())
         .await
@@ -236,7 +241,7 @@ async fn publish(conn: &Connection, exchange: &str, routing_key: &str, count: us
 }
 
 /// Ready messages in a queue, read over AMQP (exact, unlike management statistics).
-async fn ready(conn: &Connection, queue: &str) -> u32 {
+pub(crate) async fn ready(conn: &Connection, queue: &str) -> u32 {
     let ch = conn.create_channel().await.expect("channel");
     let q = ch
         .queue_declare(
