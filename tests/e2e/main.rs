@@ -1,5 +1,6 @@
 //! Integration tests against the real API server and brokers started by `tests/env/up.sh`.
 //! One binary with modules keeps link time down.
 
+mod kafka;
 #[allow(dead_code)]
 mod support;

@@ -33,6 +33,8 @@ const OBSERVE_TIMEOUT: Duration = Duration::from_secs(15);
 /// Bound on an admin request, and on how long the broker may take to finish the operation.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 const OPERATION_TIMEOUT: Duration = Duration::from_secs(30);
+/// Bound on waiting for a change to show in metadata / DescribeConfigs after it was accepted.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long concurrent apply calls on one endpoint are gathered into one request.
 const COALESCE_WINDOW: Duration = Duration::from_millis(5);
 
@@ -81,20 +83,41 @@ struct LastError {
     reason: String,
 }
 
-/// Client context that remembers the last global error.
+/// Errors seen since the last successful request: the latest one, and the latest
+/// authentication or TLS failure (which a later "all brokers down" must not hide).
+#[derive(Clone, Debug, Default)]
+struct Captured {
+    latest: Option<LastError>,
+    credentials_or_tls: Option<LastError>,
+}
+
+/// Client context that remembers the last global errors.
 #[derive(Clone, Default)]
 struct CaptureContext {
-    last: Arc<Mutex<Option<LastError>>>,
+    captured: Arc<Mutex<Captured>>,
 }
 
 impl CaptureContext {
+    /// The most telling error since the last success.
     fn take_last(&self) -> Option<LastError> {
-        self.last.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        let c = self.captured.lock().unwrap_or_else(|e| e.into_inner());
+        c.credentials_or_tls.clone().or_else(|| c.latest.clone())
     }
 
     fn clear(&self) {
-        *self.last.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        *self.captured.lock().unwrap_or_else(|e| e.into_inner()) = Captured::default();
     }
+}
+
+fn is_credentials_or_tls(code: Option<RDKafkaErrorCode>) -> bool {
+    matches!(
+        code,
+        Some(
+            RDKafkaErrorCode::Authentication
+                | RDKafkaErrorCode::SaslAuthenticationFailed
+                | RDKafkaErrorCode::SSL
+        )
+    )
 }
 
 impl ClientContext for CaptureContext {
@@ -113,10 +136,15 @@ impl ClientContext for CaptureContext {
 
     fn error(&self, error: KafkaError, reason: &str) {
         tracing::debug!(target: "librdkafka", error = %error, reason, "client error");
-        *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(LastError {
+        let last = LastError {
             code: error.rdkafka_error_code(),
             reason: reason.to_string(),
-        });
+        };
+        let mut c = self.captured.lock().unwrap_or_else(|e| e.into_inner());
+        if is_credentials_or_tls(last.code) {
+            c.credentials_or_tls = Some(last.clone());
+        }
+        c.latest = Some(last);
     }
 }
 
@@ -299,8 +327,23 @@ impl Inner {
             }
             Ok(out)
         };
-        let low = query(Offset::Beginning)?;
-        let high = query(Offset::End)?;
+        // Leadership of just-created partitions settles within moments; retry those errors.
+        let with_retry = |offset: Offset| {
+            let deadline = std::time::Instant::now() + OBSERVE_TIMEOUT;
+            loop {
+                match query(offset) {
+                    Err(e)
+                        if e.kind == BrokerErrorKind::Other
+                            && std::time::Instant::now() < deadline =>
+                    {
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                    other => return other,
+                }
+            }
+        };
+        let low = with_retry(Offset::Beginning)?;
+        let high = with_retry(Offset::End)?;
         // A topic whose every partition answered gets a count; others stay unknown.
         Ok(topics
             .iter()
@@ -361,7 +404,63 @@ impl Inner {
         Ok(out)
     }
 
-    async fn create_topics(&self, items: Vec<CreateItem>) -> Vec<ItemResult> {
+    /// Wait (bounded) until the broker's metadata shows each topic with at least the given
+    /// partition count, so that an observation right after apply sees the change. KRaft brokers
+    /// answer admin requests once the controller committed them; their metadata caches follow
+    /// a moment later.
+    async fn await_metadata(self: &Arc<Self>, wanted: Vec<(String, Option<i32>)>) {
+        if wanted.is_empty() {
+            return;
+        }
+        let inner = Arc::clone(self);
+        let waited = tokio::task::spawn_blocking(move || {
+            let deadline = std::time::Instant::now() + SETTLE_TIMEOUT;
+            loop {
+                let seen = inner.metadata_blocking(OBSERVE_TIMEOUT).is_ok_and(|all| {
+                    wanted.iter().all(|(name, partitions)| {
+                        all.get(name)
+                            .is_some_and(|(have, _)| partitions.is_none_or(|want| *have >= want))
+                    })
+                });
+                if seen || std::time::Instant::now() >= deadline {
+                    return seen;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+        .await;
+        if !matches!(waited, Ok(true)) {
+            tracing::debug!("topic metadata did not settle within {SETTLE_TIMEOUT:?}");
+        }
+    }
+
+    /// Wait (bounded) until DescribeConfigs shows the values just written.
+    async fn await_configs(&self, wanted: &[(String, BTreeMap<String, String>)]) {
+        if wanted.is_empty() {
+            return;
+        }
+        let names: Vec<String> = wanted.iter().map(|(n, _)| n.clone()).collect();
+        let deadline = tokio::time::Instant::now() + SETTLE_TIMEOUT;
+        loop {
+            let settled = self.describe_configs(&names).await.is_ok_and(|current| {
+                wanted.iter().all(|(name, config)| {
+                    current.get(name).is_some_and(|entries| {
+                        config.iter().all(|(k, v)| {
+                            entries
+                                .iter()
+                                .any(|e| &e.name == k && e.value.as_ref() == Some(v))
+                        })
+                    })
+                })
+            });
+            if settled || tokio::time::Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn create_topics(self: &Arc<Self>, items: Vec<CreateItem>) -> Vec<ItemResult> {
         let mut seen = HashSet::new();
         let unique: Vec<bool> = items.iter().map(|i| seen.insert(i.name.clone())).collect();
         let new_topics: Vec<NewTopic<'_>> = items
@@ -384,7 +483,7 @@ impl Inner {
             .admin
             .create_topics(&new_topics, &self.admin_options())
             .await;
-        per_topic_results(
+        let results = per_topic_results(
             &items.iter().map(|i| i.name.as_str()).collect::<Vec<_>>(),
             &unique,
             result,
@@ -397,10 +496,20 @@ impl Inner {
                 ))),
                 _ => None,
             },
+        );
+        self.await_metadata(
+            items
+                .iter()
+                .zip(&results)
+                .filter(|(_, r)| r.is_ok())
+                .map(|(i, _)| (i.name.clone(), i.partitions))
+                .collect(),
         )
+        .await;
+        results
     }
 
-    async fn create_partitions(&self, items: Vec<PartitionsItem>) -> Vec<ItemResult> {
+    async fn create_partitions(self: &Arc<Self>, items: Vec<PartitionsItem>) -> Vec<ItemResult> {
         let mut seen = HashSet::new();
         let unique: Vec<bool> = items.iter().map(|i| seen.insert(i.name.clone())).collect();
         let requests: Vec<NewPartitions<'_>> = items
@@ -413,14 +522,24 @@ impl Inner {
             .admin
             .create_partitions(&requests, &self.admin_options())
             .await;
-        per_topic_results(
+        let results = per_topic_results(
             &items.iter().map(|i| i.name.as_str()).collect::<Vec<_>>(),
             &unique,
             result,
             self.last_error().as_ref(),
             "adding partitions to topic",
             |_| None,
+        );
+        self.await_metadata(
+            items
+                .iter()
+                .zip(&results)
+                .filter(|(_, r)| r.is_ok())
+                .map(|(i, _)| (i.name.clone(), i32::try_from(i.count).ok()))
+                .collect(),
         )
+        .await;
+        results
     }
 
     /// AlterConfigs in rdkafka 0.39 replaces a topic's whole dynamic config set (there is no
@@ -489,7 +608,7 @@ impl Inner {
                 Err(e) => Err(classify_kafka(&e, self.last_error().as_ref(), &what)),
             }
         };
-        items
+        let results: Vec<ItemResult> = items
             .iter()
             .zip(&unique)
             .map(|(item, unique)| {
@@ -515,7 +634,15 @@ impl Inner {
                     Err(e) => Err(e.clone()),
                 }
             })
-            .collect()
+            .collect();
+        let written: Vec<(String, BTreeMap<String, String>)> = items
+            .iter()
+            .zip(&results)
+            .filter(|(_, r)| r.is_ok())
+            .map(|(i, _)| (i.name.clone(), i.config.clone()))
+            .collect();
+        self.await_configs(&written).await;
+        results
     }
 
     async fn delete_topics(&self, names: Vec<String>) -> Vec<ItemResult> {
@@ -1008,9 +1135,9 @@ mod tests {
         assert_eq!(c.get("sasl.mechanism"), Some("SCRAM-SHA-256"));
         assert_eq!(c.get("ssl.ca.pem"), Some("-----BEGIN CERTIFICATE-----"));
         assert_eq!(c.get("client.id"), Some("switchyard"));
-        let err = client_config(&spec, &ResolvedSecrets::default())
-            .err()
-            .expect("missing secret");
+        let Err(err) = client_config(&spec, &ResolvedSecrets::default()) else {
+            panic!("a missing Secret key must fail");
+        };
         assert!(err.to_string().contains("ca"), "{err}");
     }
 }
