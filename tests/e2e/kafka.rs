@@ -877,6 +877,8 @@ async fn provision_1000_topics_measurement() {
         .iter()
         .map(|n| NewTopic::new(n, 1, TopicReplication::Fixed(-1)).set("retention.ms", "3600000"))
         .collect();
+    let b = backend(&kspec, &ResolvedSecrets::default()).await;
+    b.check().await.expect("check");
     let started = Instant::now();
     let res = raw
         .admin
@@ -885,10 +887,21 @@ async fn provision_1000_topics_measurement() {
         .expect("create");
     let floor = started.elapsed();
     assert!(res.iter().all(|r| r.is_ok()));
+    // When the raw topics are usable: listed, and every partition answers offsets requests.
+    let floor_keys: Vec<ObjectKey> = floor_names
+        .iter()
+        .map(|n| key(ObjectKind::Topic, n))
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        match b.observe(&floor_scope, &floor_keys).await {
+            Ok(o) if o.objects.len() == N => break,
+            other => assert!(Instant::now() < deadline, "not ready: {:?}", other.err()),
+        }
+    }
+    let floor_ready = started.elapsed();
 
     let s = scope("kbench");
-    let b = backend(&kspec, &ResolvedSecrets::default()).await;
-    b.check().await.expect("check");
     let started = Instant::now();
     let p = reconcile(
         b.as_ref(),
@@ -916,7 +929,8 @@ async fn provision_1000_topics_measurement() {
     let backend_noop = started.elapsed();
     assert!(plan.is_noop());
     println!(
-        "{N} topics: raw CreateTopics {floor:?}; backend observe+plan+apply {backend_first:?}; \
+        "{N} topics: raw CreateTopics {floor:?} (all partitions ready after {floor_ready:?}); \
+         backend observe+plan+apply {backend_first:?} (returns once ready); \
          no-op observe+plan {backend_noop:?}"
     );
 

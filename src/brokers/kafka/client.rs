@@ -34,7 +34,7 @@ const OBSERVE_TIMEOUT: Duration = Duration::from_secs(15);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 const OPERATION_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bound on waiting for a change to show in metadata / DescribeConfigs after it was accepted.
-const SETTLE_TIMEOUT: Duration = Duration::from_secs(10);
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long concurrent apply calls on one endpoint are gathered into one request.
 const COALESCE_WINDOW: Duration = Duration::from_millis(5);
 
@@ -285,8 +285,51 @@ impl Inner {
             .collect())
     }
 
+    /// The earliest or latest offset of every partition of the given topics, in one
+    /// ListOffsets round (librdkafka's offsets-for-times with the special timestamps).
+    fn offsets_blocking(
+        &self,
+        topics: &[(String, i32)],
+        offset: Offset,
+    ) -> Result<HashMap<(String, i32), i64>, BrokerError> {
+        let what = || format!("reading offsets on {}", self.endpoint);
+        let mut tpl = TopicPartitionList::with_capacity(topics.len());
+        for (topic, partitions) in topics {
+            for p in 0..*partitions {
+                tpl.add_partition_offset(topic, p, offset)
+                    .map_err(|e| classify_kafka(&e, None, &what()))?;
+            }
+        }
+        let result = self
+            .consumer
+            .offsets_for_times(tpl, OBSERVE_TIMEOUT)
+            .map_err(|e| classify_kafka(&e, self.last_error().as_ref(), &what()))?;
+        let mut out = HashMap::new();
+        for elem in result.elements() {
+            if let Err(e) = elem.error() {
+                return Err(classify_kafka(
+                    &e,
+                    None,
+                    &format!(
+                        "reading offsets of {} partition {} on {}",
+                        elem.topic(),
+                        elem.partition(),
+                        self.endpoint
+                    ),
+                ));
+            }
+            if let Offset::Offset(n) = elem.offset() {
+                out.insert((elem.topic().to_string(), elem.partition()), n);
+            }
+        }
+        Ok(out)
+    }
+
     /// Sum over partitions of (high watermark - low watermark), for each topic: one
-    /// ListOffsets round for the earliest and one for the latest offsets.
+    /// ListOffsets round for the earliest and one for the latest offsets. Partitions that are
+    /// still getting a leader (just created or moving) are retried within the observe bound;
+    /// if they do not settle the observation fails rather than report a count it does not
+    /// know (a Delete policy must never remove a topic that holds messages).
     fn message_counts_blocking(
         &self,
         topics: &[(String, i32)],
@@ -294,44 +337,10 @@ impl Inner {
         if topics.is_empty() {
             return Ok(HashMap::new());
         }
-        let query = |offset: Offset| -> Result<HashMap<(String, i32), i64>, BrokerError> {
-            let what = || format!("reading offsets on {}", self.endpoint);
-            let mut tpl = TopicPartitionList::with_capacity(topics.len());
-            for (topic, partitions) in topics {
-                for p in 0..*partitions {
-                    tpl.add_partition_offset(topic, p, offset)
-                        .map_err(|e| classify_kafka(&e, None, &what()))?;
-                }
-            }
-            let result = self
-                .consumer
-                .offsets_for_times(tpl, OBSERVE_TIMEOUT)
-                .map_err(|e| classify_kafka(&e, self.last_error().as_ref(), &what()))?;
-            let mut out = HashMap::new();
-            for elem in result.elements() {
-                if let Err(e) = elem.error() {
-                    return Err(classify_kafka(
-                        &e,
-                        None,
-                        &format!(
-                            "reading offsets of {} partition {} on {}",
-                            elem.topic(),
-                            elem.partition(),
-                            self.endpoint
-                        ),
-                    ));
-                }
-                if let Offset::Offset(n) = elem.offset() {
-                    out.insert((elem.topic().to_string(), elem.partition()), n);
-                }
-            }
-            Ok(out)
-        };
-        // Leadership of just-created partitions settles within moments; retry those errors.
         let with_retry = |offset: Offset| {
             let deadline = std::time::Instant::now() + OBSERVE_TIMEOUT;
             loop {
-                match query(offset) {
+                match self.offsets_blocking(topics, offset) {
                     Err(e)
                         if e.kind == BrokerErrorKind::Other
                             && std::time::Instant::now() < deadline =>
@@ -405,9 +414,10 @@ impl Inner {
     }
 
     /// Wait (bounded) until the broker's metadata shows each topic with at least the given
-    /// partition count, so that an observation right after apply sees the change. KRaft brokers
-    /// answer admin requests once the controller committed them; their metadata caches follow
-    /// a moment later.
+    /// partition count and every partition answers an offsets request, so that an observation
+    /// right after apply sees the change and producers can use the topic. KRaft brokers answer
+    /// admin requests once the controller committed them; metadata caches and partition
+    /// leadership follow a moment (with many new partitions, seconds) later.
     async fn await_metadata(self: &Arc<Self>, wanted: Vec<(String, Option<i32>)>) {
         if wanted.is_empty() {
             return;
@@ -417,10 +427,17 @@ impl Inner {
             let deadline = std::time::Instant::now() + SETTLE_TIMEOUT;
             loop {
                 let seen = inner.metadata_blocking(OBSERVE_TIMEOUT).is_ok_and(|all| {
-                    wanted.iter().all(|(name, partitions)| {
-                        all.get(name)
-                            .is_some_and(|(have, _)| partitions.is_none_or(|want| *have >= want))
-                    })
+                    let layout: Option<Vec<(String, i32)>> = wanted
+                        .iter()
+                        .map(|(name, partitions)| {
+                            let (have, _) = all.get(name)?;
+                            partitions
+                                .is_none_or(|want| *have >= want)
+                                .then(|| (name.clone(), *have))
+                        })
+                        .collect();
+                    layout
+                        .is_some_and(|topics| inner.offsets_blocking(&topics, Offset::End).is_ok())
                 });
                 if seen || std::time::Instant::now() >= deadline {
                     return seen;
@@ -430,7 +447,7 @@ impl Inner {
         })
         .await;
         if !matches!(waited, Ok(true)) {
-            tracing::debug!("topic metadata did not settle within {SETTLE_TIMEOUT:?}");
+            tracing::info!("new topics or partitions were not all ready within {SETTLE_TIMEOUT:?}");
         }
     }
 
