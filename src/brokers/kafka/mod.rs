@@ -29,6 +29,7 @@ use crate::secrets::ResolvedSecrets;
 
 mod client;
 mod coalesce;
+mod errors;
 
 pub use client::KafkaBackend;
 
@@ -353,6 +354,32 @@ mod tests {
         s.topic_config
             .insert("replication.factor".into(), "3".into());
         assert!(desired(&scope(), &s, &[topic("a")]).is_err());
+    }
+
+    #[tokio::test]
+    async fn a_malformed_ca_is_a_tls_error_at_connect() {
+        use crate::api::{SecretKeyRef, TlsSpec};
+        let mut s = spec();
+        s.tls = Some(TlsSpec {
+            enabled: true,
+            ca_secret_ref: Some(SecretKeyRef {
+                name: "ca".into(),
+                key: "ca.crt".into(),
+            }),
+            cert_secret_ref: None,
+            key_secret_ref: None,
+        });
+        let mut secrets = ResolvedSecrets::default();
+        secrets.insert("ca", "ca.crt", "not a certificate");
+        let Err(err) = connect(&s, &secrets).await else {
+            panic!("a malformed CA must be refused");
+        };
+        assert_eq!(err.kind, BrokerErrorKind::Tls, "{err:?}");
+        // Without the Secret key the settings are unusable.
+        let Err(err) = connect(&s, &ResolvedSecrets::default()).await else {
+            panic!("a missing CA key must be refused");
+        };
+        assert_eq!(err.kind, BrokerErrorKind::Rejected, "{err:?}");
     }
 
     #[test]
