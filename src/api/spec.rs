@@ -324,17 +324,23 @@ pub struct KafkaSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 64))]
     pub client_id: Option<String>,
-    /// Replication factor of created topics (default: the broker's default).
+    /// Replication factor of created topics (default: the broker's default). Existing topics keep
+    /// theirs: a different value is reported (ReplicationFactorChangeNotSupported), never applied.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 16))]
     pub replication_factor: Option<i32>,
-    /// Prefix for physical topic names; replaces the default `<namespace>.<name>.`.
+    /// Prefix for physical topic names; replaces the default `<namespace>.<name>.` in topic names
+    /// (`<prefix><topic>`), dead-letter topics (`<prefix><topic>.dlq`) and consumer groups
+    /// (`<prefix><topic>.<subscription>`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 100), regex(pattern = r"^[a-zA-Z0-9._-]*$"))]
     pub topic_prefix: Option<String>,
-    /// Topic configs applied to every topic (e.g. `cleanup.policy: delete`); retention comes from the topic.
+    /// Topic configs converged on every topic and dead-letter topic (e.g. `cleanup.policy: delete`),
+    /// spelled as Kafka reports them (`kafka-configs --describe`). A topic's `retention` overrides
+    /// `retention.ms` here. Configs not listed are left as they are on the broker.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schemars(extend("maxProperties" = 32))]
+    #[x_kube(validation = Rule::new("!('replication.factor' in self)").message("topicConfig: replication.factor is not a topic config; use replicationFactor"))]
     pub topic_config: BTreeMap<String, String>,
     /// TLS settings.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -3,6 +3,7 @@
 
 mod admission;
 mod controller;
+mod kafka;
 mod plan;
 mod pubsub;
 mod rabbitmq;
