@@ -149,11 +149,10 @@ pub async fn write(
     value["kind"] = "Secret".into();
     // A Secret's type cannot change; after a swap the entries (including `type`) describe the
     // new broker while the Secret keeps the type it was created with.
-    if let Some(existing) = api.get_metadata_opt(name).await.map_err(Error::Kube)?
-        && existing.metadata.uid.is_some()
-        && let Some(obj) = value.as_object_mut()
+    if let Some(existing) = api.get_opt(name).await.map_err(Error::Kube)?
+        && let Some(t) = existing.type_
     {
-        obj.remove("type");
+        value["type"] = t.into();
     }
     api.patch(
         name,

@@ -389,11 +389,12 @@ pub(super) async fn finish(shared: &Shared<'_>, prepared: Prepared) -> Finished 
                 .find_map(|o| o.result.as_ref().err().map(|e| (o.key.clone(), e.clone())));
             let topics_ready = match (&failed, the_plan.refused.first()) {
                 (Some((key, e)), _) => {
-                    let msg = format!("env {}: {key}: {e}", env.slug);
+                    let msg = format!("{key}: {e}");
+                    let scoped = format!("env {}: {msg}", env.slug);
                     if e.is_transient() {
-                        out.transient = Some(msg.clone());
+                        out.transient = Some(scoped);
                     } else {
-                        out.stalled = Some((e.reason().to_string(), msg.clone()));
+                        out.stalled = Some((e.reason().to_string(), scoped));
                     }
                     conds.push(Desired::new(types::TOPICS_READY, false, e.reason(), msg));
                     false
@@ -401,11 +402,12 @@ pub(super) async fn finish(shared: &Shared<'_>, prepared: Prepared) -> Finished 
                 (None, Some(_)) => {
                     let refusal = the_plan.permanent_refusal().or(the_plan.refused.first());
                     if let Some(r) = refusal {
-                        let msg = format!("env {}: {}", env.slug, r.message);
+                        let msg = r.message.clone();
+                        let scoped = format!("env {}: {msg}", env.slug);
                         if r.transient {
-                            out.transient.get_or_insert(msg.clone());
+                            out.transient.get_or_insert(scoped);
                         } else {
-                            out.stalled = Some((r.reason.to_string(), msg.clone()));
+                            out.stalled = Some((r.reason.to_string(), scoped));
                         }
                         conds.push(Desired::new(
                             types::TOPICS_READY,
@@ -462,11 +464,8 @@ pub(super) async fn finish(shared: &Shared<'_>, prepared: Prepared) -> Finished 
                         }
                     }
                     Err(e) => {
-                        let msg = format!(
-                            "env {}: writing the connection Secret failed: {e}",
-                            env.slug
-                        );
-                        out.transient = Some(msg.clone());
+                        let msg = format!("writing the connection Secret failed: {e}");
+                        out.transient = Some(format!("env {}: {msg}", env.slug));
                         conds.push(Desired::new(
                             types::BINDING_READY,
                             false,
