@@ -3,5 +3,6 @@
 
 mod admission;
 mod controller;
+mod deploy;
 #[allow(dead_code)]
 mod support;
