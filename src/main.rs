@@ -73,6 +73,14 @@ struct RunArgs {
     /// Instance name for Events (the pod name in a cluster).
     #[arg(long, env = "POD_NAME", default_value = "switchyard")]
     instance: String,
+    /// Leader election.
+    #[command(flatten)]
+    leader: Box<LeaderArgs>,
+}
+
+/// Leader election flags (boxed: they would make every `Command` as large as `run`'s).
+#[derive(clap::Args)]
+struct LeaderArgs {
     /// Reconcile only while holding the leader Lease, so several replicas can run.
     #[arg(long, default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
     leader_elect: bool,
@@ -160,16 +168,16 @@ async fn run(args: RunArgs) -> ExitCode {
         metrics.clone(),
         stopped(stop_rx.clone()),
     );
-    if !args.leader_elect {
+    if !args.leader.leader_elect {
         work.await;
         return ExitCode::SUCCESS;
     }
     let identity = format!("{}_{}", args.instance, std::process::id());
     let lease = LeaseConfig::new(
-        args.lease_namespace,
-        args.lease_name,
+        args.leader.lease_namespace,
+        args.leader.lease_name,
         identity,
-        args.lease_duration,
+        args.leader.lease_duration,
     );
     let mut elector = LeaderElector::new(client, lease);
     tokio::select! {
