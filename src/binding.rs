@@ -148,11 +148,16 @@ pub async fn write(
     value["apiVersion"] = "v1".into();
     value["kind"] = "Secret".into();
     // A Secret's type cannot change; after a swap the entries (including `type`) describe the
-    // new broker while the Secret keeps the type it was created with.
+    // new broker while the Secret keeps the type it was created with. The apply must still
+    // carry that type: leaving it out would let server-side apply drop the field this manager
+    // owns, default it to Opaque, and be refused as an immutable change.
     if let Some(existing) = api.get_opt(name).await.map_err(Error::Kube)?
-        && let Some(t) = existing.type_
+        && let Some(obj) = value.as_object_mut()
     {
-        value["type"] = t.into();
+        match existing.type_ {
+            Some(t) => obj.insert("type".into(), t.into()),
+            None => obj.remove("type"),
+        };
     }
     api.patch(
         name,

@@ -3,6 +3,7 @@
 
 mod admission;
 mod controller;
+mod deploy;
 mod kafka;
 mod plan;
 mod pubsub;
