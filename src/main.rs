@@ -155,7 +155,7 @@ async fn main() -> ExitCode {
     match cli.command {
         Command::Crd => match switchyard::crd::yaml() {
             Ok(y) => {
-                print!("{y}");
+                emit(&y);
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -317,9 +317,9 @@ async fn plan(args: PlanArgs) -> ExitCode {
     };
     let report = preview::plan_all(&manifests, &opts).await;
     match args.output {
-        Output::Table => print!("{}", report.render_text()),
+        Output::Table => emit(&report.render_text()),
         Output::Json => match serde_json::to_string_pretty(&report) {
-            Ok(j) => println!("{j}"),
+            Ok(j) => emit(&format!("{j}\n")),
             Err(e) => {
                 eprintln!("error: {e}");
                 return ExitCode::from(1);
@@ -340,21 +340,25 @@ async fn check(args: CheckArgs) -> ExitCode {
     let results = preview::check_all(&manifests, &opts).await;
     match args.output {
         Output::Table => {
-            for r in &results {
-                println!(
-                    "{:<30} {:<10} {:<13} {:<22} {}",
-                    r.broker,
-                    r.slug,
-                    r.broker_type.as_str(),
-                    r.reason,
-                    r.message
-                );
-            }
+            let table: String = results
+                .iter()
+                .map(|r| {
+                    format!(
+                        "{:<30} {:<10} {:<13} {:<22} {}\n",
+                        r.broker,
+                        r.slug,
+                        r.broker_type.as_str(),
+                        r.reason,
+                        r.message
+                    )
+                })
+                .collect();
+            emit(&table);
         }
-        Output::Json => println!(
-            "{}",
+        Output::Json => emit(&format!(
+            "{}\n",
             serde_json::to_string_pretty(&results).unwrap_or_default()
-        ),
+        )),
     }
     let connected = switchyard::api::conditions::reasons::CONNECTED;
     if !results.is_empty() && results.iter().all(|r| r.reason == connected) {
@@ -362,4 +366,10 @@ async fn check(args: CheckArgs) -> ExitCode {
     } else {
         ExitCode::from(1)
     }
+}
+
+/// Write to stdout; a closed pipe (`| head`) is not an error worth a panic.
+fn emit(text: &str) {
+    use std::io::Write;
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
 }
