@@ -16,7 +16,7 @@ kubectl wait --for=condition=Established crd/messagebrokers.switchyard.dev --tim
 cargo build --bin switchyard
 if ! is_running operator; then
   port=$(free_port)
-  "$CARGO_TARGET_DIR/debug/switchyard" run --metrics-addr "127.0.0.1:$port" --resync 30s \
+  "$CARGO_TARGET_DIR/debug/switchyard" run --namespace shop --metrics-addr "127.0.0.1:$port" --resync 30s \
     >"$RUN_DIR/operator.log" 2>&1 &
   record_pid operator $!
   log "operator running (pid $!), log: $RUN_DIR/operator.log, metrics: http://127.0.0.1:$port/metrics"

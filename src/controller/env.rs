@@ -372,7 +372,14 @@ pub(super) async fn finish(shared: &Shared<'_>, prepared: Prepared) -> Finished 
                     .broker_op(env.broker_type.as_str(), "apply", ok);
                 o
             };
-            let next_owned = owned_after(&owned, &desired, &observed, &outcomes, &the_plan.actions);
+            let next_owned = owned_after(
+                &owned,
+                &shared.scope.owner(),
+                &desired,
+                &observed,
+                &outcomes,
+                &the_plan.actions,
+            );
             status.owned = owned_list(&next_owned);
             for key in &the_plan.retained {
                 let s = key.to_string();
@@ -656,7 +663,6 @@ pub(super) async fn retire(
     }
     let secrets = secrets::resolve(&ctx.client, &scope.namespace, env).await?;
     let backend = ctx.pool.get(env, &secrets).await.map_err(Error::Broker)?;
-    let desired = DesiredState::default();
     let input = PlanInput {
         scope,
         owned,
@@ -664,15 +670,14 @@ pub(super) async fn retire(
         adopt_existing: false,
         capabilities: brokers::capabilities(env.broker_type),
     };
-    let (observed, the_plan) = brokers::observe_and_plan(backend.as_ref(), &desired, &input)
+    let brokers::Converged {
+        plan: the_plan,
+        outcomes,
+        owned: remaining,
+        ..
+    } = brokers::converge_desired(backend.as_ref(), DesiredState::default(), &input)
         .await
         .map_err(Error::Broker)?;
-    let outcomes = if the_plan.actions.is_empty() {
-        Vec::new()
-    } else {
-        backend.apply(scope, &the_plan.actions).await
-    };
-    let remaining = owned_after(owned, &desired, &observed, &outcomes, &the_plan.actions);
     let failed = outcomes
         .iter()
         .find_map(|o| o.result.as_ref().err().map(|e| format!("{}: {e}", o.key)));

@@ -156,12 +156,24 @@ async fn idle_resyncs_write_nothing() {
     let connector = Arc::new(FakeConnector::default());
     let ctl = start_controller(client.clone(), &ns, connector.clone(), fast_config());
     apply_mb(&client, &ns, &two_env_manifest("idle")).await;
-    let ready = wait_for_mb(&client, &ns, "idle", TIMEOUT, "Ready", |m| {
+    wait_for_mb(&client, &ns, "idle", TIMEOUT, "Ready", |m| {
         condition_true(m, "Ready")
     })
     .await;
 
+    // Let the pass triggered by the binding Secret's creation finish, then take the baseline.
     let broker = connector.backend("prd", BrokerType::Kafka);
+    let first = broker.observe_calls.load(Ordering::SeqCst);
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    while broker.observe_calls.load(Ordering::SeqCst) < first + 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no resync pass happened"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let api: Api<MessageBroker> = Api::namespaced(client.clone(), &ns);
+    let ready = api.get("idle").await.expect("get");
     let writes = ctl.metrics.status_writes.get();
     let bindings = ctl.metrics.binding_writes.get();
     let observed = broker.observe_calls.load(Ordering::SeqCst);
@@ -184,7 +196,6 @@ async fn idle_resyncs_write_nothing() {
         bindings,
         "idle passes must not rewrite bindings"
     );
-    let api: Api<MessageBroker> = Api::namespaced(client.clone(), &ns);
     let now = api.get("idle").await.expect("get");
     assert_eq!(
         now.metadata.resource_version, ready.metadata.resource_version,
