@@ -156,11 +156,10 @@ async fn apply(raw: Arc<RawMessageBroker>, ctx: &Context) -> Result<Action, Erro
         .iter()
         .filter(|e| ctx.config.manages(&e.slug))
         .collect();
-    let prepared = futures::future::join_all(
-        managed
-            .iter()
-            .map(|e| env::prepare(&shared, e, prev.envs.iter().find(|s| s.slug == e.slug))),
-    )
+    let prepared = futures::future::join_all(managed.iter().map(|e| {
+        env::prepare(&shared, e, prev.envs.iter().find(|s| s.slug == e.slug))
+            .instrument(info_span!("env", env = %e.slug, phase = "observe"))
+    }))
     .await;
 
     // Record what is about to be created (and a swap that starts) before touching the broker.
@@ -179,8 +178,11 @@ async fn apply(raw: Arc<RawMessageBroker>, ctx: &Context) -> Result<Action, Erro
         status::write_if_changed(ctx, &raw, &prev, &intent).await?;
     }
 
-    let finished =
-        futures::future::join_all(prepared.into_iter().map(|p| env::finish(&shared, p))).await;
+    let finished = futures::future::join_all(prepared.into_iter().map(|p| {
+        let span = info_span!("env", env = %p.env.slug, phase = "apply");
+        env::finish(&shared, p).instrument(span)
+    }))
+    .await;
 
     let mut next = prev.clone();
     let mut events = Vec::new();

@@ -479,3 +479,71 @@ async fn a_rotated_secret_reaches_the_binding() {
     eprintln!("secret rotation → binding: {:?}", started.elapsed());
     ctl.stop().await;
 }
+
+fn kafka_env() -> String {
+    format!(
+        "    - {{slug: prd, type: Kafka, kafka: {{bootstrapServers: [\"{}\"]}}}}",
+        env_var("SWITCHYARD_KAFKA_BOOTSTRAP")
+    )
+}
+
+#[tokio::test]
+async fn rabbitmq_to_kafka_and_back_flips_once_each_way() {
+    let client = client().await;
+    ensure_crd(&client).await;
+    let ns = namespace(&client, "swap-rk").await;
+    let b = rabbitmq::broker();
+    put_secret(
+        &client,
+        &ns,
+        "rabbit",
+        &[("username", &b.username), ("password", &b.password)],
+    )
+    .await;
+    let ctl = start_controller(client.clone(), &ns, Arc::new(RealConnector), fast_config());
+    apply_mb(&client, &ns, &manifest("bus", "Retain", 10, &rabbit_env())).await;
+    wait_for_mb(&client, &ns, "bus", TIMEOUT, "Ready on RabbitMQ", |m| {
+        condition_true(m, "Ready")
+    })
+    .await;
+
+    for (to, binding_type, from) in [
+        (kafka_env(), "kafka", "RabbitMQ"),
+        (rabbit_env(), "rabbitmq", "Kafka"),
+    ] {
+        let recorder = FlipRecorder::start(client.clone(), ns.clone(), "bus-prd".into());
+        let started = Instant::now();
+        apply_mb(&client, &ns, &manifest("bus", "Retain", 10, &to)).await;
+        wait_binding_type(&client, &ns, "bus-prd", binding_type).await;
+        eprintln!(
+            "swap {from} → {binding_type}, 10 topics: apply → binding flip {:?}",
+            started.elapsed()
+        );
+        let done = wait_for_mb(&client, &ns, "bus", TIMEOUT, "swap complete", |m| {
+            condition_true(m, "Ready")
+                && m.status.as_ref().is_some_and(|s| {
+                    s.envs[0]
+                        .swap
+                        .as_ref()
+                        .is_some_and(|w| w.phase == SwapPhase::Complete && w.from.as_str() == from)
+                })
+        })
+        .await;
+        let types = recorder.types(&client, &ns, "bus-prd").await;
+        assert_eq!(
+            types.len(),
+            2,
+            "binding must change exactly once: {types:?}"
+        );
+        assert_eq!(types.last().map(String::as_str), Some(binding_type));
+        let env = &done.status.as_ref().expect("status").envs[0];
+        assert!(env.topics.iter().all(|t| t.ready), "{:?}", env.topics);
+    }
+    // Back on RabbitMQ: the exchanges it kept under Retain are ours again, not a conflict.
+    let mb = wait_for_mb(&client, &ns, "bus", TIMEOUT, "Ready", |m| {
+        condition_true(m, "Ready")
+    })
+    .await;
+    assert!(condition(&mb, "Stalled").is_none(), "{:?}", mb.status);
+    ctl.stop().await;
+}
