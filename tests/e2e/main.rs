@@ -2,6 +2,9 @@
 //! One binary with modules keeps link time down.
 
 mod admission;
+mod argocd;
 mod controller;
+mod flux;
+mod kstatus;
 #[allow(dead_code)]
 mod support;

@@ -2,7 +2,7 @@
 # Stop exactly the processes tests/env/up.sh started (by pid file). Safe to run twice.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 set +e
-for svc in moto pubsub rabbitmq redis kafka kube; do
+for svc in kstatus flux moto pubsub rabbitmq redis kafka kube; do
   [ -f "$ENV_SRC_DIR/$svc.sh" ] && bash "$ENV_SRC_DIR/$svc.sh" stop
 done
 rm -f "$RUN_DIR/env.sh"

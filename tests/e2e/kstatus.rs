@@ -1,0 +1,263 @@
+//! kstatus conformance: the real objects the controller writes, read back from the API server in
+//! every phase of their life, judged by kstatus itself (the Go library Flux and kpt use, via the
+//! checker in tests/env/kstatus) and by our Argo CD health check. Both must agree with the status
+//! semantics: InProgress/Progressing while reconciling or while observedGeneration lags,
+//! Current/Healthy when Ready, Failed/Degraded when Stalled.
+//!
+//! Set SWITCHYARD_RECORD_ARGOCD_TESTDATA=DIR to save each phase's object as YAML (how the files
+//! in config/argocd/testdata were recorded).
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use kube::Api;
+use kube::api::{ApiResource, DeleteParams, DynamicObject, Patch, PatchParams};
+use switchyard::api::{BrokerType, MessageBroker};
+use switchyard::brokers::fake::FakeConnector;
+
+use crate::support::*;
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// kstatus's verdict on an object: (status, message).
+pub fn kstatus(obj: &serde_json::Value) -> (String, String) {
+    let bin = env_var("SWITCHYARD_KSTATUS");
+    let mut child = Command::new(&bin)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("running {bin}: {e}"));
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(obj.to_string().as_bytes())
+        .expect("writing the object to the checker");
+    let out = child.wait_with_output().expect("checker finished");
+    assert!(
+        out.status.success(),
+        "kstatus checker failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("checker prints JSON");
+    (
+        v["status"].as_str().unwrap_or_default().to_string(),
+        v["message"].as_str().unwrap_or_default().to_string(),
+    )
+}
+
+/// The object exactly as the API server returns it (no round trip through our Rust types).
+pub async fn live(client: &kube::Client, namespace: &str, name: &str) -> serde_json::Value {
+    let ar = ApiResource::erase::<MessageBroker>(&());
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &ar);
+    let obj = api.get(name).await.expect("MessageBroker readable");
+    serde_json::to_value(obj).expect("object serialises")
+}
+
+/// Judge one phase with both checkers; returns kstatus's message.
+fn judge(phase: &str, obj: &serde_json::Value, want_kstatus: &str, want_argocd: &str) -> String {
+    record(phase, obj);
+    let (ks, ks_message) = kstatus(obj);
+    let (argo, argo_message) = crate::argocd::health(obj);
+    assert_eq!(
+        (ks.as_str(), argo.as_str()),
+        (want_kstatus, want_argocd),
+        "{phase}: kstatus said {ks:?} ({ks_message}), Argo CD said {argo:?} ({argo_message}); object: {obj:#}"
+    );
+    ks_message
+}
+
+fn record(phase: &str, obj: &serde_json::Value) {
+    let Ok(dir) = std::env::var("SWITCHYARD_RECORD_ARGOCD_TESTDATA") else {
+        return;
+    };
+    let mut obj = obj.clone();
+    if let Some(meta) = obj["metadata"].as_object_mut() {
+        meta.remove("managedFields");
+    }
+    let yaml = serde_norway::to_string(&obj).expect("YAML");
+    std::fs::create_dir_all(&dir).expect("record dir");
+    std::fs::write(format!("{dir}/{phase}.yaml"), yaml).expect("recording written");
+}
+
+fn manifest(name: &str, policy: &str, extra_topic: bool, sasl_secret: Option<&str>) -> String {
+    let topic = if extra_topic {
+        "\n    - name: order-paid"
+    } else {
+        ""
+    };
+    let sasl = sasl_secret
+        .map(|s| {
+            format!(", sasl: {{mechanism: SCRAM-SHA-512, credentialsSecretRef: {{name: {s}}}}}")
+        })
+        .unwrap_or_default();
+    format!(
+        r#"
+apiVersion: switchyard.dev/v1alpha1
+kind: MessageBroker
+metadata: {{name: {name}}}
+spec:
+  deletionPolicy: {policy}
+  topics:
+    - name: order-created
+      subscriptions: [{{name: billing}}]{topic}
+  envs:
+    - slug: prd
+      type: Kafka
+      kafka: {{bootstrapServers: ["kafka.example:9092"]{sasl}}}
+"#
+    )
+}
+
+fn generations(obj: &serde_json::Value) -> (i64, Option<i64>) {
+    (
+        obj["metadata"]["generation"].as_i64().expect("generation"),
+        obj["status"]["observedGeneration"].as_i64(),
+    )
+}
+
+#[tokio::test]
+async fn kstatus_and_argocd_agree_with_every_phase_of_a_live_object() {
+    let client = client().await;
+    ensure_crd(&client).await;
+    let ns = namespace(&client, "kstatus").await;
+    let name = "bus";
+    let connector = Arc::new(FakeConnector::default());
+    let broker = connector.backend("prd", BrokerType::Kafka);
+
+    // Applied while no controller runs: no status at all. kstatus cannot tell this from a
+    // resource that has no status by design and calls it Current; the Argo CD check knows
+    // better. Flux users get the right answer with the Kustomization healthCheckExprs in
+    // flux.rs, which treat a missing status as not ready.
+    apply_mb(&client, &ns, &manifest(name, "Retain", false, None)).await;
+    let obj = live(&client, &ns, name).await;
+    assert!(obj.get("status").is_none(), "{obj:#}");
+    judge("no_status", &obj, "Current", "Progressing");
+
+    // The broker cannot be reached: the controller keeps retrying (Reconciling=True).
+    broker.set_unreachable(true);
+    let ctl = start_controller(client.clone(), &ns, connector.clone(), fast_config());
+    let mb = wait_for_mb(&client, &ns, name, TIMEOUT, "Reconciling", |m| {
+        condition_true(m, "Reconciling")
+    })
+    .await;
+    let reconciling = condition(&mb, "Reconciling").expect("Reconciling").clone();
+    let message = judge(
+        "reconciling",
+        &live(&client, &ns, name).await,
+        "InProgress",
+        "Progressing",
+    );
+    assert_eq!(
+        message, reconciling.message,
+        "kstatus passes our message on"
+    );
+
+    // The broker is back: Ready.
+    broker.set_unreachable(false);
+    wait_for_mb(&client, &ns, name, TIMEOUT, "Ready", |m| {
+        condition_true(m, "Ready")
+    })
+    .await;
+    judge(
+        "healthy",
+        &live(&client, &ns, name).await,
+        "Current",
+        "Healthy",
+    );
+
+    // The spec changes while the controller is down: observedGeneration lags the generation.
+    ctl.stop().await;
+    apply_mb(&client, &ns, &manifest(name, "Retain", true, None)).await;
+    let obj = live(&client, &ns, name).await;
+    let (generation, observed) = generations(&obj);
+    assert!(observed < Some(generation), "{obj:#}");
+    let message = judge("generation_lag", &obj, "InProgress", "Progressing");
+    assert!(message.contains("generation"), "{message}");
+
+    // The controller catches up.
+    let ctl = start_controller(client.clone(), &ns, connector.clone(), fast_config());
+    wait_for_mb(
+        &client,
+        &ns,
+        name,
+        TIMEOUT,
+        "Ready at the new generation",
+        |m| {
+            condition_true(m, "Ready")
+                && m.status.as_ref().and_then(|s| s.observed_generation) == m.metadata.generation
+        },
+    )
+    .await;
+    judge(
+        "healthy_after_update",
+        &live(&client, &ns, name).await,
+        "Current",
+        "Healthy",
+    );
+
+    // A spec the operator refuses to act on: the credentials Secret does not exist.
+    apply_mb(
+        &client,
+        &ns,
+        &manifest(name, "Retain", true, Some("no-such-secret")),
+    )
+    .await;
+    let mb = wait_for_mb(&client, &ns, name, TIMEOUT, "Stalled", |m| {
+        condition_true(m, "Stalled")
+    })
+    .await;
+    let stalled = condition(&mb, "Stalled").expect("Stalled").clone();
+    assert_eq!(stalled.reason, "SecretNotFound");
+    let message = judge(
+        "stalled",
+        &live(&client, &ns, name).await,
+        "Failed",
+        "Degraded",
+    );
+    assert_eq!(message, stalled.message, "kstatus passes our message on");
+
+    // Deleting, with broker cleanup blocked (Delete policy, broker unreachable).
+    apply_mb(&client, &ns, &manifest(name, "Delete", true, None)).await;
+    wait_for_mb(&client, &ns, name, TIMEOUT, "Ready", |m| {
+        condition_true(m, "Ready")
+            && m.status.as_ref().and_then(|s| s.observed_generation) == m.metadata.generation
+    })
+    .await;
+    broker.set_unreachable(true);
+    let api: Api<MessageBroker> = Api::namespaced(client.clone(), &ns);
+    api.delete(name, &DeleteParams::default())
+        .await
+        .expect("delete");
+    wait_for_mb(&client, &ns, name, TIMEOUT, "blocked in deletion", |m| {
+        condition(m, "Reconciling").is_some_and(|c| c.reason == "Deleting")
+    })
+    .await;
+    judge(
+        "deleting",
+        &live(&client, &ns, name).await,
+        "Terminating",
+        "Progressing",
+    );
+
+    // Let it go, so the namespace is left clean.
+    api.patch(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"metadata": {"annotations": {switchyard::controller::ABANDON_ANNOTATION: "true"}}})),
+    )
+    .await
+    .expect("abandon annotation");
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    while api.get_opt(name).await.expect("get").is_some() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still present after the abandon annotation"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    ctl.stop().await;
+}
