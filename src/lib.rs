@@ -11,8 +11,10 @@ pub mod controller;
 pub mod crd;
 pub mod error;
 pub mod metrics;
+pub mod preview;
 pub mod secrets;
 pub mod server;
 pub mod telemetry;
+pub mod validation;
 
 pub use error::{Error, Result};

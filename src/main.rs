@@ -13,6 +13,7 @@ use prometheus_client::registry::Registry;
 use switchyard::brokers::RealConnector;
 use switchyard::controller::{self, Config};
 use switchyard::metrics::Metrics;
+use switchyard::preview;
 use switchyard::server::{self, ServerState};
 use switchyard::telemetry::{self, LogFormat};
 use tracing::error;
@@ -32,10 +33,60 @@ struct Cli {
 enum Command {
     /// Run the controller.
     Run(RunArgs),
+    /// Preview what manifests will change on the brokers (exit 0: nothing to do, 2: changes, 1: errors).
+    Plan(PlanArgs),
+    /// Check connectivity and permissions of each env's broker (exit 1 on any failure).
+    Check(CheckArgs),
     /// Print the MessageBroker CRD as YAML.
     Crd,
     /// Print the version.
     Version,
+}
+
+#[derive(clap::Args)]
+struct SourceArgs {
+    /// Manifest files or directories (multi-document YAML).
+    #[arg(short = 'f', long = "filename", required = true)]
+    files: Vec<std::path::PathBuf>,
+    /// Env slugs to look at (repeat or comma-separate); all when unset.
+    #[arg(long = "env", value_delimiter = ',')]
+    envs: Vec<String>,
+    /// Read credentials from SWITCHYARD_SECRET_<SECRET>__<KEY> variables instead of the cluster.
+    #[arg(long)]
+    secrets_from_env: bool,
+    /// Namespace for manifests that name none.
+    #[arg(short = 'n', long, default_value = "default")]
+    namespace: String,
+    /// Broker connectivity timeout.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+}
+
+#[derive(clap::Args)]
+struct PlanArgs {
+    #[command(flatten)]
+    source: SourceArgs,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value = "table")]
+    output: Output,
+    /// Validate only; connect to nothing.
+    #[arg(long)]
+    offline: bool,
+}
+
+#[derive(clap::Args)]
+struct CheckArgs {
+    #[command(flatten)]
+    source: SourceArgs,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value = "table")]
+    output: Output,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Output {
+    Table,
+    Json,
 }
 
 #[derive(clap::Args)]
@@ -76,6 +127,8 @@ struct RunArgs {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    // Several TLS stacks share rustls; pick one provider for all of them.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let cli = Cli::parse();
     match cli.command {
         Command::Crd => match switchyard::crd::yaml() {
@@ -93,6 +146,8 @@ async fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Run(args) => run(args).await,
+        Command::Plan(args) => plan(args).await,
+        Command::Check(args) => check(args).await,
     }
 }
 
@@ -142,4 +197,103 @@ async fn run(args: RunArgs) -> ExitCode {
     )
     .await;
     ExitCode::SUCCESS
+}
+
+async fn preview_options(
+    source: &SourceArgs,
+    offline: bool,
+) -> Result<(Vec<preview::Manifest>, preview::Options), String> {
+    let manifests = preview::load(&source.files).map_err(|e| e.to_string())?;
+    // A cluster is optional: used for Secrets (unless --secrets-from-env) and live ownership.
+    let client = if offline {
+        None
+    } else {
+        match kube::Client::try_default().await {
+            Ok(c) if c.apiserver_version().await.is_ok() => Some(c),
+            _ => None,
+        }
+    };
+    let secrets = match (&client, source.secrets_from_env) {
+        (_, true) => preview::SecretSource::EnvVars,
+        (Some(c), false) => preview::SecretSource::Cluster(c.clone()),
+        (None, false) if offline => preview::SecretSource::EnvVars,
+        (None, false) => {
+            return Err(
+                "no cluster reachable to read Secrets from; pass --secrets-from-env or --offline"
+                    .into(),
+            );
+        }
+    };
+    let opts = preview::Options {
+        envs: source
+            .envs
+            .iter()
+            .filter(|s| !s.is_empty())
+            .cloned()
+            .collect(),
+        offline,
+        default_namespace: source.namespace.clone(),
+        secrets,
+        live: client,
+        connector: Arc::new(RealConnector),
+        timeout: source.timeout,
+    };
+    Ok((manifests, opts))
+}
+
+async fn plan(args: PlanArgs) -> ExitCode {
+    let (manifests, opts) = match preview_options(&args.source, args.offline).await {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let report = preview::plan_all(&manifests, &opts).await;
+    match args.output {
+        Output::Table => print!("{}", report.render_text()),
+        Output::Json => match serde_json::to_string_pretty(&report) {
+            Ok(j) => println!("{j}"),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(1);
+            }
+        },
+    }
+    ExitCode::from(report.exit_code())
+}
+
+async fn check(args: CheckArgs) -> ExitCode {
+    let (manifests, opts) = match preview_options(&args.source, false).await {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let results = preview::check_all(&manifests, &opts).await;
+    match args.output {
+        Output::Table => {
+            for r in &results {
+                println!(
+                    "{:<30} {:<10} {:<13} {:<22} {}",
+                    r.broker,
+                    r.slug,
+                    r.broker_type.as_str(),
+                    r.reason,
+                    r.message
+                );
+            }
+        }
+        Output::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&results).unwrap_or_default()
+        ),
+    }
+    let connected = switchyard::api::conditions::reasons::CONNECTED;
+    if !results.is_empty() && results.iter().all(|r| r.reason == connected) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
 }

@@ -97,6 +97,35 @@ impl ResolvedSecrets {
     }
 }
 
+/// Read the referenced keys from environment variables named
+/// `SWITCHYARD_SECRET_<SECRET>__<KEY>` (upper case, other characters as `_`), for CI runners
+/// without cluster access. Missing variables are simply absent.
+pub fn from_env_vars(env: &EnvSpec) -> ResolvedSecrets {
+    let mut resolved = ResolvedSecrets::default();
+    for (name, key) in env.secret_keys() {
+        if let Ok(v) = std::env::var(env_var_name(&name, &key)) {
+            resolved.insert(&name, &key, v);
+        }
+    }
+    resolved
+}
+
+/// The environment variable that holds a Secret key for `--secrets-from-env`.
+pub fn env_var_name(secret: &str, key: &str) -> String {
+    let clean = |s: &str| -> String {
+        s.chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_uppercase()
+                } else {
+                    '_'
+                }
+            })
+            .collect()
+    };
+    format!("SWITCHYARD_SECRET_{}__{}", clean(secret), clean(key))
+}
+
 /// Read every Secret an env references (same namespace only; the API has no namespace field).
 pub async fn resolve(
     client: &Client,
@@ -106,6 +135,7 @@ pub async fn resolve(
     let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
     let mut resolved = ResolvedSecrets::default();
     for name in env.secret_names() {
+        let name = name.as_str();
         let secret = api
             .get_opt(name)
             .await

@@ -324,17 +324,23 @@ pub struct KafkaSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 64))]
     pub client_id: Option<String>,
-    /// Replication factor of created topics (default: the broker's default).
+    /// Replication factor of created topics (default: the broker's default). Existing topics keep
+    /// theirs: a different value is reported (ReplicationFactorChangeNotSupported), never applied.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 16))]
     pub replication_factor: Option<i32>,
-    /// Prefix for physical topic names; replaces the default `<namespace>.<name>.`.
+    /// Prefix for physical topic names; replaces the default `<namespace>.<name>.` in topic names
+    /// (`<prefix><topic>`), dead-letter topics (`<prefix><topic>.dlq`) and consumer groups
+    /// (`<prefix><topic>.<subscription>`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 100), regex(pattern = r"^[a-zA-Z0-9._-]*$"))]
     pub topic_prefix: Option<String>,
-    /// Topic configs applied to every topic (e.g. `cleanup.policy: delete`); retention comes from the topic.
+    /// Topic configs converged on every topic and dead-letter topic (e.g. `cleanup.policy: delete`),
+    /// spelled as Kafka reports them (`kafka-configs --describe`). A topic's `retention` overrides
+    /// `retention.ms` here. Configs not listed are left as they are on the broker.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schemars(extend("maxProperties" = 32))]
+    #[x_kube(validation = Rule::new("!('replication.factor' in self)").message("topicConfig: replication.factor is not a topic config; use replicationFactor"))]
     pub topic_config: BTreeMap<String, String>,
     /// TLS settings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -379,24 +385,39 @@ pub struct KafkaSaslSpec {
     pub credentials_secret_ref: CredentialsSecretRef,
 }
 
-/// Redis connection.
+/// Redis connection. Topics become streams, subscriptions consumer groups. The operator records
+/// what it creates in the hashes `switchyard:owners` and `switchyard:config` of the database, so
+/// an ACL user needs `+ping +time +type +del +xgroup +xinfo +xrange +xlen +xtrim +hset +hmget
+/// +hget +hdel` (and `+select` when the database is not 0) on the keys `~switchyard:*` and
+/// `~<namespace>:<name>:*`.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("!has(self.caSecretRef) || self.url.startsWith('rediss://')")
+        .message("caSecretRef needs a rediss:// url (TLS)"),
+    validation = Rule::new("!has(self.usernameSecretRef) || has(self.passwordSecretRef)")
+        .message("usernameSecretRef needs passwordSecretRef (Redis ACL users log in with both)"),
+)]
 pub struct RedisSpec {
-    /// Server URL, `redis://host:port[/db]` or `rediss://` for TLS. No credentials in the URL.
-    #[schemars(length(min = 10, max = 512), regex(pattern = r"^rediss?://[^\s@]+$"))]
+    /// Server URL, `redis://host:port[/db]` or `rediss://host:port[/db]` for TLS. No credentials
+    /// in the URL: use the Secret references.
+    #[schemars(
+        length(min = 10, max = 512),
+        regex(pattern = r"^rediss?://[^\s@/]+(/[0-9]{0,2})?$")
+    )]
     pub url: String,
-    /// Database number (overrides the one in the URL).
+    /// Database number 0 to 15 (overrides the one in the URL; default 0).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 15))]
     pub database: Option<i64>,
-    /// ACL username (default user when unset).
+    /// Secret key holding the ACL username (the `default` user when unset).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub username_secret_ref: Option<SecretKeyRef>,
-    /// Password.
+    /// Secret key holding the password (of the ACL user, or the `requirepass` password).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_secret_ref: Option<SecretKeyRef>,
-    /// CA bundle (PEM) for `rediss://`.
+    /// Secret key holding the CA bundle (PEM) that signs the server certificate, for `rediss://`;
+    /// the system roots when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_secret_ref: Option<SecretKeyRef>,
 }
@@ -406,44 +427,56 @@ pub struct RedisSpec {
     Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, schemars::JsonSchema,
 )]
 pub enum QueueType {
-    /// Replicated, durable queues (default).
+    /// Replicated, durable queues (default); `maxDeliveryAttempts` becomes `x-delivery-limit`.
     #[default]
     Quorum,
-    /// Classic queues.
+    /// Classic queues; they have no delivery limit, so dead-lettering happens only on reject
+    /// without requeue or expiry.
     Classic,
 }
 
-/// RabbitMQ connection.
+/// RabbitMQ connection. Topics become durable topic exchanges, subscriptions durable queues bound
+/// to them; queue arguments cannot change after creation, so a changed retention or queue type is
+/// reported (ImmutableQueueArguments) rather than applied.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("has(self.url) != has(self.host)").message("set either url or host (not both)"))]
+#[x_kube(
+    validation = Rule::new("has(self.url) != has(self.host)").message("set either url or host (not both)"),
+    validation = Rule::new("!has(self.tls) || !has(self.tls.certSecretRef) == !has(self.tls.keySecretRef)").message("tls.certSecretRef and tls.keySecretRef go together"),
+)]
 pub struct RabbitMqSpec {
-    /// AMQP URL `amqp://host:port/vhost` or `amqps://...`, without credentials.
+    /// AMQP URL `amqp://host:port/vhost` or `amqps://...`, without credentials. The vhost in the
+    /// path is percent-encoded (`%2F` for `/`); the `vhost` field overrides it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 512), regex(pattern = r"^amqps?://[^\s@]+$"))]
     pub url: Option<String>,
     /// Host name (instead of url).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 253))]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[^\s/:@]+$"))]
     pub host: Option<String>,
     /// Port (default 5672, or 5671 with TLS).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 65535))]
     pub port: Option<i32>,
-    /// Virtual host (default `/`).
+    /// Virtual host, unencoded (default `/`, or the URL's path).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 255))]
     pub vhost: Option<String>,
-    /// TLS settings.
+    /// TLS settings; the CA also verifies an https managementUrl.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsSpec>,
-    /// Secret with the username and password.
+    /// Secret with the username and password (RabbitMQ's guest/guest when unset, which RabbitMQ
+    /// accepts on loopback only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_secret_ref: Option<CredentialsSecretRef>,
-    /// Queue type for subscription queues (Quorum by default).
+    /// Queue type for subscription and dead-letter queues (Quorum by default). Changing it for
+    /// existing queues is refused: RabbitMQ cannot convert a queue in place.
     #[serde(default)]
     pub queue_type: QueueType,
-    /// Management HTTP API URL, used for observation (message counts, arguments) when set.
+    /// Management HTTP API URL such as `http://rabbitmq:15672`, used to read back queue
+    /// arguments, ownership markers, bindings and message counts (the user needs the
+    /// `monitoring` or `management` tag). Without it, changed arguments and deleted-behind-our-back
+    /// objects are detected only partially.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 512), regex(pattern = r"^https?://[^\s@]+$"))]
     pub management_url: Option<String>,
@@ -484,12 +517,15 @@ pub struct AwsCredentialsSecretRef {
     pub name: String,
     /// Key holding the access key id (default `accessKeyId`).
     #[serde(default = "default_access_key_id_key")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
     pub access_key_id_key: String,
     /// Key holding the secret access key (default `secretAccessKey`).
     #[serde(default = "default_secret_access_key_key")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
     pub secret_access_key_key: String,
     /// Key holding an optional session token (default `sessionToken`; ignored when absent).
     #[serde(default = "default_session_token_key")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
     pub session_token_key: String,
 }
 
@@ -523,26 +559,31 @@ pub struct AwsSqsSpec {
 }
 
 impl EnvSpec {
-    /// Every Secret this env references, for watching and resolving.
-    pub fn secret_names(&self) -> Vec<&str> {
-        let mut names = Vec::new();
-        fn tls(t: &Option<TlsSpec>) -> Vec<&str> {
+    /// Every (Secret, key) this env references, for resolving and watching.
+    pub fn secret_keys(&self) -> Vec<(String, String)> {
+        fn key(r: &SecretKeyRef) -> (String, String) {
+            (r.name.clone(), r.key.clone())
+        }
+        fn tls(t: &Option<TlsSpec>) -> Vec<(String, String)> {
             t.iter()
                 .flat_map(|t| [&t.ca_secret_ref, &t.cert_secret_ref, &t.key_secret_ref])
                 .flatten()
-                .map(|r| r.name.as_str())
+                .map(key)
                 .collect()
         }
+        fn creds(c: &CredentialsSecretRef) -> [(String, String); 2] {
+            [
+                (c.name.clone(), c.username_key.clone()),
+                (c.name.clone(), c.password_key.clone()),
+            ]
+        }
+        let mut keys = Vec::new();
         if let Some(k) = &self.kafka {
-            names.extend(tls(&k.tls));
-            names.extend(
-                k.sasl
-                    .iter()
-                    .map(|s| s.credentials_secret_ref.name.as_str()),
-            );
+            keys.extend(tls(&k.tls));
+            keys.extend(k.sasl.iter().flat_map(|s| creds(&s.credentials_secret_ref)));
         }
         if let Some(r) = &self.redis {
-            names.extend(
+            keys.extend(
                 [
                     &r.username_secret_ref,
                     &r.password_secret_ref,
@@ -550,20 +591,31 @@ impl EnvSpec {
                 ]
                 .into_iter()
                 .flatten()
-                .map(|s| s.name.as_str()),
+                .map(key),
             );
         }
         if let Some(r) = &self.rabbitmq {
-            names.extend(tls(&r.tls));
-            names.extend(r.credentials_secret_ref.iter().map(|s| s.name.as_str()));
+            keys.extend(tls(&r.tls));
+            keys.extend(r.credentials_secret_ref.iter().flat_map(creds));
         }
         if let Some(g) = &self.google_pub_sub {
-            names.extend(g.credentials_secret_ref.iter().map(|s| s.name.as_str()));
+            keys.extend(g.credentials_secret_ref.iter().map(key));
         }
-        if let Some(a) = &self.aws_sqs {
-            names.extend(a.credentials_secret_ref.iter().map(|s| s.name.as_str()));
+        if let Some(a) = &self.aws_sqs
+            && let Some(c) = &a.credentials_secret_ref
+        {
+            keys.push((c.name.clone(), c.access_key_id_key.clone()));
+            keys.push((c.name.clone(), c.secret_access_key_key.clone()));
+            keys.push((c.name.clone(), c.session_token_key.clone()));
         }
-        names.sort_unstable();
+        keys.sort();
+        keys.dedup();
+        keys
+    }
+
+    /// Every Secret this env references.
+    pub fn secret_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.secret_keys().into_iter().map(|(n, _)| n).collect();
         names.dedup();
         names
     }

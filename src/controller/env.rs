@@ -97,7 +97,7 @@ fn owned_list(set: &BTreeSet<ObjectKey>) -> Vec<String> {
 }
 
 /// The identity of the endpoint an env points at: a change is a swap.
-fn endpoint_identity(env: &EnvSpec) -> serde_json::Value {
+pub fn endpoint_identity(env: &EnvSpec) -> serde_json::Value {
     serde_json::json!({
         "type": env.broker_type,
         "kafka": env.kafka.as_ref().map(|k| &k.bootstrap_servers),

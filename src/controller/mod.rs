@@ -28,7 +28,8 @@ mod env;
 mod reconcile;
 mod status;
 
-pub use reconcile::reconcile;
+pub use env::endpoint_identity;
+pub use reconcile::{reconcile, validate};
 
 /// Annotation that lets an admin abandon broker-side cleanup of a deleting MessageBroker.
 pub const ABANDON_ANNOTATION: &str = "switchyard.dev/abandon-cleanup";
@@ -187,13 +188,7 @@ fn trigger_hash(obj: &RawMessageBroker) -> Option<u64> {
 /// The Secrets a MessageBroker references, read from its raw spec.
 fn referenced_secrets(raw: &RawMessageBroker) -> Vec<String> {
     serde_json::from_value::<crate::api::MessageBrokerSpec>(raw.spec.clone())
-        .map(|s| {
-            s.envs
-                .iter()
-                .flat_map(|e| e.secret_names())
-                .map(str::to_string)
-                .collect()
-        })
+        .map(|s| s.envs.iter().flat_map(|e| e.secret_names()).collect())
         .unwrap_or_default()
 }
 

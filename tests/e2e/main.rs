@@ -5,6 +5,13 @@ mod admission;
 mod argocd;
 mod controller;
 mod flux;
+mod kafka;
 mod kstatus;
+mod plan;
+mod pubsub;
+mod rabbitmq;
+mod redis;
+mod sqs;
 #[allow(dead_code)]
 mod support;
+mod swap;
