@@ -148,12 +148,13 @@ pub async fn write(
     value["apiVersion"] = "v1".into();
     value["kind"] = "Secret".into();
     // A Secret's type cannot change; after a swap the entries (including `type`) describe the
-    // new broker while the Secret keeps the type it was created with.
-    if let Some(existing) = api.get_metadata_opt(name).await.map_err(Error::Kube)?
-        && existing.metadata.uid.is_some()
-        && let Some(obj) = value.as_object_mut()
+    // new broker while the Secret keeps the type it was created with. The stored type is sent
+    // back rather than left out: leaving out a field this manager owns would make server-side
+    // apply remove it, defaulting it to Opaque, which the API server refuses as a type change.
+    if let Some(existing) = api.get_opt(name).await.map_err(Error::Kube)?
+        && let Some(stored) = existing.type_
     {
-        obj.remove("type");
+        value["type"] = stored.into();
     }
     api.patch(
         name,
