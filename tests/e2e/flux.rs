@@ -263,7 +263,7 @@ async fn flux_kustomization_waits_for_brokers_reports_failures_and_converges_a_s
     //    while `payments` is Ready; the Kustomization never claims Ready meanwhile.
     let state = wait_for_kustomization(&kustomizations, "failing its health check", |s| {
         assert!(
-            !s.ready.as_ref().is_some_and(|(st, _, _)| st == "True"),
+            s.ready.as_ref().is_none_or(|(st, _, _)| st != "True"),
             "Kustomization Ready while orders cannot be: {s:?}"
         );
         s.ready

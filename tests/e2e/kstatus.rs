@@ -120,7 +120,7 @@ fn generations(obj: &serde_json::Value) -> (i64, Option<i64>) {
 }
 
 #[tokio::test]
-async fn kstatus_and_argocd_agree_with_every_phase_of_a_live_object() {
+async fn kstatus_and_argo_health_agree_with_every_phase_of_a_live_object() {
     let client = client().await;
     ensure_crd(&client).await;
     let ns = namespace(&client, "kstatus").await;

@@ -400,15 +400,13 @@ async fn a_rotated_secret_reaches_the_binding() {
     let ns = namespace(&client, "rotate").await;
     // An ACL user with two valid passwords on the protected server, so rotation keeps it connected.
     let admin = ::redis::Client::open(
-        format!(
-            "{}",
-            env_var("SWITCHYARD_REDIS_AUTH_URL").replacen(
+        env_var("SWITCHYARD_REDIS_AUTH_URL")
+            .replacen(
                 "redis://",
                 &format!("redis://:{}@", env_var("SWITCHYARD_REDIS_AUTH_PASSWORD")),
-                1
+                1,
             )
-        )
-        .as_str(),
+            .as_str(),
     )
     .expect("redis");
     let mut conn = admin
