@@ -15,7 +15,8 @@ use switchyard::brokers::fake::FakeConnector;
 
 use crate::support::*;
 
-/// How long Flux gets for one step: poll the repository (2s), apply, then health-check.
+/// How long Flux gets for one step: poll the repository (2s), apply, then health-check (polled
+/// every 5s; a health check that never passes gives up after the Kustomization's 30s timeout).
 const FLUX_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// A bare repository under the git server's root, and a work tree that commits and pushes to it.
@@ -383,7 +384,8 @@ fn kustomization(ns: &str) -> serde_json::Value {
         "spec": {
             "interval": "2s",
             "retryInterval": "2s",
-            "timeout": "15s",
+            // kustomize-controller never waits less than 30s for health checks.
+            "timeout": "30s",
             "sourceRef": {"kind": "GitRepository", "name": "brokers"},
             "path": "./brokers",
             "targetNamespace": ns,
