@@ -8,6 +8,7 @@
 //! in config/argocd/testdata were recorded).
 
 use std::io::Write;
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,10 +22,19 @@ use crate::support::*;
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 
-/// kstatus's verdict on an object: (status, message).
-pub fn kstatus(obj: &serde_json::Value) -> (String, String) {
+/// What the Go checker says about an object: kstatus's (status, message), and Argo CD's
+/// (health, message) from config/argocd/health.lua run under gopher-lua as Argo CD runs it.
+pub struct GoVerdict {
+    pub kstatus: (String, String),
+    pub argocd: (String, String),
+}
+
+pub fn go_checker(obj: &serde_json::Value) -> GoVerdict {
     let bin = env_var("SWITCHYARD_KSTATUS");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/argocd/health.lua");
     let mut child = Command::new(&bin)
+        .arg("-argocd-health")
+        .arg(&script)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -39,14 +49,20 @@ pub fn kstatus(obj: &serde_json::Value) -> (String, String) {
     let out = child.wait_with_output().expect("checker finished");
     assert!(
         out.status.success(),
-        "kstatus checker failed: {}",
+        "status checker failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("checker prints JSON");
-    (
-        v["status"].as_str().unwrap_or_default().to_string(),
-        v["message"].as_str().unwrap_or_default().to_string(),
-    )
+    let pair = |v: &serde_json::Value| {
+        (
+            v["status"].as_str().unwrap_or_default().to_string(),
+            v["message"].as_str().unwrap_or_default().to_string(),
+        )
+    };
+    GoVerdict {
+        kstatus: pair(&v),
+        argocd: pair(&v["argocd"]),
+    }
 }
 
 /// The object exactly as the API server returns it (no round trip through our Rust types).
@@ -57,17 +73,23 @@ pub async fn live(client: &kube::Client, namespace: &str, name: &str) -> serde_j
     serde_json::to_value(obj).expect("object serialises")
 }
 
-/// Judge one phase with both checkers; returns kstatus's message.
+/// Judge one phase with kstatus and with the Argo CD check (under both Lua runtimes, which must
+/// agree to the letter); returns kstatus's message.
 fn judge(phase: &str, obj: &serde_json::Value, want_kstatus: &str, want_argocd: &str) -> String {
     record(phase, obj);
-    let (ks, ks_message) = kstatus(obj);
-    let (argo, argo_message) = crate::argocd::health(obj);
+    let go = go_checker(obj);
+    let argo = crate::argocd::health(obj);
     assert_eq!(
-        (ks.as_str(), argo.as_str()),
-        (want_kstatus, want_argocd),
-        "{phase}: kstatus said {ks:?} ({ks_message}), Argo CD said {argo:?} ({argo_message}); object: {obj:#}"
+        go.argocd, argo,
+        "{phase}: gopher-lua and Lua 5.1 disagree on health.lua"
     );
-    ks_message
+    assert_eq!(
+        (go.kstatus.0.as_str(), argo.0.as_str()),
+        (want_kstatus, want_argocd),
+        "{phase}: kstatus said {:?}, Argo CD said {argo:?}; object: {obj:#}",
+        go.kstatus
+    );
+    go.kstatus.1
 }
 
 fn record(phase: &str, obj: &serde_json::Value) {
@@ -260,4 +282,44 @@ async fn kstatus_and_argo_health_agree_with_every_phase_of_a_live_object() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     ctl.stop().await;
+}
+
+/// The recorded Argo CD cases, read by kstatus and by health.lua under gopher-lua: the Argo CD
+/// verdict matches health_test.yaml, and kstatus agrees with it phase by phase.
+#[test]
+fn recorded_cases_read_the_same_under_gopher_lua_and_agree_with_kstatus() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/argocd");
+    let tests: serde_json::Value = serde_norway::from_str(
+        &std::fs::read_to_string(dir.join("health_test.yaml")).expect("health_test.yaml"),
+    )
+    .expect("health_test.yaml parses");
+    for t in tests["tests"].as_array().expect("tests") {
+        let path = t["inputPath"].as_str().expect("inputPath");
+        let obj: serde_json::Value =
+            serde_norway::from_str(&std::fs::read_to_string(dir.join(path)).expect("testdata"))
+                .expect("testdata parses");
+        let go = go_checker(&obj);
+        let want = (
+            t["healthStatus"]["status"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+            t["healthStatus"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        );
+        assert_eq!(go.argocd, want, "{path}: gopher-lua");
+        // kstatus calls an object without any status Current (see the live test above).
+        let kstatus_for = match (want.0.as_str(), obj.get("status").is_some()) {
+            ("Healthy", _) | (_, false) => &["Current"][..],
+            ("Degraded", _) => &["Failed"][..],
+            _ => &["InProgress", "Terminating"][..],
+        };
+        assert!(
+            kstatus_for.contains(&go.kstatus.0.as_str()),
+            "{path}: kstatus said {:?}, Argo CD {want:?}",
+            go.kstatus
+        );
+    }
 }

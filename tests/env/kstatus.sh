@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# The kstatus checker (tests/env/kstatus/main.go): judges one object the way Flux and other
-# kstatus users do, for the conformance tests. A tool, not a service: `start` only publishes it.
+# The status checker (tests/env/kstatus/main.go): judges one object the way Flux and other
+# kstatus users do, and optionally runs an Argo CD health.lua under gopher-lua the way Argo CD
+# does, for the conformance tests. A tool, not a service: `start` only publishes its path.
 # Usage: tests/env/kstatus.sh build|start|stop
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 CLI_UTILS_VERSION="$(sed -nE 's#^[[:space:]]*(require[[:space:]]+)?sigs.k8s.io/cli-utils (v[^[:space:]]+).*#\2#p' "$ENV_SRC_DIR/kstatus/go.mod" | head -n1)"
 # Keyed by the source too, so an edit to the checker rebuilds it.
-SRC_HASH="$(cat "$ENV_SRC_DIR/kstatus/main.go" "$ENV_SRC_DIR/kstatus/go.mod" | sha256sum | cut -c1-12)"
+SRC_HASH="$(cat "$ENV_SRC_DIR/kstatus/main.go" "$ENV_SRC_DIR/kstatus/go.mod" "$ENV_SRC_DIR/kstatus/go.sum" | sha256sum | cut -c1-12)"
 KSTATUS_BIN="$BIN_DIR/kstatus-$CLI_UTILS_VERSION-$SRC_HASH"
 
 build() {

@@ -1,9 +1,10 @@
-// A tiny kstatus checker for the tests (see tests/env/kstatus.sh and tests/e2e/kstatus.rs).
+// A tiny status checker for the tests: kstatus and Argo CD health (see tests/env/kstatus.sh and tests/e2e/kstatus.rs).
 module switchyard.dev/testenv/kstatus
 
 go 1.26.0
 
 require (
+	github.com/yuin/gopher-lua v1.1.1
 	k8s.io/apimachinery v0.30.1
 	sigs.k8s.io/cli-utils v0.37.2
 	sigs.k8s.io/yaml v1.4.0
