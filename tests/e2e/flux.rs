@@ -370,6 +370,36 @@ async fn flux_kustomization_waits_for_brokers_reports_failures_and_converges_a_s
         "nothing provisioned on the new broker"
     );
 
+    // Leave nothing for a later Flux to chew on: deleting the Kustomization prunes what it
+    // applied (the controller finalizes the MessageBrokers), then the source goes.
+    kustomizations
+        .delete("brokers", &Default::default())
+        .await
+        .expect("delete Kustomization");
+    let brokers: Api<MessageBroker> = Api::namespaced(client.clone(), &ns);
+    let deadline = tokio::time::Instant::now() + FLUX_TIMEOUT;
+    while kustomizations
+        .get_opt("brokers")
+        .await
+        .expect("get")
+        .is_some()
+        || !brokers
+            .list(&Default::default())
+            .await
+            .expect("list")
+            .items
+            .is_empty()
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "Kustomization deletion did not prune the MessageBrokers"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    sources
+        .delete("brokers", &Default::default())
+        .await
+        .expect("delete GitRepository");
     ctl.stop().await;
 }
 
