@@ -19,6 +19,7 @@ build: ## Build the switchyard binary (debug)
 crds: ## Regenerate the CRD YAML from the Rust types
 	cargo run -q --bin switchyard -- crd > $(CRD_FILE)
 	@if [ -d charts/switchyard/crds ]; then cp $(CRD_FILE) charts/switchyard/crds/; fi
+	@if [ -d config/crd ]; then cp $(CRD_FILE) config/crd/; fi
 
 lint: ## rustfmt and clippy, warnings are errors
 	cargo fmt --all -- --check

@@ -148,13 +148,16 @@ pub async fn write(
     value["apiVersion"] = "v1".into();
     value["kind"] = "Secret".into();
     // A Secret's type cannot change; after a swap the entries (including `type`) describe the
-    // new broker while the Secret keeps the type it was created with. The stored type is sent
-    // back rather than left out: leaving out a field this manager owns would make server-side
-    // apply remove it, defaulting it to Opaque, which the API server refuses as a type change.
+    // new broker while the Secret keeps the type it was created with. The apply must still
+    // carry that type: leaving it out would let server-side apply drop the field this manager
+    // owns, default it to Opaque, and be refused as an immutable change.
     if let Some(existing) = api.get_opt(name).await.map_err(Error::Kube)?
-        && let Some(stored) = existing.type_
+        && let Some(obj) = value.as_object_mut()
     {
-        value["type"] = stored.into();
+        match existing.type_ {
+            Some(t) => obj.insert("type".into(), t.into()),
+            None => obj.remove("type"),
+        };
     }
     api.patch(
         name,

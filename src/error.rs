@@ -58,6 +58,15 @@ pub enum Error {
     /// Reading input files failed.
     #[error("{0}")]
     Io(String),
+
+    /// This instance lost the leader Lease and must stop reconciling.
+    #[error("lost the leader lease {lease}: {reason}")]
+    LeaseLost {
+        /// namespace/name of the Lease.
+        lease: String,
+        /// Why it counts as lost.
+        reason: String,
+    },
 }
 
 impl Error {
@@ -74,6 +83,7 @@ impl Error {
             Error::Finalizer(_) => "finalizer",
             Error::Serialization(_) => "serialization",
             Error::Io(_) => "io",
+            Error::LeaseLost { .. } => "leader",
         }
     }
 

@@ -12,6 +12,7 @@ use clap::{Parser, Subcommand};
 use prometheus_client::registry::Registry;
 use switchyard::brokers::RealConnector;
 use switchyard::controller::{self, Config};
+use switchyard::leader::{LeaderElector, LeaseConfig};
 use switchyard::metrics::Metrics;
 use switchyard::preview;
 use switchyard::server::{self, ServerState};
@@ -123,6 +124,27 @@ struct RunArgs {
     /// Instance name for Events (the pod name in a cluster).
     #[arg(long, env = "POD_NAME", default_value = "switchyard")]
     instance: String,
+    /// Leader election.
+    #[command(flatten)]
+    leader: Box<LeaderArgs>,
+}
+
+/// Leader election flags (boxed: they would make every `Command` as large as `run`'s).
+#[derive(clap::Args)]
+struct LeaderArgs {
+    /// Reconcile only while holding the leader Lease, so several replicas can run.
+    #[arg(long, default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+    leader_elect: bool,
+    /// Namespace of the leader Lease.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "switchyard-system")]
+    lease_namespace: String,
+    /// Name of the leader Lease.
+    #[arg(long, default_value = "switchyard")]
+    lease_name: String,
+    /// How long the Lease stays valid without renewal: the longest a standby waits after the
+    /// leader dies.
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    lease_duration: Duration,
 }
 
 #[tokio::main]
@@ -133,7 +155,7 @@ async fn main() -> ExitCode {
     match cli.command {
         Command::Crd => match switchyard::crd::yaml() {
             Ok(y) => {
-                print!("{y}");
+                emit(&y);
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -181,22 +203,66 @@ async fn run(args: RunArgs) -> ExitCode {
         resync: args.resync,
         check_timeout: args.check_timeout,
         concurrency: args.concurrency,
-        instance: args.instance,
+        instance: args.instance.clone(),
     };
+    // A standby is ready too: it serves traffic-free health checks and waits for the Lease.
     state.ready.store(true, Ordering::SeqCst);
-    let shutdown = async {
-        let _ = tokio::signal::ctrl_c().await;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
     };
-    controller::run(
-        client,
+    let work = controller::run(
+        client.clone(),
         args.namespace,
         Arc::new(RealConnector),
         config,
-        metrics,
-        shutdown,
-    )
-    .await;
-    ExitCode::SUCCESS
+        metrics.clone(),
+        stopped(stop_rx.clone()),
+    );
+    if !args.leader.leader_elect {
+        work.await;
+        return ExitCode::SUCCESS;
+    }
+    let identity = format!("{}_{}", args.instance, std::process::id());
+    let lease = LeaseConfig::new(
+        args.leader.lease_namespace,
+        args.leader.lease_name,
+        identity,
+        args.leader.lease_duration,
+    );
+    let mut elector = LeaderElector::new(client, lease);
+    tokio::select! {
+        () = elector.acquire() => {}
+        () = stopped(stop_rx) => return ExitCode::SUCCESS,
+    }
+    match elector.lead(&metrics, work).await {
+        Ok(()) => ExitCode::SUCCESS,
+        // Exit so the pod restarts as a fresh candidate rather than reconciling without the lease.
+        Err(e) => {
+            error!(error = %e, "stopping");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// SIGTERM (what Kubernetes sends) or Ctrl-C.
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
 }
 
 async fn preview_options(
@@ -251,9 +317,9 @@ async fn plan(args: PlanArgs) -> ExitCode {
     };
     let report = preview::plan_all(&manifests, &opts).await;
     match args.output {
-        Output::Table => print!("{}", report.render_text()),
+        Output::Table => emit(&report.render_text()),
         Output::Json => match serde_json::to_string_pretty(&report) {
-            Ok(j) => println!("{j}"),
+            Ok(j) => emit(&format!("{j}\n")),
             Err(e) => {
                 eprintln!("error: {e}");
                 return ExitCode::from(1);
@@ -274,21 +340,25 @@ async fn check(args: CheckArgs) -> ExitCode {
     let results = preview::check_all(&manifests, &opts).await;
     match args.output {
         Output::Table => {
-            for r in &results {
-                println!(
-                    "{:<30} {:<10} {:<13} {:<22} {}",
-                    r.broker,
-                    r.slug,
-                    r.broker_type.as_str(),
-                    r.reason,
-                    r.message
-                );
-            }
+            let table: String = results
+                .iter()
+                .map(|r| {
+                    format!(
+                        "{:<30} {:<10} {:<13} {:<22} {}\n",
+                        r.broker,
+                        r.slug,
+                        r.broker_type.as_str(),
+                        r.reason,
+                        r.message
+                    )
+                })
+                .collect();
+            emit(&table);
         }
-        Output::Json => println!(
-            "{}",
+        Output::Json => emit(&format!(
+            "{}\n",
             serde_json::to_string_pretty(&results).unwrap_or_default()
-        ),
+        )),
     }
     let connected = switchyard::api::conditions::reasons::CONNECTED;
     if !results.is_empty() && results.iter().all(|r| r.reason == connected) {
@@ -296,4 +366,10 @@ async fn check(args: CheckArgs) -> ExitCode {
     } else {
         ExitCode::from(1)
     }
+}
+
+/// Write to stdout; a closed pipe (`| head`) is not an error worth a panic.
+fn emit(text: &str) {
+    use std::io::Write;
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
 }

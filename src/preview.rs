@@ -28,6 +28,22 @@ pub struct Manifest {
     pub value: Value,
 }
 
+impl Manifest {
+    /// `(namespace, name)`, with `default_namespace` when the document names none.
+    pub fn identity(&self, default_namespace: &str) -> (String, String) {
+        let meta = self.value.get("metadata");
+        let field = |k: &str| {
+            meta.and_then(|x| x.get(k))
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        };
+        (
+            field("namespace").unwrap_or_else(|| default_namespace.to_string()),
+            field("name").unwrap_or_default(),
+        )
+    }
+}
+
 /// Read MessageBroker documents from files and directories (multi-document YAML; other kinds
 /// are skipped).
 pub fn load(paths: &[PathBuf]) -> Result<Vec<Manifest>, Error> {
@@ -302,17 +318,7 @@ pub async fn plan_all(manifests: &[Manifest], opts: &Options) -> Report {
 }
 
 async fn plan_one(m: &Manifest, opts: &Options) -> BrokerReport {
-    let meta = m.value.get("metadata");
-    let name = meta
-        .and_then(|x| x.get("name"))
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_string();
-    let namespace = meta
-        .and_then(|x| x.get("namespace"))
-        .and_then(Value::as_str)
-        .unwrap_or(&opts.default_namespace)
-        .to_string();
+    let (namespace, name) = m.identity(&opts.default_namespace);
     let mut report = BrokerReport {
         source: m.source.clone(),
         namespace,
@@ -553,17 +559,7 @@ pub struct CheckResult {
 pub async fn check_all(manifests: &[Manifest], opts: &Options) -> Vec<CheckResult> {
     let mut out = Vec::new();
     for m in manifests {
-        let meta = m.value.get("metadata");
-        let name = meta
-            .and_then(|x| x.get("name"))
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_string();
-        let namespace = meta
-            .and_then(|x| x.get("namespace"))
-            .and_then(Value::as_str)
-            .unwrap_or(&opts.default_namespace)
-            .to_string();
+        let (namespace, name) = m.identity(&opts.default_namespace);
         let Some(spec) = m
             .value
             .get("spec")

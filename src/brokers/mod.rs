@@ -406,3 +406,70 @@ pub async fn observe_and_plan(
     let plan = plan::plan(desired, &observed, input);
     Ok((observed, plan))
 }
+
+/// The result of one converge pass on one broker.
+#[derive(Clone, Debug)]
+pub struct Converged {
+    /// What the spec asked for.
+    pub desired: DesiredState,
+    /// What was there before.
+    pub observed: Observed,
+    /// What the pass decided.
+    pub plan: plan::Plan,
+    /// One outcome per planned action.
+    pub outcomes: Vec<ActionOutcome>,
+    /// The ownership set afterwards.
+    pub owned: std::collections::BTreeSet<ObjectKey>,
+}
+
+/// Observe, plan and apply once against `desired`: the pass the controller makes per env
+/// (minus status), and the one retirement makes with an empty desired state.
+pub async fn converge_desired(
+    backend: &dyn Backend,
+    desired: DesiredState,
+    input: &plan::PlanInput<'_>,
+) -> Result<Converged, BrokerError> {
+    let (observed, plan) = observe_and_plan(backend, &desired, input).await?;
+    let outcomes = if plan.actions.is_empty() {
+        Vec::new()
+    } else {
+        backend.apply(input.scope, &plan.actions).await
+    };
+    let owned = plan::owned_after(
+        input.owned,
+        &input.scope.owner(),
+        &desired,
+        &observed,
+        &outcomes,
+        &plan.actions,
+    );
+    Ok(Converged {
+        desired,
+        observed,
+        plan,
+        outcomes,
+        owned,
+    })
+}
+
+/// [`converge_desired`] for an env's spec and topics.
+pub async fn converge(
+    backend: &dyn Backend,
+    scope: &Scope,
+    env: &EnvSpec,
+    topics: &[TopicSpec],
+    owned: &std::collections::BTreeSet<ObjectKey>,
+    deletion_policy: crate::api::DeletionPolicy,
+) -> Result<Converged, crate::Error> {
+    let desired = desired(scope, env, topics)?;
+    let input = plan::PlanInput {
+        scope,
+        owned,
+        deletion_policy,
+        adopt_existing: env.adopt_existing,
+        capabilities: capabilities(env.broker_type),
+    };
+    converge_desired(backend, desired, &input)
+        .await
+        .map_err(crate::Error::Broker)
+}

@@ -183,9 +183,11 @@ pub fn plan(desired: &DesiredState, observed: &Observed, input: &PlanInput<'_>) 
 }
 
 /// The ownership set after applying a plan: successful creates and adoptions join it,
-/// successful deletes leave it, and owned objects that no longer exist and are not wanted drop out.
+/// successful deletes leave it, owned objects that no longer exist and are not wanted drop out,
+/// and objects the broker marks as `owner`'s join it (so a status that lost them recovers).
 pub fn owned_after(
     owned: &BTreeSet<ObjectKey>,
+    owner: &str,
     desired: &DesiredState,
     observed: &Observed,
     outcomes: &[super::ActionOutcome],
@@ -197,6 +199,13 @@ pub fn owned_after(
         .filter(|k| wanted.contains(k) || observed.objects.contains_key(k))
         .cloned()
         .collect();
+    next.extend(
+        observed
+            .objects
+            .iter()
+            .filter(|(_, o)| o.owner.as_deref() == Some(owner))
+            .map(|(k, _)| k.clone()),
+    );
     for (action, outcome) in actions.iter().zip(outcomes) {
         if outcome.result.is_err() {
             continue;
@@ -504,7 +513,14 @@ mod tests {
                 },
             })
             .collect();
-        let next = owned_after(&owned, &desired, &observed, &outcomes, &p.actions);
+        let next = owned_after(
+            &owned,
+            &s.owner(),
+            &desired,
+            &observed,
+            &outcomes,
+            &p.actions,
+        );
         assert_eq!(
             next,
             BTreeSet::from([ObjectKey::new(ObjectKind::Topic, "a")])

@@ -334,9 +334,9 @@ pub async fn connect(
             format!("cannot build the Pub/Sub client: {e}"),
         )
     };
-    // Few, quick retries: a broker that is down must show up as Unreachable within the
-    // check's time limit, and the resync retries anyway.
-    let retry = || Aip194Strict.with_attempt_limit(3);
+    // One attempt: a broker that is down must show up as Unreachable within the check's time
+    // limit even on a loaded machine, and the controller's backoff retries anyway.
+    let retry = || Aip194Strict.with_attempt_limit(1);
     let mut topics = TopicAdmin::builder()
         .with_credentials(creds.clone())
         .with_retry_policy(retry());

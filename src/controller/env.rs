@@ -372,7 +372,14 @@ pub(super) async fn finish(shared: &Shared<'_>, prepared: Prepared) -> Finished 
                     .broker_op(env.broker_type.as_str(), "apply", ok);
                 o
             };
-            let next_owned = owned_after(&owned, &desired, &observed, &outcomes, &the_plan.actions);
+            let next_owned = owned_after(
+                &owned,
+                &shared.scope.owner(),
+                &desired,
+                &observed,
+                &outcomes,
+                &the_plan.actions,
+            );
             status.owned = owned_list(&next_owned);
             for key in &the_plan.retained {
                 let s = key.to_string();
@@ -389,11 +396,12 @@ pub(super) async fn finish(shared: &Shared<'_>, prepared: Prepared) -> Finished 
                 .find_map(|o| o.result.as_ref().err().map(|e| (o.key.clone(), e.clone())));
             let topics_ready = match (&failed, the_plan.refused.first()) {
                 (Some((key, e)), _) => {
-                    let msg = format!("env {}: {key}: {e}", env.slug);
+                    let msg = format!("{key}: {e}");
+                    let scoped = format!("env {}: {msg}", env.slug);
                     if e.is_transient() {
-                        out.transient = Some(msg.clone());
+                        out.transient = Some(scoped);
                     } else {
-                        out.stalled = Some((e.reason().to_string(), msg.clone()));
+                        out.stalled = Some((e.reason().to_string(), scoped));
                     }
                     conds.push(Desired::new(types::TOPICS_READY, false, e.reason(), msg));
                     false
@@ -401,11 +409,12 @@ pub(super) async fn finish(shared: &Shared<'_>, prepared: Prepared) -> Finished 
                 (None, Some(_)) => {
                     let refusal = the_plan.permanent_refusal().or(the_plan.refused.first());
                     if let Some(r) = refusal {
-                        let msg = format!("env {}: {}", env.slug, r.message);
+                        let msg = r.message.clone();
+                        let scoped = format!("env {}: {msg}", env.slug);
                         if r.transient {
-                            out.transient.get_or_insert(msg.clone());
+                            out.transient.get_or_insert(scoped);
                         } else {
-                            out.stalled = Some((r.reason.to_string(), msg.clone()));
+                            out.stalled = Some((r.reason.to_string(), scoped));
                         }
                         conds.push(Desired::new(
                             types::TOPICS_READY,
@@ -462,11 +471,8 @@ pub(super) async fn finish(shared: &Shared<'_>, prepared: Prepared) -> Finished 
                         }
                     }
                     Err(e) => {
-                        let msg = format!(
-                            "env {}: writing the connection Secret failed: {e}",
-                            env.slug
-                        );
-                        out.transient = Some(msg.clone());
+                        let msg = format!("writing the connection Secret failed: {e}");
+                        out.transient = Some(format!("env {}: {msg}", env.slug));
                         conds.push(Desired::new(
                             types::BINDING_READY,
                             false,
@@ -657,7 +663,6 @@ pub(super) async fn retire(
     }
     let secrets = secrets::resolve(&ctx.client, &scope.namespace, env).await?;
     let backend = ctx.pool.get(env, &secrets).await.map_err(Error::Broker)?;
-    let desired = DesiredState::default();
     let input = PlanInput {
         scope,
         owned,
@@ -665,15 +670,14 @@ pub(super) async fn retire(
         adopt_existing: false,
         capabilities: brokers::capabilities(env.broker_type),
     };
-    let (observed, the_plan) = brokers::observe_and_plan(backend.as_ref(), &desired, &input)
+    let brokers::Converged {
+        plan: the_plan,
+        outcomes,
+        owned: remaining,
+        ..
+    } = brokers::converge_desired(backend.as_ref(), DesiredState::default(), &input)
         .await
         .map_err(Error::Broker)?;
-    let outcomes = if the_plan.actions.is_empty() {
-        Vec::new()
-    } else {
-        backend.apply(scope, &the_plan.actions).await
-    };
-    let remaining = owned_after(owned, &desired, &observed, &outcomes, &the_plan.actions);
     let failed = outcomes
         .iter()
         .find_map(|o| o.result.as_ref().err().map(|e| format!("{}: {e}", o.key)));

@@ -112,6 +112,8 @@ pub struct Context {
     /// Binding Secrets Switchyard manages (metadata only), to skip writes that change nothing.
     pub bindings: Option<Store<kube::core::PartialObjectMeta<Secret>>>,
     failures: Mutex<HashMap<String, u32>>,
+    /// The last status written per object, with the resourceVersion it was based on.
+    written: Mutex<HashMap<String, (Option<String>, crate::api::MessageBrokerStatus)>>,
 }
 
 impl Context {
@@ -138,6 +140,7 @@ impl Context {
             recorder,
             bindings,
             failures: Mutex::new(HashMap::new()),
+            written: Mutex::new(HashMap::new()),
         }
     }
 
@@ -150,6 +153,41 @@ impl Context {
         Duration::from_secs(secs)
             .min(self.config.resync.max(Duration::from_secs(1)))
             .min(Duration::from_secs(300))
+    }
+
+    /// The status to start from. The watch cache can lag behind our own last write; when the
+    /// cached object is still the version that write was based on, use what we wrote, so a
+    /// pass never recomputes transition times or ownership from a stale copy.
+    fn previous_status(&self, raw: &RawMessageBroker) -> crate::api::MessageBrokerStatus {
+        let key = format!("{}/{}", raw.namespace().unwrap_or_default(), raw.name_any());
+        let written = self.written.lock().unwrap_or_else(|e| e.into_inner());
+        match written.get(&key) {
+            Some((base, status)) if *base == raw.metadata.resource_version => status.clone(),
+            _ => raw
+                .status
+                .clone()
+                .and_then(|v| serde_json::from_value(v).ok())
+                .unwrap_or_default(),
+        }
+    }
+
+    /// Remember a status write (see [`Context::previous_status`]).
+    fn remember_status(&self, raw: &RawMessageBroker, status: &crate::api::MessageBrokerStatus) {
+        let key = format!("{}/{}", raw.namespace().unwrap_or_default(), raw.name_any());
+        self.written
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, (raw.metadata.resource_version.clone(), status.clone()));
+    }
+
+    /// Forget an object that is gone.
+    fn forget(&self, raw: &RawMessageBroker) {
+        let key = format!("{}/{}", raw.namespace().unwrap_or_default(), raw.name_any());
+        self.written
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&key);
+        self.reset_backoff(&key);
     }
 
     fn reset_backoff(&self, key: &str) {

@@ -45,13 +45,6 @@ fn now() -> Time {
     Time(jiff::Timestamp::now())
 }
 
-fn previous_status(raw: &RawMessageBroker) -> MessageBrokerStatus {
-    raw.status
-        .clone()
-        .and_then(|v| serde_json::from_value(v).ok())
-        .unwrap_or_default()
-}
-
 fn owner_reference(raw: &RawMessageBroker) -> Result<OwnerReference, Error> {
     Ok(OwnerReference {
         api_version: MessageBroker::api_version(&()).to_string(),
@@ -134,7 +127,7 @@ async fn stall(
 }
 
 async fn apply(raw: Arc<RawMessageBroker>, ctx: &Context) -> Result<Action, Error> {
-    let prev = previous_status(&raw);
+    let prev = ctx.previous_status(&raw);
     let spec: MessageBrokerSpec = match serde_json::from_value(raw.spec.clone()) {
         Ok(s) => s,
         Err(e) => return stall(&raw, ctx, &prev, format!("the spec cannot be read: {e}")).await,
@@ -324,7 +317,7 @@ async fn delete_binding(ctx: &Context, scope: &Scope, s: &EnvStatus) {
 /// Deletion: retire broker-side objects by the deletion policy (nothing under Retain), unless
 /// an admin set the abandon annotation; then remove binding Secrets.
 async fn cleanup(raw: Arc<RawMessageBroker>, ctx: &Context) -> Result<Action, Error> {
-    let prev = previous_status(&raw);
+    let prev = ctx.previous_status(&raw);
     let namespace = raw.namespace().ok_or(Error::MissingMetadata("namespace"))?;
     let scope = Scope {
         namespace,
@@ -363,6 +356,7 @@ async fn cleanup(raw: Arc<RawMessageBroker>, ctx: &Context) -> Result<Action, Er
             vec![(EventType::Normal, reasons::DELETING.into(), note.into())],
         )
         .await;
+        ctx.forget(&raw);
         return Ok(Action::await_change());
     }
     let message = format!(

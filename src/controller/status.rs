@@ -122,11 +122,8 @@ pub async fn write_if_changed(
     prev: &MessageBrokerStatus,
     next: &MessageBrokerStatus,
 ) -> Result<bool, Error> {
-    let stored_parses = raw
-        .status
-        .as_ref()
-        .is_none_or(|v| serde_json::from_value::<MessageBrokerStatus>(v.clone()).is_ok());
-    if prev == next && raw.status.is_some() && stored_parses {
+    // `prev` is what is stored (or what we last wrote, when the cache lags): nothing to do.
+    if prev == next {
         return Ok(false);
     }
     let namespace = raw.namespace().ok_or(Error::MissingMetadata("namespace"))?;
@@ -144,5 +141,6 @@ pub async fn write_if_changed(
     .await
     .map_err(Error::Kube)?;
     ctx.metrics.status_writes.inc();
+    ctx.remember_status(raw, next);
     Ok(true)
 }

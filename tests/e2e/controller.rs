@@ -156,12 +156,24 @@ async fn idle_resyncs_write_nothing() {
     let connector = Arc::new(FakeConnector::default());
     let ctl = start_controller(client.clone(), &ns, connector.clone(), fast_config());
     apply_mb(&client, &ns, &two_env_manifest("idle")).await;
-    let ready = wait_for_mb(&client, &ns, "idle", TIMEOUT, "Ready", |m| {
+    wait_for_mb(&client, &ns, "idle", TIMEOUT, "Ready", |m| {
         condition_true(m, "Ready")
     })
     .await;
 
+    // Let the pass triggered by the binding Secret's creation finish, then take the baseline.
     let broker = connector.backend("prd", BrokerType::Kafka);
+    let first = broker.observe_calls.load(Ordering::SeqCst);
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    while broker.observe_calls.load(Ordering::SeqCst) < first + 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no resync pass happened"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let api: Api<MessageBroker> = Api::namespaced(client.clone(), &ns);
+    let ready = api.get("idle").await.expect("get");
     let writes = ctl.metrics.status_writes.get();
     let bindings = ctl.metrics.binding_writes.get();
     let observed = broker.observe_calls.load(Ordering::SeqCst);
@@ -184,7 +196,6 @@ async fn idle_resyncs_write_nothing() {
         bindings,
         "idle passes must not rewrite bindings"
     );
-    let api: Api<MessageBroker> = Api::namespaced(client.clone(), &ns);
     let now = api.get("idle").await.expect("get");
     assert_eq!(
         now.metadata.resource_version, ready.metadata.resource_version,
@@ -351,4 +362,81 @@ pub async fn apply_rbac(client: &kube::Client) {
         .await
         .expect("rbac applies");
     }
+}
+
+#[tokio::test]
+async fn a_partition_decrease_on_real_kafka_stalls_without_a_hot_loop() {
+    let client = client().await;
+    ensure_crd(&client).await;
+    let ns = namespace(&client, "ctl-stall").await;
+    let ctl = start_controller(
+        client.clone(),
+        &ns,
+        Arc::new(switchyard::brokers::RealConnector),
+        switchyard::controller::Config {
+            resync: Duration::from_secs(30),
+            ..fast_config()
+        },
+    );
+    let manifest = |partitions: i32| {
+        format!(
+            "apiVersion: switchyard.dev/v1alpha1\nkind: MessageBroker\nmetadata: {{name: stall}}\nspec:\n  topics: [{{name: events, partitions: {partitions}}}]\n  envs:\n    - {{slug: prd, type: Kafka, kafka: {{bootstrapServers: [\"{}\"]}}}}\n",
+            env_var("SWITCHYARD_KAFKA_BOOTSTRAP")
+        )
+    };
+    apply_mb(&client, &ns, &manifest(3)).await;
+    wait_for_mb(
+        &client,
+        &ns,
+        "stall",
+        Duration::from_secs(60),
+        "Ready",
+        |m| condition_true(m, "Ready"),
+    )
+    .await;
+
+    apply_mb(&client, &ns, &manifest(2)).await;
+    let mb = wait_for_mb(
+        &client,
+        &ns,
+        "stall",
+        Duration::from_secs(60),
+        "Stalled",
+        |m| condition_true(m, "Stalled"),
+    )
+    .await;
+    let stalled = condition(&mb, "Stalled").expect("Stalled");
+    assert_eq!(stalled.reason, "PartitionDecreaseNotSupported");
+    assert!(
+        stalled.message.contains("3 partitions"),
+        "{}",
+        stalled.message
+    );
+    assert_eq!(
+        condition(&mb, "Ready").map(|c| c.status.as_str()),
+        Some("False")
+    );
+    assert_eq!(
+        mb.status.as_ref().and_then(|s| s.observed_generation),
+        mb.metadata.generation
+    );
+
+    // No hot loop: over a few seconds the controller does not keep reconciling.
+    let before = ctl.metrics.reconciles.get();
+    let writes = ctl.metrics.status_writes.get();
+    let window = tokio::time::Instant::now() + Duration::from_secs(4);
+    while tokio::time::Instant::now() < window {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        ctl.metrics.reconciles.get() - before <= 2,
+        "reconciled {} times in 4s",
+        ctl.metrics.reconciles.get() - before
+    );
+    assert_eq!(
+        ctl.metrics.status_writes.get(),
+        writes,
+        "a stalled object must not rewrite its status"
+    );
+    ctl.stop().await;
 }

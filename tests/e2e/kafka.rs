@@ -18,7 +18,7 @@ use switchyard::api::{
     BrokerType, CredentialsSecretRef, DeadLetterSpec, DeletionPolicy, EnvSpec, KafkaSaslSpec,
     KafkaSpec, SaslMechanism, SubscriptionSpec, TopicSpec,
 };
-use switchyard::brokers::plan::{self, Plan, PlanInput};
+use switchyard::brokers::plan::{Plan, PlanInput};
 use switchyard::brokers::{
     self, Action, ActionOutcome, Backend, BrokerErrorKind, DesiredState, ObjectKey, ObjectKind,
     Observed, Scope, kafka,
@@ -95,19 +95,15 @@ async fn reconcile(
     owned: &BTreeSet<ObjectKey>,
     policy: DeletionPolicy,
 ) -> Pass {
-    let desired = brokers::desired(scope, env, topics).expect("desired");
-    let input = PlanInput {
-        scope,
+    let brokers::Converged {
+        desired,
+        plan,
+        outcomes,
         owned,
-        deletion_policy: policy,
-        adopt_existing: env.adopt_existing,
-        capabilities: brokers::capabilities(BrokerType::Kafka),
-    };
-    let (observed, plan) = brokers::observe_and_plan(backend, &desired, &input)
+        ..
+    } = brokers::converge(backend, scope, env, topics, owned, policy)
         .await
-        .expect("observe");
-    let outcomes = backend.apply(scope, &plan.actions).await;
-    let owned = plan::owned_after(owned, &desired, &observed, &outcomes, &plan.actions);
+        .expect("converge");
     Pass {
         desired,
         plan,

@@ -4,6 +4,7 @@
 mod admission;
 mod argocd;
 mod controller;
+mod deploy;
 mod flux;
 mod kafka;
 mod kstatus;

@@ -131,7 +131,14 @@ impl Harness {
         for o in &outcomes {
             assert!(o.result.is_ok(), "{}: {:?}", o.key, o.result);
         }
-        self.owned = plan::owned_after(&self.owned, &desired, &observed, &outcomes, &plan.actions);
+        self.owned = plan::owned_after(
+            &self.owned,
+            &self.scope.owner(),
+            &desired,
+            &observed,
+            &outcomes,
+            &plan.actions,
+        );
         plan
     }
 

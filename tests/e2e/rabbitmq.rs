@@ -16,7 +16,7 @@ use switchyard::api::{
     BrokerType, CredentialsSecretRef, DeadLetterSpec, DeletionPolicy, EnvSpec, QueueType,
     RabbitMqSpec, SubscriptionSpec, TopicSpec,
 };
-use switchyard::brokers::plan::{self, Plan, PlanInput};
+use switchyard::brokers::plan::Plan;
 use switchyard::brokers::{
     self, Action, ActionOutcome, Backend, BrokerErrorKind, ObjectKey, ObjectKind, Observed, Scope,
     rabbitmq,
@@ -128,20 +128,15 @@ async fn pass(
     owned: &BTreeSet<ObjectKey>,
     policy: DeletionPolicy,
 ) -> Pass {
-    let desired = brokers::desired(scope, env, topics).expect("desired");
-    let input = PlanInput {
-        scope,
+    let brokers::Converged {
+        plan,
+        outcomes,
         owned,
-        deletion_policy: policy,
-        adopt_existing: false,
-        capabilities: brokers::capabilities(BrokerType::RabbitMQ),
-    };
-    let (observed, plan) = brokers::observe_and_plan(backend, &desired, &input)
+        ..
+    } = brokers::converge(backend, scope, env, topics, owned, policy)
         .await
-        .expect("observe");
-    let outcomes = backend.apply(scope, &plan.actions).await;
+        .expect("converge");
     assert_eq!(outcomes.len(), plan.actions.len(), "one outcome per action");
-    let owned = plan::owned_after(owned, &desired, &observed, &outcomes, &plan.actions);
     Pass {
         plan,
         outcomes,

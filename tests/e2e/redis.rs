@@ -127,23 +127,18 @@ async fn pass(
     owned: &BTreeSet<ObjectKey>,
     policy: DeletionPolicy,
 ) -> Pass {
-    let desired = brokers::desired(scope, env, topics).expect("desired");
-    let input = plan::PlanInput {
-        scope,
+    let brokers::Converged {
+        plan,
+        outcomes,
         owned,
-        deletion_policy: policy,
-        adopt_existing: env.adopt_existing,
-        capabilities: brokers::capabilities(BrokerType::Redis),
-    };
-    let (observed, plan) = brokers::observe_and_plan(backend, &desired, &input)
+        ..
+    } = brokers::converge(backend, scope, env, topics, owned, policy)
         .await
-        .expect("observe");
-    let outcomes = backend.apply(scope, &plan.actions).await;
+        .expect("converge");
     assert_eq!(outcomes.len(), plan.actions.len());
     for o in &outcomes {
         assert!(o.result.is_ok(), "{}: {:?}", o.key, o.result);
     }
-    let owned = plan::owned_after(owned, &desired, &observed, &outcomes, &plan.actions);
     Pass { plan, owned }
 }
 

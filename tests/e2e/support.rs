@@ -131,7 +131,7 @@ pub fn start_controller(
 pub fn fast_config() -> Config {
     Config {
         resync: Duration::from_secs(2),
-        check_timeout: Duration::from_secs(3),
+        check_timeout: Duration::from_secs(10),
         ..Config::default()
     }
 }

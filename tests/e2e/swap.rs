@@ -87,14 +87,20 @@ impl FlipRecorder {
         FlipRecorder { seen, task }
     }
 
-    fn types(self) -> Vec<String> {
+    /// Stop recording; a final read makes sure the latest content is included.
+    async fn types(self, client: &Client, ns: &str, name: &str) -> Vec<String> {
         self.task.abort();
-        self.seen
-            .lock()
-            .expect("lock")
-            .iter()
-            .map(|e| e.1.clone())
-            .collect()
+        let mut v = self.seen.lock().expect("lock").clone();
+        if let Some(d) = binding(client, ns, name).await {
+            let entry = (
+                d.get("names.json").cloned().unwrap_or_default() + &d["type"],
+                d["type"].clone(),
+            );
+            if v.last().map(|l| &l.0) != Some(&entry.0) {
+                v.push(entry);
+            }
+        }
+        v.into_iter().map(|e| e.1).collect()
     }
 }
 
@@ -167,7 +173,7 @@ async fn redis_to_pubsub_flips_the_binding_once_and_retains_the_old_side() {
         condition_true(m, "Ready") && env_swap_phase(m) == Some(SwapPhase::Complete)
     })
     .await;
-    let types = recorder.types();
+    let types = recorder.types(&client, &ns, "bus-prd").await;
     assert_eq!(
         types,
         vec!["redis".to_string(), "google-pubsub".to_string()],
@@ -399,16 +405,12 @@ async fn a_rotated_secret_reaches_the_binding() {
     ensure_crd(&client).await;
     let ns = namespace(&client, "rotate").await;
     // An ACL user with two valid passwords on the protected server, so rotation keeps it connected.
-    let admin = ::redis::Client::open(
-        env_var("SWITCHYARD_REDIS_AUTH_URL")
-            .replacen(
-                "redis://",
-                &format!("redis://:{}@", env_var("SWITCHYARD_REDIS_AUTH_PASSWORD")),
-                1,
-            )
-            .as_str(),
-    )
-    .expect("redis");
+    let admin_url = env_var("SWITCHYARD_REDIS_AUTH_URL").replacen(
+        "redis://",
+        &format!("redis://:{}@", env_var("SWITCHYARD_REDIS_AUTH_PASSWORD")),
+        1,
+    );
+    let admin = ::redis::Client::open(admin_url.as_str()).expect("redis");
     let mut conn = admin
         .get_multiplexed_async_connection()
         .await

@@ -2,6 +2,8 @@
 # Stop exactly the processes tests/env/up.sh started (by pid file). Safe to run twice.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 set +e
+# The operator that `make dev` started, if any.
+stop_pid operator
 for svc in kstatus flux moto pubsub rabbitmq redis kafka kube; do
   [ -f "$ENV_SRC_DIR/$svc.sh" ] && bash "$ENV_SRC_DIR/$svc.sh" stop
 done
