@@ -7,6 +7,9 @@ go 1.26.0
 
 replace github.com/opencontainers/go-digest => github.com/opencontainers/go-digest v1.0.1-0.20220411205349-bde1400a84be
 
+// Not upstream's: v1.9.6 wants github.com/fluxcd/pkg/artifact v0.18.3, which the module proxy
+// refuses (403, as it does v0.18.2 and the v0.8.1 that v1.8.5 wants); v0.18.1 builds and passes
+// the Flux tests. Drop this line when the proxy serves v0.18.3.
 replace github.com/fluxcd/pkg/artifact => github.com/fluxcd/pkg/artifact v0.18.1
 
 tool github.com/fluxcd/source-controller
