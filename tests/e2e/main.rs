@@ -2,9 +2,12 @@
 //! One binary with modules keeps link time down.
 
 mod admission;
+mod argocd;
 mod controller;
 mod deploy;
+mod flux;
 mod kafka;
+mod kstatus;
 mod plan;
 mod pubsub;
 mod rabbitmq;
