@@ -141,6 +141,24 @@ async fn apply(raw: Arc<RawMessageBroker>, ctx: &Context) -> Result<Action, Erro
         name: raw.name_any(),
     };
     let now = now();
+    // A new spec: say so before talking to any broker, so GitOps tools never read a missing
+    // or old status as the verdict on this generation.
+    let mut prev = prev;
+    if prev.observed_generation != raw.metadata.generation {
+        let mut early = prev.clone();
+        let message = format!(
+            "reconciling generation {}",
+            raw.metadata.generation.unwrap_or_default()
+        );
+        status::set_top(
+            &mut early,
+            raw.metadata.generation,
+            &now,
+            Verdict::Progressing(reasons::PROGRESSING.into(), message),
+        );
+        status::write_if_changed(ctx, &raw, &prev, &early).await?;
+        prev = early;
+    }
     let shared = Shared {
         ctx,
         scope: &scope,
