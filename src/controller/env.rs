@@ -236,26 +236,7 @@ async fn prepare_stage(shared: &Shared<'_>, env: &EnvSpec, status: &mut EnvStatu
     }
     let desired = match brokers::desired(shared.scope, env, shared.topics) {
         Ok(d) => d,
-        Err(e) => {
-            return Stage::Blocked {
-                conditions: vec![
-                    Desired::new(
-                        types::CONNECTED,
-                        true,
-                        reasons::CONNECTED,
-                        "broker answered",
-                    ),
-                    Desired::new(
-                        types::TOPICS_READY,
-                        false,
-                        reasons::INVALID_SPEC,
-                        e.to_string(),
-                    ),
-                ],
-                transient: false,
-                stalled: true,
-            };
-        }
+        Err(e) => return connected_but(reasons::INVALID_SPEC, e.to_string(), false),
     };
     let owned = owned_set(&status.owned);
     let input = PlanInput {
@@ -279,24 +260,28 @@ async fn prepare_stage(shared: &Shared<'_>, env: &EnvSpec, status: &mut EnvStatu
             plan,
             owned,
         })),
-        Err(e) => Stage::Blocked {
-            conditions: vec![
-                Desired::new(
-                    types::CONNECTED,
-                    true,
-                    reasons::CONNECTED,
-                    "broker answered",
-                ),
-                Desired::new(
-                    types::TOPICS_READY,
-                    false,
-                    e.reason(),
-                    format!("observing the broker failed: {e}"),
-                ),
-            ],
-            transient: e.is_transient(),
-            stalled: !e.is_transient(),
-        },
+        Err(e) => connected_but(
+            e.reason(),
+            format!("observing the broker failed: {e}"),
+            e.is_transient(),
+        ),
+    }
+}
+
+/// The broker answered, but the topics cannot be worked on: why, and whether retrying helps.
+fn connected_but(reason: &str, message: String, transient: bool) -> Stage {
+    Stage::Blocked {
+        conditions: vec![
+            Desired::new(
+                types::CONNECTED,
+                true,
+                reasons::CONNECTED,
+                "broker answered",
+            ),
+            Desired::new(types::TOPICS_READY, false, reason, message),
+        ],
+        transient,
+        stalled: !transient,
     }
 }
 
