@@ -364,7 +364,10 @@ pub(super) async fn finish(shared: &Shared<'_>, prepared: Prepared) -> Finished 
             let outcomes = if the_plan.actions.is_empty() {
                 Vec::new()
             } else {
-                let o = backend.apply(shared.scope, &the_plan.actions).await;
+                let o = brokers::align_outcomes(
+                    &the_plan.actions,
+                    backend.apply(shared.scope, &the_plan.actions).await,
+                );
                 let ok = o.iter().all(|x| x.result.is_ok());
                 shared
                     .ctx
@@ -670,7 +673,10 @@ pub(super) async fn retire(
     let outcomes = if the_plan.actions.is_empty() {
         Vec::new()
     } else {
-        backend.apply(scope, &the_plan.actions).await
+        brokers::align_outcomes(
+            &the_plan.actions,
+            backend.apply(scope, &the_plan.actions).await,
+        )
     };
     let remaining = owned_after(owned, &desired, &observed, &outcomes, &the_plan.actions);
     let failed = outcomes
