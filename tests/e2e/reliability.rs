@@ -1119,7 +1119,7 @@ async fn garbage_from_a_broker_becomes_conditions_without_panics_or_hot_loops() 
     for garbage in [Garbage::ApplyLong, Garbage::ObservePartial] {
         broker.set(garbage);
         apply_mb(&client, &ns, &spec(2)).await;
-        wait_for_mb(&client, &ns, "bus", TIMEOUT, "reconciled", |m| current(m)).await;
+        wait_for_mb(&client, &ns, "bus", TIMEOUT, "reconciled", current).await;
         assert!(ctl.is_running());
     }
     broker.set(Garbage::None);
