@@ -40,5 +40,10 @@ env-down: ## Stop what env-up started
 dev: ## env-up, install the CRD, run the operator, apply the samples, show `kubectl get mb`
 	bash tests/dev.sh
 
+soak: ## Churn 100 MessageBrokers against the release binary for SOAK_SECONDS (default 600); prints RSS drift
+	bash tests/env/up.sh kube
+	cargo build --release --bin switchyard
+	source $(ENV_FILE) && SWITCHYARD_BIN="$(CARGO_TARGET_DIR)/release/switchyard" cargo run -q --example soak
+
 image: ## Build the container image (needs a container engine)
 	docker build -t switchyard:dev -f config/manager/Dockerfile .

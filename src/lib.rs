@@ -19,3 +19,6 @@ pub mod telemetry;
 pub mod validation;
 
 pub use error::{Error, Result};
+
+#[cfg(test)]
+mod proptests;

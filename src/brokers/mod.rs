@@ -331,6 +331,43 @@ pub struct ActionOutcome {
     pub result: Result<(), BrokerError>,
 }
 
+/// One outcome per action, in action order, whatever the backend returned. Outcomes are matched
+/// to actions by key; an action the backend reported nothing for counts as failed, and outcomes
+/// for keys nobody asked about are dropped. A backend that answers short, long or out of order
+/// thus never makes an unapplied change look applied (or an object look owned).
+pub fn align_outcomes(actions: &[Action], outcomes: Vec<ActionOutcome>) -> Vec<ActionOutcome> {
+    if outcomes.len() == actions.len()
+        && actions
+            .iter()
+            .zip(&outcomes)
+            .all(|(a, o)| a.key() == &o.key)
+    {
+        return outcomes;
+    }
+    let mut by_key: std::collections::HashMap<
+        ObjectKey,
+        std::collections::VecDeque<ActionOutcome>,
+    > = std::collections::HashMap::new();
+    for o in outcomes {
+        by_key.entry(o.key.clone()).or_default().push_back(o);
+    }
+    actions
+        .iter()
+        .map(|a| {
+            by_key
+                .get_mut(a.key())
+                .and_then(|q| q.pop_front())
+                .unwrap_or_else(|| ActionOutcome {
+                    key: a.key().clone(),
+                    result: Err(BrokerError::new(
+                        BrokerErrorKind::Other,
+                        format!("the broker reported no outcome for {}", a.key()),
+                    )),
+                })
+        })
+        .collect()
+}
+
 /// A connection to one broker endpoint with one set of credentials, shared (pooled) by every
 /// MessageBroker that uses it.
 #[async_trait]
@@ -433,7 +470,10 @@ pub async fn converge_desired(
     let outcomes = if plan.actions.is_empty() {
         Vec::new()
     } else {
-        backend.apply(input.scope, &plan.actions).await
+        align_outcomes(
+            &plan.actions,
+            backend.apply(input.scope, &plan.actions).await,
+        )
     };
     let owned = plan::owned_after(
         input.owned,

@@ -349,7 +349,10 @@ pub(super) async fn finish(shared: &Shared<'_>, prepared: Prepared) -> Finished 
             let outcomes = if the_plan.actions.is_empty() {
                 Vec::new()
             } else {
-                let o = backend.apply(shared.scope, &the_plan.actions).await;
+                let o = brokers::align_outcomes(
+                    &the_plan.actions,
+                    backend.apply(shared.scope, &the_plan.actions).await,
+                );
                 let ok = o.iter().all(|x| x.result.is_ok());
                 shared
                     .ctx

@@ -30,15 +30,25 @@ pub async fn reconcile(raw: Arc<RawMessageBroker>, ctx: Arc<Context>) -> Result<
     let span = info_span!("reconcile", namespace = %namespace, name = %raw.name_any());
     let api: Api<RawMessageBroker> = Api::namespaced(ctx.client.clone(), &namespace);
     let finalizer_name = ctx.config.finalizer();
-    finalizer(&api, &finalizer_name, raw, |event| async {
+    let result = finalizer(&api, &finalizer_name, raw, |event| async {
         match event {
             Event::Apply(mb) => apply(mb, &ctx).await,
             Event::Cleanup(mb) => cleanup(mb, &ctx).await,
         }
     })
     .instrument(span)
-    .await
-    .map_err(|e| Error::Finalizer(Box::new(e)))
+    .await;
+    match result {
+        Ok(action) => Ok(action),
+        // A second pass on a cached copy of an object whose cleanup already finished: the
+        // object is gone, which is what removing the finalizer was for. Not an error.
+        Err(kube::runtime::finalizer::Error::RemoveFinalizer(kube::Error::Api(e)))
+            if e.code == 404 =>
+        {
+            Ok(Action::await_change())
+        }
+        Err(e) => Err(Error::Finalizer(Box::new(e))),
+    }
 }
 
 fn now() -> Time {

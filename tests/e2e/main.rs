@@ -12,6 +12,7 @@ mod plan;
 mod pubsub;
 mod rabbitmq;
 mod redis;
+mod reliability;
 mod sqs;
 #[allow(dead_code)]
 mod support;

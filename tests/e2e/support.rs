@@ -97,6 +97,11 @@ impl RunningController {
         let _ = tokio::time::timeout(Duration::from_secs(20), &mut self.handle).await;
     }
 
+    /// Whether the controller task is still running (it has not returned or panicked).
+    pub fn is_running(&self) -> bool {
+        !self.handle.is_finished()
+    }
+
     /// Kill it at once, as SIGKILL would: no graceful shutdown.
     pub fn kill(self) {
         self.handle.abort();
