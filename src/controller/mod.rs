@@ -223,6 +223,19 @@ fn trigger_hash(obj: &RawMessageBroker) -> Option<u64> {
     Some(h.finish())
 }
 
+/// Watch retry delays: quick (up to 5 s) so an API server restart is noticed within seconds,
+/// not kube's default of up to 30 s.
+fn watch_backoff()
+-> kube::runtime::utils::ResetTimerBackoff<kube::runtime::watcher::ExponentialBackoff> {
+    let exponential = backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(200))
+        .with_max_delay(Duration::from_secs(5))
+        .with_factor(2.0)
+        .with_jitter()
+        .without_max_times();
+    kube::runtime::utils::ResetTimerBackoff::new(exponential.into(), Duration::from_secs(60))
+}
+
 /// The Secrets a MessageBroker references, read from its raw spec.
 fn referenced_secrets(raw: &RawMessageBroker) -> Vec<String> {
     serde_json::from_value::<crate::api::MessageBrokerSpec>(raw.spec.clone())
@@ -262,7 +275,7 @@ pub async fn run(
                 crate::binding::MANAGED_BY_LABEL.1
             )),
         )
-        .default_backoff(),
+        .backoff(watch_backoff()),
     )
     .touched_objects();
 
@@ -276,14 +289,14 @@ pub async fn run(
 
     let (store, writer) = reflector::store();
     let main_stream = watcher(brokers, watcher::Config::default().any_semantic())
-        .default_backoff()
+        .backoff(watch_backoff())
         .reflect(writer)
         .applied_objects()
         .predicate_filter(trigger_hash, Default::default());
 
     let rotation_store = store.clone();
     let rotation = watcher(secrets, watcher::Config::default().any_semantic())
-        .default_backoff()
+        .backoff(watch_backoff())
         .touched_objects();
 
     let controller = Controller::for_stream(main_stream, store)
