@@ -40,5 +40,10 @@ env-down: ## Stop what env-up started
 dev: ## env-up, install the CRD, run the operator, apply the samples, show `kubectl get mb`
 	bash tests/dev.sh
 
+bench: env-up ## Benchmark against the real environment (sizes: SWITCHYARD_BENCH_* variables); writes target/bench/results.json
+	cargo build --release --bin switchyard --example bench
+	source $(ENV_FILE) && SWITCHYARD_BIN="$(CARGO_TARGET_DIR)/release/switchyard" \
+		"$(CARGO_TARGET_DIR)/release/examples/bench"
+
 image: ## Build the container image (needs a container engine)
 	docker build -t switchyard:dev -f config/manager/Dockerfile .

@@ -2,6 +2,10 @@
 //! One binary with modules keeps link time down.
 
 mod admission;
+#[allow(dead_code)]
+#[path = "../../examples/bench/harness/mod.rs"]
+mod bench_harness;
+mod bench_smoke;
 mod controller;
 mod deploy;
 mod kafka;
