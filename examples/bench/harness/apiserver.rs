@@ -210,7 +210,8 @@ impl Requests {
 
     /// Sum of all counts.
     pub fn total(&self) -> f64 {
-        self.0.values().sum()
+        // An empty f64 sum is -0.0; report 0.
+        self.0.values().sum::<f64>() + 0.0
     }
 
     /// Sum of the writes.
@@ -219,7 +220,8 @@ impl Requests {
             .iter()
             .filter(|((v, _), _)| WRITE_VERBS.contains(&v.as_str()))
             .map(|(_, n)| n)
-            .sum()
+            .sum::<f64>()
+            + 0.0
     }
 
     /// `{"VERB resource": n}` for JSON.
