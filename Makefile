@@ -45,5 +45,10 @@ soak: ## Churn 100 MessageBrokers against the release binary for SOAK_SECONDS (d
 	cargo build --release --bin switchyard
 	source $(ENV_FILE) && SWITCHYARD_BIN="$(CARGO_TARGET_DIR)/release/switchyard" cargo run -q --example soak
 
+bench: env-up ## Benchmark against the real environment (sizes: SWITCHYARD_BENCH_* variables); writes target/bench/results.json
+	cargo build --release --bin switchyard --example bench
+	source $(ENV_FILE) && SWITCHYARD_BIN="$(CARGO_TARGET_DIR)/release/switchyard" \
+		"$(CARGO_TARGET_DIR)/release/examples/bench"
+
 image: ## Build the container image (needs a container engine)
 	docker build -t switchyard:dev -f config/manager/Dockerfile .

@@ -3,6 +3,10 @@
 
 mod admission;
 mod argocd;
+#[allow(dead_code)]
+#[path = "../../examples/bench/harness/mod.rs"]
+mod bench_harness;
+mod bench_smoke;
 mod controller;
 mod deploy;
 mod flux;
