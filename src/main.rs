@@ -104,6 +104,9 @@ struct RunArgs {
     /// Timeout of a broker connectivity check.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     check_timeout: Duration,
+    /// Skip a broker's connectivity check when the shared endpoint answered within this interval.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    check_interval: Duration,
     /// Reconciles running at once.
     #[arg(long, default_value_t = 16)]
     concurrency: u16,
@@ -202,6 +205,7 @@ async fn run(args: RunArgs) -> ExitCode {
         envs: if envs.is_empty() { None } else { Some(envs) },
         resync: args.resync,
         check_timeout: args.check_timeout,
+        check_interval: args.check_interval,
         concurrency: args.concurrency,
         instance: args.instance.clone(),
     };

@@ -11,8 +11,52 @@ use crate::secrets::ResolvedSecrets;
 /// Entries unused for this long are dropped (e.g. after a credential rotation).
 const IDLE_EVICTION: Duration = Duration::from_secs(15 * 60);
 
-/// A pooled backend and when it was last used.
-type PoolEntry = (Arc<dyn Backend>, Instant);
+/// A pooled backend, its health, and when it was last used.
+type PoolEntry = (Arc<dyn Backend>, Arc<Health>, Instant);
+
+/// When the endpoint last answered, shared by every MessageBroker that uses it.
+#[derive(Debug, Default)]
+pub struct Health {
+    last_ok: Mutex<Option<Instant>>,
+}
+
+/// A pooled backend with its endpoint's health record.
+#[derive(Clone)]
+pub struct Pooled {
+    /// The backend.
+    pub backend: Arc<dyn Backend>,
+    health: Arc<Health>,
+}
+
+impl Pooled {
+    /// The endpoint answered a call within `window`: a connectivity check can be skipped.
+    pub fn answered_within(&self, window: Duration) -> bool {
+        let last = *self
+            .health
+            .last_ok
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        last.is_some_and(|t| t.elapsed() < window)
+    }
+
+    /// Record a successful call.
+    pub fn mark_ok(&self) {
+        *self
+            .health
+            .last_ok
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+    }
+
+    /// Record a failed call: the next reconcile checks connectivity again.
+    pub fn mark_failed(&self) {
+        *self
+            .health
+            .last_ok
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = None;
+    }
+}
 
 /// A pool of backends keyed by the env's broker settings and a digest of its credentials.
 pub struct BackendPool {
@@ -34,18 +78,23 @@ impl BackendPool {
         &self,
         env: &EnvSpec,
         secrets: &ResolvedSecrets,
-    ) -> Result<Arc<dyn Backend>, BrokerError> {
+    ) -> Result<Pooled, BrokerError> {
         let key = pool_key(env, secrets);
-        if let Some(backend) = self.lookup(&key) {
-            return Ok(backend);
+        if let Some(pooled) = self.lookup(&key) {
+            return Ok(pooled);
         }
         let backend = self.connector.connect(env, secrets).await?;
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
-        entries.retain(|_, (_, used)| now.duration_since(*used) < IDLE_EVICTION);
+        entries.retain(|_, (_, _, used)| now.duration_since(*used) < IDLE_EVICTION);
         // Another reconcile may have connected meanwhile: keep the first so both share it.
-        let entry = entries.entry(key).or_insert((backend, now));
-        Ok(entry.0.clone())
+        let entry = entries
+            .entry(key)
+            .or_insert_with(|| (backend, Arc::new(Health::default()), now));
+        Ok(Pooled {
+            backend: entry.0.clone(),
+            health: entry.1.clone(),
+        })
     }
 
     /// Number of pooled backends.
@@ -58,11 +107,14 @@ impl BackendPool {
         self.len() == 0
     }
 
-    fn lookup(&self, key: &str) -> Option<Arc<dyn Backend>> {
+    fn lookup(&self, key: &str) -> Option<Pooled> {
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        entries.get_mut(key).map(|(backend, used)| {
+        entries.get_mut(key).map(|(backend, health, used)| {
             *used = Instant::now();
-            backend.clone()
+            Pooled {
+                backend: backend.clone(),
+                health: health.clone(),
+            }
         })
     }
 }

@@ -112,6 +112,15 @@ fn env_json(env: &EnvSpec) -> Option<serde_json::Value> {
     serde_json::to_value(env).ok()
 }
 
+/// Errors that mean the endpoint cannot be used at all, rather than one request failing.
+fn is_connectivity(e: &BrokerError) -> bool {
+    use brokers::BrokerErrorKind as K;
+    matches!(
+        e.kind,
+        K::Unreachable | K::Timeout | K::Tls | K::Authentication
+    )
+}
+
 fn broker_failure(e: &BrokerError) -> (Desired, bool, bool) {
     (
         Desired::new(types::CONNECTED, false, e.reason(), e.message.clone()),
@@ -205,34 +214,40 @@ async fn prepare_stage(shared: &Shared<'_>, env: &EnvSpec, status: &mut EnvStatu
             );
         }
     };
-    let backend = match shared.ctx.pool.get(env, &secrets).await {
+    let pooled = match shared.ctx.pool.get(env, &secrets).await {
         Ok(b) => b,
         Err(e) => {
             let (c, t, s) = broker_failure(&e);
             return blocked(c, t, s);
         }
     };
+    let backend = pooled.backend.clone();
     shared
         .ctx
         .metrics
         .pooled_clients
         .set(shared.ctx.pool.len() as i64);
     let backend_name = env.broker_type.as_str();
-    let checked = match tokio::time::timeout(shared.ctx.config.check_timeout, backend.check()).await
-    {
-        Ok(r) => r,
-        Err(_) => Err(BrokerError::new(
-            brokers::BrokerErrorKind::Timeout,
-            format!("no answer within {:?}", shared.ctx.config.check_timeout),
-        )),
-    };
-    shared
-        .ctx
-        .metrics
-        .broker_op(backend_name, "check", checked.is_ok());
-    if let Err(e) = checked {
-        let (c, t, s) = broker_failure(&e);
-        return blocked(c, t, s);
+    // The endpoint is shared: when another reconcile just talked to it, skip the probe.
+    if !pooled.answered_within(shared.ctx.config.check_interval) {
+        let checked =
+            match tokio::time::timeout(shared.ctx.config.check_timeout, backend.check()).await {
+                Ok(r) => r,
+                Err(_) => Err(BrokerError::new(
+                    brokers::BrokerErrorKind::Timeout,
+                    format!("no answer within {:?}", shared.ctx.config.check_timeout),
+                )),
+            };
+        shared
+            .ctx
+            .metrics
+            .broker_op(backend_name, "check", checked.is_ok());
+        if let Err(e) = checked {
+            pooled.mark_failed();
+            let (c, t, s) = broker_failure(&e);
+            return blocked(c, t, s);
+        }
+        pooled.mark_ok();
     }
     let desired = match brokers::desired(shared.scope, env, shared.topics) {
         Ok(d) => d,
@@ -252,14 +267,23 @@ async fn prepare_stage(shared: &Shared<'_>, env: &EnvSpec, status: &mut EnvStatu
         .metrics
         .broker_op(backend_name, "observe", observed.is_ok());
     match observed {
-        Ok((observed, plan)) => Stage::Planned(Box::new(Planned {
-            backend,
-            secrets,
-            desired,
-            observed,
-            plan,
-            owned,
-        })),
+        Ok((observed, plan)) => {
+            pooled.mark_ok();
+            Stage::Planned(Box::new(Planned {
+                backend,
+                secrets,
+                desired,
+                observed,
+                plan,
+                owned,
+            }))
+        }
+        // The broker stopped answering since the last probe: report it as a connection problem.
+        Err(e) if is_connectivity(&e) => {
+            pooled.mark_failed();
+            let (c, t, s) = broker_failure(&e);
+            blocked(c, t, s)
+        }
         Err(e) => connected_but(
             e.reason(),
             format!("observing the broker failed: {e}"),
@@ -650,7 +674,12 @@ pub(super) async fn retire(
         });
     }
     let secrets = secrets::resolve(&ctx.client, &scope.namespace, env).await?;
-    let backend = ctx.pool.get(env, &secrets).await.map_err(Error::Broker)?;
+    let backend = ctx
+        .pool
+        .get(env, &secrets)
+        .await
+        .map_err(Error::Broker)?
+        .backend;
     let input = PlanInput {
         scope,
         owned,

@@ -58,6 +58,8 @@ pub struct Config {
     pub resync: Duration,
     /// Timeout of a broker connectivity check.
     pub check_timeout: Duration,
+    /// Skip the connectivity check when the shared endpoint answered within this interval.
+    pub check_interval: Duration,
     /// Reconciles running at once.
     pub concurrency: u16,
     /// Name for Events' reporting controller.
@@ -70,6 +72,7 @@ impl Default for Config {
             envs: None,
             resync: Duration::from_secs(60),
             check_timeout: Duration::from_secs(5),
+            check_interval: Duration::from_secs(10),
             concurrency: 16,
             instance: "switchyard".into(),
         }

@@ -1030,7 +1030,12 @@ async fn garbage_from_a_broker_becomes_conditions_without_panics_or_hot_loops() 
     let ns = namespace(&client, "rel-garbage").await;
     let connector = Arc::new(ScriptedConnector::default());
     let broker = connector.backend("prd", BrokerType::Kafka);
-    let ctl = start_controller(client.clone(), &ns, connector.clone(), fast_config());
+    // Probe on every pass, so a failing check shows even right after a good observation.
+    let config = switchyard::controller::Config {
+        check_interval: Duration::ZERO,
+        ..fast_config()
+    };
+    let ctl = start_controller(client.clone(), &ns, connector.clone(), config);
     let mut generation = 0;
     let mut spec = |n: usize| {
         generation += 1;
