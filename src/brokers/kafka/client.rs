@@ -91,7 +91,18 @@ struct Inner {
     endpoint: String,
     /// Topic config keys reported by observe: retention.ms and the env's topicConfig keys.
     managed_keys: BTreeSet<String>,
+    /// The last cluster metadata, shared by observations of every MessageBroker on this
+    /// endpoint for [`METADATA_REUSE`]; cleared by every apply.
+    metadata_cache: std::sync::Mutex<Option<(std::time::Instant, Arc<TopicLayout>)>>,
 }
+
+/// Topic name → (partition count, replication factor).
+type TopicLayout = HashMap<String, (i32, Option<usize>)>;
+
+/// How long one metadata answer serves concurrent observations. Many MessageBrokers on one
+/// endpoint reconcile together after a restart or a bulk apply; each would otherwise fetch the
+/// whole cluster's metadata.
+const METADATA_REUSE: Duration = Duration::from_secs(1);
 
 impl Inner {
     fn last_error(&self) -> Option<LastError> {
@@ -102,6 +113,30 @@ impl Inner {
         AdminOptions::new()
             .request_timeout(Some(REQUEST_TIMEOUT))
             .operation_timeout(Some(OPERATION_TIMEOUT))
+    }
+
+    /// The cluster's topic layout, reusing an answer younger than [`METADATA_REUSE`].
+    fn metadata_shared(&self, timeout: Duration) -> Result<Arc<TopicLayout>, BrokerError> {
+        let mut cache = self
+            .metadata_cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some((at, layout)) = cache.as_ref()
+            && at.elapsed() < METADATA_REUSE
+        {
+            return Ok(layout.clone());
+        }
+        let layout = Arc::new(self.metadata_blocking(timeout)?);
+        *cache = Some((std::time::Instant::now(), layout.clone()));
+        Ok(layout)
+    }
+
+    /// Forget the shared metadata: the caller is about to change topics.
+    fn invalidate_metadata(&self) {
+        *self
+            .metadata_cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = None;
     }
 
     /// Topic names and partition layout in the cluster (one Metadata request).
@@ -648,6 +683,7 @@ impl KafkaBackend {
             context,
             endpoint: spec.bootstrap_servers.join(","),
             managed_keys,
+            metadata_cache: std::sync::Mutex::new(None),
         });
         start_event_poller(Arc::downgrade(&inner));
         Ok(KafkaBackend {
@@ -676,7 +712,7 @@ impl KafkaBackend {
         names: Vec<String>,
     ) -> Result<HashMap<String, TopicState>, BrokerError> {
         self.blocking(move |inner| {
-            let all = inner.metadata_blocking(OBSERVE_TIMEOUT)?;
+            let all = inner.metadata_shared(OBSERVE_TIMEOUT)?;
             let present: Vec<(String, i32)> = names
                 .iter()
                 .filter_map(|n| all.get(n).map(|(p, _)| (n.clone(), *p)))
@@ -792,6 +828,7 @@ impl Backend for KafkaBackend {
     }
 
     async fn apply(&self, _scope: &Scope, actions: &[Action]) -> Vec<ActionOutcome> {
+        self.inner.invalidate_metadata();
         let mut results: Vec<Option<ItemResult>> = vec![None; actions.len()];
         let (mut creates, mut grows, mut alters, mut deletes) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -884,6 +921,8 @@ impl Backend for KafkaBackend {
         {
             results[idx] = Some(res);
         }
+        // Observations during the apply must not outlive it.
+        self.inner.invalidate_metadata();
         actions
             .iter()
             .zip(results)
