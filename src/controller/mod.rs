@@ -163,15 +163,22 @@ impl Context {
     /// pass never recomputes transition times or ownership from a stale copy.
     fn previous_status(&self, raw: &RawMessageBroker) -> crate::api::MessageBrokerStatus {
         let key = format!("{}/{}", raw.namespace().unwrap_or_default(), raw.name_any());
-        let written = self.written.lock().unwrap_or_else(|e| e.into_inner());
+        let mut written = self.written.lock().unwrap_or_else(|e| e.into_inner());
         match written.get(&key) {
-            Some((base, status)) if *base == raw.metadata.resource_version => status.clone(),
-            _ => raw
-                .status
-                .clone()
-                .and_then(|v| serde_json::from_value(v).ok())
-                .unwrap_or_default(),
+            Some((base, status)) if *base == raw.metadata.resource_version => {
+                return status.clone();
+            }
+            // The cache has caught up (or someone else wrote): the copy is no longer needed.
+            Some(_) => {
+                written.remove(&key);
+            }
+            None => {}
         }
+        drop(written);
+        raw.status
+            .clone()
+            .and_then(|v| serde_json::from_value(v).ok())
+            .unwrap_or_default()
     }
 
     /// Remember a status write (see [`Context::previous_status`]).
