@@ -251,9 +251,19 @@ async fn apply(raw: Arc<RawMessageBroker>, ctx: &Context) -> Result<Action, Erro
         }
         None => {
             ctx.reset_backoff(&key);
-            Ok(Action::requeue(ctx.config.resync))
+            Ok(Action::requeue(spread(ctx.config.resync, &key)))
         }
     }
+}
+
+/// The resync interval stretched by 0–20 % per object, so resources created together do not
+/// resync together forever.
+fn spread(resync: std::time::Duration, key: &str) -> std::time::Duration {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    key.hash(&mut h);
+    let fraction = (h.finish() % 1000) as f64 / 5000.0;
+    resync.mul_f64(1.0 + fraction)
 }
 
 fn prev_env<'a>(prev: &'a MessageBrokerStatus, slug: &str) -> Option<&'a EnvStatus> {
