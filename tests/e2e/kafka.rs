@@ -20,8 +20,8 @@ use switchyard::api::{
 };
 use switchyard::brokers::plan::{Plan, PlanInput};
 use switchyard::brokers::{
-    self, Action, ActionOutcome, Backend, BrokerErrorKind, DesiredState, ObjectKey, ObjectKind,
-    Observed, Scope, kafka,
+    self, Action, ActionOutcome, Backend, BrokerErrorKind, ObjectKey, ObjectKind, Observed, Scope,
+    kafka,
 };
 use switchyard::secrets::ResolvedSecrets;
 
@@ -79,13 +79,8 @@ async fn backend(spec: &KafkaSpec, secrets: &ResolvedSecrets) -> Arc<dyn Backend
     kafka::connect(spec, secrets).await.expect("connect")
 }
 
-/// One reconcile pass on one env, as the controller runs it.
-struct Pass {
-    desired: DesiredState,
-    plan: Plan,
-    outcomes: Vec<ActionOutcome>,
-    owned: BTreeSet<ObjectKey>,
-}
+/// One reconcile pass for one env, the way the controller runs it.
+type Pass = brokers::Converged;
 
 async fn reconcile(
     backend: &dyn Backend,
@@ -95,21 +90,9 @@ async fn reconcile(
     owned: &BTreeSet<ObjectKey>,
     policy: DeletionPolicy,
 ) -> Pass {
-    let brokers::Converged {
-        desired,
-        plan,
-        outcomes,
-        owned,
-        ..
-    } = brokers::converge(backend, scope, env, topics, owned, policy)
+    brokers::converge(backend, scope, env, topics, owned, policy)
         .await
-        .expect("converge");
-    Pass {
-        desired,
-        plan,
-        outcomes,
-        owned,
-    }
+        .expect("converge")
 }
 
 fn assert_all_ok(outcomes: &[ActionOutcome]) {

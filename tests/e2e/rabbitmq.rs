@@ -16,7 +16,6 @@ use switchyard::api::{
     BrokerType, CredentialsSecretRef, DeadLetterSpec, DeletionPolicy, EnvSpec, QueueType,
     RabbitMqSpec, SubscriptionSpec, TopicSpec,
 };
-use switchyard::brokers::plan::Plan;
 use switchyard::brokers::{
     self, Action, ActionOutcome, Backend, BrokerErrorKind, ObjectKey, ObjectKind, Observed, Scope,
     rabbitmq,
@@ -113,12 +112,8 @@ async fn backend(b: &Broker, management: bool) -> Arc<dyn Backend> {
         .expect("connect builds a client")
 }
 
-/// One reconcile pass for one env: desired → observe → plan → apply → owned set.
-struct Pass {
-    plan: Plan,
-    outcomes: Vec<ActionOutcome>,
-    owned: BTreeSet<ObjectKey>,
-}
+/// One reconcile pass for one env, the way the controller runs it.
+type Pass = brokers::Converged;
 
 async fn pass(
     backend: &dyn Backend,
@@ -128,20 +123,15 @@ async fn pass(
     owned: &BTreeSet<ObjectKey>,
     policy: DeletionPolicy,
 ) -> Pass {
-    let brokers::Converged {
-        plan,
-        outcomes,
-        owned,
-        ..
-    } = brokers::converge(backend, scope, env, topics, owned, policy)
+    let pass = brokers::converge(backend, scope, env, topics, owned, policy)
         .await
         .expect("converge");
-    assert_eq!(outcomes.len(), plan.actions.len(), "one outcome per action");
-    Pass {
-        plan,
-        outcomes,
-        owned,
-    }
+    assert_eq!(
+        pass.outcomes.len(),
+        pass.plan.actions.len(),
+        "one outcome per action"
+    );
+    pass
 }
 
 fn assert_all_ok(outcomes: &[ActionOutcome]) {

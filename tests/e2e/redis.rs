@@ -113,11 +113,8 @@ async fn admin(url: &str, password: Option<&str>) -> MultiplexedConnection {
     conn
 }
 
-/// One reconcile pass on one env, the way the controller runs it.
-struct Pass {
-    plan: plan::Plan,
-    owned: BTreeSet<ObjectKey>,
-}
+/// One reconcile pass for one env, the way the controller runs it.
+type Pass = brokers::Converged;
 
 async fn pass(
     backend: &dyn Backend,
@@ -127,19 +124,14 @@ async fn pass(
     owned: &BTreeSet<ObjectKey>,
     policy: DeletionPolicy,
 ) -> Pass {
-    let brokers::Converged {
-        plan,
-        outcomes,
-        owned,
-        ..
-    } = brokers::converge(backend, scope, env, topics, owned, policy)
+    let pass = brokers::converge(backend, scope, env, topics, owned, policy)
         .await
         .expect("converge");
-    assert_eq!(outcomes.len(), plan.actions.len());
-    for o in &outcomes {
+    assert_eq!(pass.outcomes.len(), pass.plan.actions.len());
+    for o in &pass.outcomes {
         assert!(o.result.is_ok(), "{}: {:?}", o.key, o.result);
     }
-    Pass { plan, owned }
+    pass
 }
 
 fn stream_name(scope: &Scope, topic: &str) -> String {
