@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use prometheus_client::registry::Registry;
-use switchyard::brokers::RealConnector;
+use switchyard::brokers::{ConnectOptions, RealConnector};
 use switchyard::controller::{self, Config};
 use switchyard::leader::{LeaderElector, LeaseConfig};
 use switchyard::metrics::Metrics;
@@ -107,6 +107,11 @@ struct RunArgs {
     /// Skip a broker's connectivity check when the shared endpoint answered within this interval.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     check_interval: Duration,
+    /// How long one read of a broker endpoint may answer later passes of any MessageBroker
+    /// on it (Kafka): drift made outside the operator shows within this plus the resync.
+    /// Defaults to the resync interval; 0s reads the broker on every pass.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    observe_max_age: Option<Duration>,
     /// Reconciles running at once.
     #[arg(long, default_value_t = 16)]
     concurrency: u16,
@@ -222,7 +227,10 @@ async fn run(args: RunArgs) -> ExitCode {
     let work = controller::run(
         client.clone(),
         args.namespace,
-        Arc::new(RealConnector),
+        Arc::new(RealConnector::new(ConnectOptions {
+            observe_max_age: args.observe_max_age.unwrap_or(args.resync),
+            requests: metrics.broker_requests.clone(),
+        })),
         config,
         metrics.clone(),
         stopped(stop_rx.clone()),
@@ -305,7 +313,7 @@ async fn preview_options(
         default_namespace: source.namespace.clone(),
         secrets,
         live: client,
-        connector: Arc::new(RealConnector),
+        connector: Arc::new(RealConnector::default()),
         timeout: source.timeout,
     };
     Ok((manifests, opts))

@@ -28,6 +28,42 @@ pub struct BrokerOpLabels {
     pub outcome: String,
 }
 
+/// Label set for requests sent to brokers.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BrokerRequestLabels {
+    /// Broker type.
+    pub backend: String,
+    /// Request: Metadata, ListOffsets, DescribeConfigs, CreateTopics, …
+    pub request: String,
+}
+
+/// Requests sent to brokers, counted by the backends themselves (one observation of many
+/// resources may be one request, and one reconcile may be several).
+#[derive(Clone, Debug, Default)]
+pub struct BrokerRequests {
+    family: Family<BrokerRequestLabels, Counter>,
+    total: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl BrokerRequests {
+    /// Count one request.
+    pub fn inc(&self, backend: &str, request: &str) {
+        self.family
+            .get_or_create(&BrokerRequestLabels {
+                backend: backend.to_string(),
+                request: request.to_string(),
+            })
+            .inc();
+        self.total
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Requests counted so far, all backends and kinds.
+    pub fn total(&self) -> u64 {
+        self.total.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
 /// The operator's metrics.
 pub struct Metrics {
     /// Reconciles started.
@@ -38,6 +74,8 @@ pub struct Metrics {
     pub duration: Histogram,
     /// Broker calls by backend, operation and outcome.
     pub broker_ops: Family<BrokerOpLabels, Counter>,
+    /// Requests sent to brokers by backend and request.
+    pub broker_requests: BrokerRequests,
     /// Status writes.
     pub status_writes: Counter,
     /// Binding Secret writes.
@@ -55,6 +93,7 @@ impl Default for Metrics {
             errors: Family::default(),
             duration: Histogram::new([0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
             broker_ops: Family::default(),
+            broker_requests: BrokerRequests::default(),
             status_writes: Counter::default(),
             binding_writes: Counter::default(),
             pooled_clients: Gauge::default(),
@@ -82,6 +121,11 @@ impl Metrics {
             "broker_operations",
             "Broker calls by backend, operation and outcome",
             self.broker_ops.clone(),
+        );
+        r.register(
+            "broker_requests",
+            "Requests sent to brokers by backend and request (Kafka)",
+            self.broker_requests.family.clone(),
         );
         r.register(
             "status_writes",

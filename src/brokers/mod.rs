@@ -421,7 +421,7 @@ pub fn connection_info(
 }
 
 mod registry;
-pub use registry::RealConnector;
+pub use registry::{ConnectOptions, RealConnector};
 
 pub mod kafka;
 pub mod pubsub;

@@ -88,9 +88,29 @@ pub(super) fn connection_info(
     }
 }
 
+/// Settings shared by every backend a connector builds.
+#[derive(Clone, Debug, Default)]
+pub struct ConnectOptions {
+    /// How long one observation of an endpoint may answer later passes (Kafka; see
+    /// `kafka::snapshot`). Zero reads the broker on every pass.
+    pub observe_max_age: std::time::Duration,
+    /// Where backends count the requests they send.
+    pub requests: crate::metrics::BrokerRequests,
+}
+
 /// The production connector: builds the real client for the env's broker type.
-#[derive(Default)]
-pub struct RealConnector;
+#[derive(Clone, Debug, Default)]
+pub struct RealConnector {
+    /// Settings for the backends it builds.
+    pub options: ConnectOptions,
+}
+
+impl RealConnector {
+    /// A connector whose backends use `options`.
+    pub fn new(options: ConnectOptions) -> Self {
+        RealConnector { options }
+    }
+}
 
 #[async_trait]
 impl Connector for RealConnector {
@@ -107,7 +127,12 @@ impl Connector for RealConnector {
         };
         match env.broker_type {
             BrokerType::Kafka => {
-                kafka::connect(env.kafka.as_ref().ok_or_else(invalid)?, secrets).await
+                kafka::connect(
+                    env.kafka.as_ref().ok_or_else(invalid)?,
+                    secrets,
+                    &self.options,
+                )
+                .await
             }
             BrokerType::Redis => {
                 redis::connect(env.redis.as_ref().ok_or_else(invalid)?, secrets).await

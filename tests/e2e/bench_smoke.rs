@@ -52,7 +52,7 @@ async fn the_bench_harness_measures_every_scenario_at_a_tiny_size() {
     number(&json["scale"]["peakRssMiB"], "peak RSS");
     number(&json["scale"]["apiRequests"], "API requests");
     number(&json["idle"]["apiWrites"], "idle API writes");
-    number(&json["idle"]["brokerCalls"], "idle broker calls");
+    number(&json["idle"]["brokerRequests"], "idle broker requests");
     let latency = json["latency"].as_array().expect("latency entries");
     assert_eq!(latency.len(), BACKENDS.len());
     for l in latency {

@@ -372,7 +372,7 @@ async fn a_partition_decrease_on_real_kafka_stalls_without_a_hot_loop() {
     let ctl = start_controller(
         client.clone(),
         &ns,
-        Arc::new(switchyard::brokers::RealConnector),
+        Arc::new(switchyard::brokers::RealConnector::default()),
         switchyard::controller::Config {
             resync: Duration::from_secs(30),
             ..fast_config()

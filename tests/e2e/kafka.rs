@@ -20,9 +20,10 @@ use switchyard::api::{
 };
 use switchyard::brokers::plan::{Plan, PlanInput};
 use switchyard::brokers::{
-    self, Action, ActionOutcome, Backend, BrokerErrorKind, ObjectKey, ObjectKind, Observed, Scope,
-    kafka,
+    self, Action, ActionOutcome, Backend, BrokerErrorKind, ConnectOptions, ObjectKey, ObjectKind,
+    Observed, Scope, kafka,
 };
+use switchyard::metrics::BrokerRequests;
 use switchyard::secrets::ResolvedSecrets;
 
 use crate::support::{env_var, unique};
@@ -76,7 +77,9 @@ fn scope(prefix: &str) -> Scope {
 }
 
 async fn backend(spec: &KafkaSpec, secrets: &ResolvedSecrets) -> Arc<dyn Backend> {
-    kafka::connect(spec, secrets).await.expect("connect")
+    kafka::connect(spec, secrets, &ConnectOptions::default())
+        .await
+        .expect("connect")
 }
 
 /// One reconcile pass for one env, the way the controller runs it.
@@ -664,6 +667,135 @@ async fn retain_deletes_nothing_and_delete_removes_only_owned_empty_topics() {
         )
         .await;
     assert_all_ok(&again);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_observation_serves_every_resource_until_something_changes() {
+    let raw = Raw::new();
+    let kspec = spec(&bootstrap());
+    let env = env(kspec.clone(), false);
+    let requests = BrokerRequests::default();
+    let options = ConnectOptions {
+        observe_max_age: Duration::from_secs(600),
+        requests: requests.clone(),
+    };
+    let b = kafka::connect(&kspec, &ResolvedSecrets::default(), &options)
+        .await
+        .expect("connect");
+    let topics = [topic("a", 1, "1h"), topic("b", 1, "1h")];
+    let (s1, s2) = (scope("kshare"), scope("kshare"));
+    let mut owned = HashMap::new();
+    for s in [&s1, &s2] {
+        let p = reconcile(
+            b.as_ref(),
+            s,
+            &env,
+            &topics,
+            &BTreeSet::new(),
+            DeletionPolicy::Delete,
+        )
+        .await;
+        assert_all_ok(&p.outcomes);
+        assert_eq!(p.plan.actions.len(), 2, "{:?}", p.plan);
+        owned.insert(s.namespace.clone(), p.owned);
+    }
+    // What apply changed is read again, once; then every pass is answered without a request.
+    for s in [&s1, &s2] {
+        let (_, plan) = plan_only(
+            b.as_ref(),
+            s,
+            &env,
+            &topics,
+            &owned[&s.namespace],
+            DeletionPolicy::Delete,
+        )
+        .await;
+        assert!(plan.actions.is_empty(), "{plan:?}");
+    }
+    let before = requests.total();
+    for _ in 0..3 {
+        for s in [&s1, &s2] {
+            let (observed, plan) = plan_only(
+                b.as_ref(),
+                s,
+                &env,
+                &topics,
+                &owned[&s.namespace],
+                DeletionPolicy::Delete,
+            )
+            .await;
+            assert!(plan.actions.is_empty(), "{plan:?}");
+            assert_eq!(observed.objects.len(), 2);
+        }
+    }
+    assert_eq!(requests.total(), before, "six passes, no broker request");
+
+    // Messages arrive after the (reused) observation saw the topic empty: the plan deletes it,
+    // the apply counts again and keeps it.
+    let a1 = brokers::desired(&s1, &env, &topics).expect("desired").names["a"].clone();
+    raw.produce(&a1, 2);
+    let only_b = [topic("b", 1, "1h")];
+    let del = reconcile(
+        b.as_ref(),
+        &s1,
+        &env,
+        &only_b,
+        &owned[&s1.namespace],
+        DeletionPolicy::Delete,
+    )
+    .await;
+    assert_eq!(
+        del.plan.actions,
+        vec![Action::Delete {
+            key: key(ObjectKind::Topic, &a1)
+        }]
+    );
+    let err = del.outcomes[0].result.as_ref().expect_err("kept");
+    assert!(err.message.contains("2 message"), "{err}");
+    assert!(raw.partitions(&[&a1]).contains_key(&a1));
+    // The refused delete touched the topic, so the next pass reads it and sees the messages.
+    let (observed, plan) = plan_only(
+        b.as_ref(),
+        &s1,
+        &env,
+        &only_b,
+        &del.owned,
+        DeletionPolicy::Delete,
+    )
+    .await;
+    assert_eq!(
+        observed.objects[&key(ObjectKind::Topic, &a1)].messages,
+        Some(2)
+    );
+    assert_eq!(plan.refused[0].reason, reasons::RETIRE_BLOCKED);
+
+    // A change by the operator is seen by the very next pass.
+    let grown = [topic("a", 3, "1h"), topic("b", 1, "1h")];
+    let g = reconcile(
+        b.as_ref(),
+        &s2,
+        &env,
+        &grown,
+        &owned[&s2.namespace],
+        DeletionPolicy::Delete,
+    )
+    .await;
+    assert_all_ok(&g.outcomes);
+    let (observed, plan) = plan_only(
+        b.as_ref(),
+        &s2,
+        &env,
+        &grown,
+        &g.owned,
+        DeletionPolicy::Delete,
+    )
+    .await;
+    assert!(plan.actions.is_empty(), "{plan:?}");
+    let a2 = &g.desired.names["a"];
+    assert_eq!(
+        observed.objects[&key(ObjectKind::Topic, a2)].partitions,
+        Some(3)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

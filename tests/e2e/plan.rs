@@ -115,7 +115,12 @@ async fn plan_create_apply_noop_change_and_swap_against_real_brokers() {
     );
 
     // The controller applies the same manifest; plan then has nothing to do.
-    let ctl = start_controller(client.clone(), &ns, Arc::new(RealConnector), fast_config());
+    let ctl = start_controller(
+        client.clone(),
+        &ns,
+        Arc::new(RealConnector::default()),
+        fast_config(),
+    );
     let yaml = std::fs::read_to_string(&path).expect("read");
     apply_mb(&client, &ns, &yaml).await;
     wait_for_mb(&client, &ns, "bus", Duration::from_secs(30), "Ready", |m| {

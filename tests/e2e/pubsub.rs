@@ -81,7 +81,7 @@ impl Harness {
     async fn new() -> Self {
         let endpoint = support::env_var("SWITCHYARD_PUBSUB_ENDPOINT");
         let env = env_spec(&endpoint, false);
-        let backend = brokers::RealConnector
+        let backend = brokers::RealConnector::default()
             .connect(&env, &ResolvedSecrets::default())
             .await
             .expect("connect");
@@ -410,7 +410,7 @@ async fn pubsub_foreign_topic_conflicts_unless_adopted() {
 #[tokio::test]
 async fn pubsub_unreachable_endpoint_is_reported_as_unreachable() {
     let env = env_spec("http://127.0.0.1:9", false);
-    let backend = brokers::RealConnector
+    let backend = brokers::RealConnector::default()
         .connect(&env, &ResolvedSecrets::default())
         .await
         .expect("connect does not contact the broker");
@@ -432,7 +432,10 @@ async fn pubsub_malformed_service_account_key_is_refused_without_echoing_it() {
     }
     let mut secrets = ResolvedSecrets::default();
     secrets.insert("gcp", "key.json", "not-json-distinctive-secret");
-    let err = match brokers::RealConnector.connect(&env, &secrets).await {
+    let err = match brokers::RealConnector::default()
+        .connect(&env, &secrets)
+        .await
+    {
         Ok(_) => panic!("a malformed key must be refused"),
         Err(e) => e,
     };

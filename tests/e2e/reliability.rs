@@ -531,7 +531,12 @@ async fn a_broker_killed_mid_reconcile_is_reported_unreachable_and_recovered_fro
         check_timeout: Duration::from_secs(3),
         ..Config::default()
     };
-    let ctl = start_controller(client.clone(), &ns, Arc::new(RealConnector), config);
+    let ctl = start_controller(
+        client.clone(),
+        &ns,
+        Arc::new(RealConnector::default()),
+        config,
+    );
     let env = redis_env(&redis.url(), None);
     apply_mb(
         &client,
@@ -1224,7 +1229,12 @@ async fn secret_values_never_reach_logs_events_status_metrics_or_binding_metadat
         ],
     )
     .await;
-    let ctl = start_controller(client.clone(), &ns, Arc::new(RealConnector), fast_config());
+    let ctl = start_controller(
+        client.clone(),
+        &ns,
+        Arc::new(RealConnector::default()),
+        fast_config(),
+    );
     let topics = names("t", 2);
     let redis_block = redis_env(&redis.url(), Some("redis-auth"));
 

@@ -94,7 +94,7 @@ impl Harness {
     async fn new() -> Self {
         let endpoint = support::env_var("SWITCHYARD_AWS_ENDPOINT");
         let env = env_spec(&endpoint, false);
-        let backend = brokers::RealConnector
+        let backend = brokers::RealConnector::default()
             .connect(&env, &secrets())
             .await
             .expect("connect");
@@ -557,7 +557,7 @@ async fn sqs_foreign_queue_conflicts_unless_adopted() {
 async fn sqs_unreachable_endpoint_is_reported_as_unreachable() {
     let env = env_spec("http://127.0.0.1:9", false);
     // Connecting never needs the broker.
-    let backend = brokers::RealConnector
+    let backend = brokers::RealConnector::default()
         .connect(&env, &secrets())
         .await
         .expect("connect does not contact the broker");
@@ -571,7 +571,7 @@ async fn sqs_unreachable_endpoint_is_reported_as_unreachable() {
 #[tokio::test]
 async fn sqs_missing_secret_key_is_an_authentication_error() {
     let env = env_spec(&support::env_var("SWITCHYARD_AWS_ENDPOINT"), false);
-    let err = match brokers::RealConnector
+    let err = match brokers::RealConnector::default()
         .connect(&env, &ResolvedSecrets::default())
         .await
     {

@@ -137,7 +137,12 @@ async fn redis_to_pubsub_flips_the_binding_once_and_retains_the_old_side() {
     let client = client().await;
     ensure_crd(&client).await;
     let ns = namespace(&client, "swap-rp").await;
-    let ctl = start_controller(client.clone(), &ns, Arc::new(RealConnector), fast_config());
+    let ctl = start_controller(
+        client.clone(),
+        &ns,
+        Arc::new(RealConnector::default()),
+        fast_config(),
+    );
 
     apply_mb(&client, &ns, &manifest("bus", "Retain", 10, &redis_env())).await;
     let before = wait_for_mb(&client, &ns, "bus", TIMEOUT, "Ready on Redis", |m| {
@@ -219,7 +224,12 @@ async fn an_unreachable_target_never_flips_and_a_restarted_operator_resumes() {
     let client = client().await;
     ensure_crd(&client).await;
     let ns = namespace(&client, "swap-down").await;
-    let ctl = start_controller(client.clone(), &ns, Arc::new(RealConnector), fast_config());
+    let ctl = start_controller(
+        client.clone(),
+        &ns,
+        Arc::new(RealConnector::default()),
+        fast_config(),
+    );
     apply_mb(&client, &ns, &manifest("bus", "Retain", 2, &redis_env())).await;
     wait_for_mb(&client, &ns, "bus", TIMEOUT, "Ready on Redis", |m| {
         condition_true(m, "Ready")
@@ -276,7 +286,12 @@ async fn an_unreachable_target_never_flips_and_a_restarted_operator_resumes() {
         ),
     )
     .await;
-    let ctl = start_controller(client.clone(), &ns, Arc::new(RealConnector), fast_config());
+    let ctl = start_controller(
+        client.clone(),
+        &ns,
+        Arc::new(RealConnector::default()),
+        fast_config(),
+    );
     let done = wait_for_mb(
         &client,
         &ns,
@@ -311,7 +326,12 @@ async fn delete_policy_retires_the_old_side_only_when_drained_across_a_restart()
         &[("username", &b.username), ("password", &b.password)],
     )
     .await;
-    let ctl = start_controller(client.clone(), &ns, Arc::new(RealConnector), fast_config());
+    let ctl = start_controller(
+        client.clone(),
+        &ns,
+        Arc::new(RealConnector::default()),
+        fast_config(),
+    );
     apply_mb(&client, &ns, &manifest("bus", "Delete", 1, &rabbit_env())).await;
     let ready = wait_for_mb(&client, &ns, "bus", TIMEOUT, "Ready on RabbitMQ", |m| {
         condition_true(m, "Ready")
@@ -369,7 +389,12 @@ async fn delete_policy_retires_the_old_side_only_when_drained_across_a_restart()
     ch.queue_purge(queue.as_str().into(), QueuePurgeOptions::default())
         .await
         .expect("purge");
-    let ctl = start_controller(client.clone(), &ns, Arc::new(RealConnector), fast_config());
+    let ctl = start_controller(
+        client.clone(),
+        &ns,
+        Arc::new(RealConnector::default()),
+        fast_config(),
+    );
     wait_for_mb(
         &client,
         &ns,
@@ -442,7 +467,12 @@ async fn a_rotated_secret_reaches_the_binding() {
         resync: Duration::from_secs(300),
         ..fast_config()
     };
-    let ctl = start_controller(client.clone(), &ns, Arc::new(RealConnector), config);
+    let ctl = start_controller(
+        client.clone(),
+        &ns,
+        Arc::new(RealConnector::default()),
+        config,
+    );
     apply_mb(&client, &ns, &manifest("bus", "Retain", 1, &env_block)).await;
     wait_for_mb(&client, &ns, "bus", TIMEOUT, "Ready", |m| {
         condition_true(m, "Ready")
@@ -500,7 +530,12 @@ async fn rabbitmq_to_kafka_and_back_flips_once_each_way() {
         &[("username", &b.username), ("password", &b.password)],
     )
     .await;
-    let ctl = start_controller(client.clone(), &ns, Arc::new(RealConnector), fast_config());
+    let ctl = start_controller(
+        client.clone(),
+        &ns,
+        Arc::new(RealConnector::default()),
+        fast_config(),
+    );
     apply_mb(&client, &ns, &manifest("bus", "Retain", 10, &rabbit_env())).await;
     wait_for_mb(&client, &ns, "bus", TIMEOUT, "Ready on RabbitMQ", |m| {
         condition_true(m, "Ready")

@@ -183,9 +183,18 @@ impl OperatorMetrics {
 
     /// Broker calls by backend and operation (outcomes summed).
     pub fn broker_ops(&self) -> BTreeMap<String, u64> {
+        self.by_labels("switchyard_broker_operations_total{", "operation")
+    }
+
+    /// Requests sent to brokers by backend and request kind.
+    pub fn broker_requests(&self) -> BTreeMap<String, u64> {
+        self.by_labels("switchyard_broker_requests_total{", "request")
+    }
+
+    fn by_labels(&self, family: &str, second: &str) -> BTreeMap<String, u64> {
         let mut out = BTreeMap::new();
         for (k, v) in &self.0 {
-            let Some(labels) = k.strip_prefix("switchyard_broker_operations_total{") else {
+            let Some(labels) = k.strip_prefix(family) else {
                 continue;
             };
             let get = |name: &str| {
@@ -195,7 +204,7 @@ impl OperatorMetrics {
                     .map(|v| v.trim_end_matches(['"', '}']).to_string())
                     .unwrap_or_default()
             };
-            *out.entry(format!("{} {}", get("backend"), get("operation")))
+            *out.entry(format!("{} {}", get("backend"), get(second)))
                 .or_insert(0) += *v as u64;
         }
         out.retain(|_, v| *v > 0);

@@ -18,12 +18,14 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use super::coalesce::{Coalescer, ItemResult};
 use super::errors::{CaptureContext, LastError, classify, classify_kafka};
+use super::snapshot::{Snapshot, TopicView};
 use super::{REPLICATION_FACTOR, RETENTION_MS, security_protocol};
 use crate::api::{BrokerType, KafkaSpec};
 use crate::brokers::{
-    Action, ActionOutcome, Backend, BrokerError, BrokerErrorKind, ObjectKey, ObjectKind, Observed,
-    ObservedObject, Scope,
+    Action, ActionOutcome, Backend, BrokerError, BrokerErrorKind, ConnectOptions, ObjectKey,
+    ObjectKind, Observed, ObservedObject, Scope,
 };
+use crate::metrics::BrokerRequests;
 use crate::secrets::ResolvedSecrets;
 
 /// Bound on `check()`.
@@ -75,12 +77,35 @@ pub(super) fn client_config(
     Ok(c)
 }
 
-/// Partition layout and message count of one topic, from metadata and offsets.
-#[derive(Debug)]
-struct TopicState {
+/// One topic in the cluster metadata.
+#[derive(Clone, Copy, Debug)]
+struct TopicMeta {
     partitions: i32,
+    /// Replicas of the first partition.
     replication_factor: Option<usize>,
-    messages: Option<u64>,
+    /// Every partition has a leader (offsets requests can be answered).
+    led: bool,
+}
+
+/// Topic name → layout, from one Metadata request.
+type TopicLayout = HashMap<String, TopicMeta>;
+
+/// How long one metadata answer serves concurrent observations. Many MessageBrokers on one
+/// endpoint reconcile together after a restart or a bulk apply; each would otherwise fetch the
+/// whole cluster's metadata.
+const METADATA_REUSE: Duration = Duration::from_secs(1);
+
+/// Topics per DescribeConfigs request.
+const DESCRIBE_CHUNK: usize = 1000;
+
+/// How often waiters for new topics or partitions look at the cluster.
+const SETTLE_POLL: Duration = Duration::from_millis(100);
+
+/// Someone waiting for topics to be usable.
+struct SettleWaiter {
+    topics: Vec<(String, Option<i32>)>,
+    deadline: std::time::Instant,
+    done: tokio::sync::oneshot::Sender<bool>,
 }
 
 /// Clients and settings shared by the backend and its background tasks.
@@ -91,22 +116,28 @@ struct Inner {
     endpoint: String,
     /// Topic config keys reported by observe: retention.ms and the env's topicConfig keys.
     managed_keys: BTreeSet<String>,
+    /// Requests sent, for the metrics.
+    requests: BrokerRequests,
     /// The last cluster metadata, shared by observations of every MessageBroker on this
     /// endpoint for [`METADATA_REUSE`]; cleared by every apply.
     metadata_cache: std::sync::Mutex<Option<(std::time::Instant, Arc<TopicLayout>)>>,
+    /// What observations last read, shared by every MessageBroker on this endpoint.
+    snapshot: std::sync::Mutex<Snapshot>,
+    /// One refresh of the snapshot at a time: callers arriving meanwhile queue their topics in
+    /// `waiting` and are usually answered by the refresh in flight or the next one.
+    refreshing: tokio::sync::Mutex<()>,
+    waiting: std::sync::Mutex<BTreeSet<String>>,
+    /// Callers waiting for new topics or partitions to be usable; one poller serves them all.
+    settling: std::sync::Mutex<Vec<SettleWaiter>>,
 }
-
-/// Topic name → (partition count, replication factor).
-type TopicLayout = HashMap<String, (i32, Option<usize>)>;
-
-/// How long one metadata answer serves concurrent observations. Many MessageBrokers on one
-/// endpoint reconcile together after a restart or a bulk apply; each would otherwise fetch the
-/// whole cluster's metadata.
-const METADATA_REUSE: Duration = Duration::from_secs(1);
 
 impl Inner {
     fn last_error(&self) -> Option<LastError> {
         self.context.take_last()
+    }
+
+    fn count(&self, request: &str) {
+        self.requests.inc("Kafka", request);
     }
 
     fn admin_options(&self) -> AdminOptions {
@@ -131,19 +162,22 @@ impl Inner {
         Ok(layout)
     }
 
-    /// Forget the shared metadata: the caller is about to change topics.
-    fn invalidate_metadata(&self) {
+    /// Forget the shared metadata and what observations read about `names`: the caller is
+    /// about to change them.
+    fn invalidate<'a>(&self, names: impl IntoIterator<Item = &'a str>) {
         *self
             .metadata_cache
             .lock()
             .unwrap_or_else(|e| e.into_inner()) = None;
+        self.snapshot
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .forget(names);
     }
 
     /// Topic names and partition layout in the cluster (one Metadata request).
-    fn metadata_blocking(
-        &self,
-        timeout: Duration,
-    ) -> Result<HashMap<String, (i32, Option<usize>)>, BrokerError> {
+    fn metadata_blocking(&self, timeout: Duration) -> Result<TopicLayout, BrokerError> {
+        self.count("Metadata");
         let metadata = self.consumer.fetch_metadata(None, timeout).map_err(|e| {
             classify_kafka(
                 &e,
@@ -161,23 +195,35 @@ impl Inner {
                     .is_none_or(|e| e != RDKafkaErrorCode::UnknownTopicOrPartition)
             })
             .map(|t| {
-                let rf = t
-                    .partitions()
+                let partitions = t.partitions();
+                let replication_factor = partitions
                     .iter()
                     .min_by_key(|p| p.id())
                     .map(|p| p.replicas().len());
-                (t.name().to_string(), (t.partitions().len() as i32, rf))
+                let meta = TopicMeta {
+                    partitions: partitions.len() as i32,
+                    replication_factor,
+                    led: partitions
+                        .iter()
+                        .all(|p| p.leader() >= 0 && p.error().is_none()),
+                };
+                (t.name().to_string(), meta)
             })
             .collect())
     }
 
     /// The earliest or latest offset of every partition of the given topics, in one
     /// ListOffsets round (librdkafka's offsets-for-times with the special timestamps).
+    /// Partitions that could not answer are left out.
     fn offsets_blocking(
         &self,
         topics: &[(String, i32)],
         offset: Offset,
+        timeout: Duration,
     ) -> Result<HashMap<(String, i32), i64>, BrokerError> {
+        if topics.is_empty() {
+            return Ok(HashMap::new());
+        }
         let what = || format!("reading offsets on {}", self.endpoint);
         let mut tpl = TopicPartitionList::with_capacity(topics.len());
         for (topic, partitions) in topics {
@@ -186,36 +232,26 @@ impl Inner {
                     .map_err(|e| classify_kafka(&e, None, &what()))?;
             }
         }
+        self.count("ListOffsets");
         let result = self
             .consumer
-            .offsets_for_times(tpl, OBSERVE_TIMEOUT)
+            .offsets_for_times(tpl, timeout)
             .map_err(|e| classify_kafka(&e, self.last_error().as_ref(), &what()))?;
-        let mut out = HashMap::new();
-        for elem in result.elements() {
-            if let Err(e) = elem.error() {
-                return Err(classify_kafka(
-                    &e,
-                    None,
-                    &format!(
-                        "reading offsets of {} partition {} on {}",
-                        elem.topic(),
-                        elem.partition(),
-                        self.endpoint
-                    ),
-                ));
-            }
-            if let Offset::Offset(n) = elem.offset() {
-                out.insert((elem.topic().to_string(), elem.partition()), n);
-            }
-        }
-        Ok(out)
+        Ok(result
+            .elements()
+            .iter()
+            .filter(|elem| elem.error().is_ok())
+            .filter_map(|elem| match elem.offset() {
+                Offset::Offset(n) => Some(((elem.topic().to_string(), elem.partition()), n)),
+                _ => None,
+            })
+            .collect())
     }
 
-    /// Sum over partitions of (high watermark - low watermark), for each topic: one
-    /// ListOffsets round for the earliest and one for the latest offsets. Partitions that are
-    /// still getting a leader (just created or moving) are retried within the observe bound;
-    /// if they do not settle the observation fails rather than report a count it does not
-    /// know (a Delete policy must never remove a topic that holds messages).
+    /// Sum over partitions of (high watermark - low watermark) for each topic whose every
+    /// partition answered: one ListOffsets round for the earliest and one for the latest
+    /// offsets. Topics still getting partition leaders (just created or moving) are not asked
+    /// and get no count: a Delete policy never removes a topic whose count is unknown.
     fn message_counts_blocking(
         &self,
         topics: &[(String, i32)],
@@ -223,23 +259,8 @@ impl Inner {
         if topics.is_empty() {
             return Ok(HashMap::new());
         }
-        let with_retry = |offset: Offset| {
-            let deadline = std::time::Instant::now() + OBSERVE_TIMEOUT;
-            loop {
-                match self.offsets_blocking(topics, offset) {
-                    Err(e)
-                        if e.kind == BrokerErrorKind::Other
-                            && std::time::Instant::now() < deadline =>
-                    {
-                        std::thread::sleep(Duration::from_millis(100));
-                    }
-                    other => return other,
-                }
-            }
-        };
-        let low = with_retry(Offset::Beginning)?;
-        let high = with_retry(Offset::End)?;
-        // A topic whose every partition answered gets a count; others stay unknown.
+        let low = self.offsets_blocking(topics, Offset::Beginning, OBSERVE_TIMEOUT)?;
+        let high = self.offsets_blocking(topics, Offset::End, OBSERVE_TIMEOUT)?;
         Ok(topics
             .iter()
             .filter_map(|(topic, partitions)| {
@@ -254,27 +275,36 @@ impl Inner {
             .collect())
     }
 
-    /// Configs of the given topics (one DescribeConfigs request). Topics that vanished in the
-    /// meantime are left out.
+    /// Configs of the given topics (DescribeConfigs, [`DESCRIBE_CHUNK`] topics per request).
+    /// Topics that vanished in the meantime are left out.
     async fn describe_configs(
         &self,
         names: &[String],
     ) -> Result<HashMap<String, Vec<rdkafka::admin::ConfigEntry>>, BrokerError> {
-        if names.is_empty() {
-            return Ok(HashMap::new());
+        let mut out = HashMap::with_capacity(names.len());
+        for chunk in names.chunks(DESCRIBE_CHUNK) {
+            self.describe_chunk(chunk, &mut out).await?;
         }
+        Ok(out)
+    }
+
+    async fn describe_chunk(
+        &self,
+        names: &[String],
+        out: &mut HashMap<String, Vec<rdkafka::admin::ConfigEntry>>,
+    ) -> Result<(), BrokerError> {
         let what = format!("describing topic configs on {}", self.endpoint);
         let specifiers: Vec<ResourceSpecifier<'_>> = names
             .iter()
             .map(|n| ResourceSpecifier::Topic(n.as_str()))
             .collect();
         let opts = AdminOptions::new().request_timeout(Some(OBSERVE_TIMEOUT));
+        self.count("DescribeConfigs");
         let results = self
             .admin
             .describe_configs(&specifiers, &opts)
             .await
             .map_err(|e| classify_kafka(&e, self.last_error().as_ref(), &what))?;
-        let mut out = HashMap::new();
         // librdkafka returns resources in request order; an error result carries no name.
         for (name, result) in names.iter().zip(results) {
             match result {
@@ -296,47 +326,200 @@ impl Inner {
                 }
             }
         }
-        Ok(out)
+        Ok(())
+    }
+
+    /// Read `names` from the broker: layout from metadata, message counts, managed configs.
+    /// Absent topics map to None.
+    async fn read_topics(
+        self: &Arc<Self>,
+        names: Vec<String>,
+    ) -> Result<HashMap<String, Option<TopicView>>, BrokerError> {
+        let inner = Arc::clone(self);
+        let (names, layout, counts) = tokio::task::spawn_blocking(move || {
+            let layout = inner.metadata_shared(OBSERVE_TIMEOUT)?;
+            let countable: Vec<(String, i32)> = names
+                .iter()
+                .filter_map(|n| {
+                    layout
+                        .get(n)
+                        .filter(|m| m.led)
+                        .map(|m| (n.clone(), m.partitions))
+                })
+                .collect();
+            let counts = inner.message_counts_blocking(&countable)?;
+            Ok::<_, BrokerError>((names, layout, counts))
+        })
+        .await
+        .map_err(|e| {
+            BrokerError::new(BrokerErrorKind::Other, format!("Kafka call failed: {e}"))
+        })??;
+        let present: Vec<String> = names
+            .iter()
+            .filter(|n| layout.contains_key(*n))
+            .cloned()
+            .collect();
+        let configs = self.describe_configs(&present).await?;
+        Ok(names
+            .into_iter()
+            .map(|name| {
+                let view = match (layout.get(&name), configs.get(&name)) {
+                    (Some(meta), Some(entries)) => Some(TopicView {
+                        partitions: meta.partitions,
+                        replication_factor: meta.replication_factor,
+                        messages: counts.get(&name).copied(),
+                        config: entries
+                            .iter()
+                            .filter(|e| self.managed_keys.contains(&e.name))
+                            .filter_map(|e| Some((e.name.clone(), e.value.clone()?)))
+                            .collect(),
+                    }),
+                    // Gone between the metadata and DescribeConfigs.
+                    _ => None,
+                };
+                (name, view)
+            })
+            .collect())
+    }
+
+    /// The views of `names`, from the shared snapshot when it is fresh, otherwise from one
+    /// refresh that also reads every topic other callers are waiting for and every remembered
+    /// topic past half its age.
+    async fn observe_topics(
+        self: &Arc<Self>,
+        names: Vec<String>,
+    ) -> Result<HashMap<String, Option<TopicView>>, BrokerError> {
+        let fresh = |inner: &Self| {
+            inner
+                .snapshot
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .answer(&names, std::time::Instant::now())
+        };
+        if let Some(answer) = fresh(self) {
+            return Ok(answer);
+        }
+        self.waiting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(names.iter().cloned());
+        let _turn = self.refreshing.lock().await;
+        if let Some(answer) = fresh(self) {
+            return Ok(answer);
+        }
+        let mut asked: BTreeSet<String> =
+            std::mem::take(&mut *self.waiting.lock().unwrap_or_else(|e| e.into_inner()));
+        asked.extend(names.iter().cloned());
+        let asked: Vec<String> = asked.into_iter().collect();
+        let now = std::time::Instant::now();
+        let due = self
+            .snapshot
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .due(&asked, now);
+        let read = self.read_topics(due).await?;
+        let mut snapshot = self.snapshot.lock().unwrap_or_else(|e| e.into_inner());
+        snapshot.record(&read, &asked, now);
+        let mut answer = HashMap::with_capacity(names.len());
+        for name in &names {
+            let view = match read.get(name) {
+                Some(v) => v.clone(),
+                // Fresh in the snapshot, so not read again.
+                None => snapshot
+                    .answer(std::slice::from_ref(name), now)
+                    .and_then(|mut a| a.remove(name))
+                    .flatten(),
+            };
+            answer.insert(name.clone(), view);
+        }
+        Ok(answer)
     }
 
     /// Wait (bounded) until the broker's metadata shows each topic with at least the given
     /// partition count and every partition answers an offsets request, so that an observation
     /// right after apply sees the change and producers can use the topic. KRaft brokers answer
     /// admin requests once the controller committed them; metadata caches and partition
-    /// leadership follow a moment (with many new partitions, seconds) later.
+    /// leadership follow a moment (with many new partitions, seconds) later. One poller per
+    /// endpoint serves every caller: one Metadata and one ListOffsets request per round.
     async fn await_metadata(self: &Arc<Self>, wanted: Vec<(String, Option<i32>)>) {
         if wanted.is_empty() {
             return;
         }
-        let inner = Arc::clone(self);
-        let waited = tokio::task::spawn_blocking(move || {
-            let deadline = std::time::Instant::now() + SETTLE_TIMEOUT;
-            loop {
-                let seen = inner.metadata_blocking(OBSERVE_TIMEOUT).is_ok_and(|all| {
-                    let layout: Option<Vec<(String, i32)>> = wanted
-                        .iter()
-                        .map(|(name, partitions)| {
-                            let (have, _) = all.get(name)?;
-                            partitions
-                                .is_none_or(|want| *have >= want)
-                                .then(|| (name.clone(), *have))
-                        })
-                        .collect();
-                    layout
-                        .is_some_and(|topics| inner.offsets_blocking(&topics, Offset::End).is_ok())
-                });
-                if seen || std::time::Instant::now() >= deadline {
-                    return seen;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        })
-        .await;
-        if !matches!(waited, Ok(true)) {
+        let (done, settled) = tokio::sync::oneshot::channel();
+        let first = {
+            let mut waiters = self.settling.lock().unwrap_or_else(|e| e.into_inner());
+            waiters.push(SettleWaiter {
+                topics: wanted,
+                deadline: std::time::Instant::now() + SETTLE_TIMEOUT,
+                done,
+            });
+            waiters.len() == 1
+        };
+        if first {
+            let inner = Arc::clone(self);
+            tokio::task::spawn_blocking(move || inner.settle_rounds());
+        }
+        if !matches!(settled.await, Ok(true)) {
             tracing::info!("new topics or partitions were not all ready within {SETTLE_TIMEOUT:?}");
         }
     }
 
+    /// The poller behind [`Inner::await_metadata`]: runs until nobody waits.
+    fn settle_rounds(&self) {
+        loop {
+            let wanted: BTreeMap<String, Option<i32>> = {
+                let waiters = self.settling.lock().unwrap_or_else(|e| e.into_inner());
+                if waiters.is_empty() {
+                    return;
+                }
+                let mut all = BTreeMap::new();
+                for (name, partitions) in waiters.iter().flat_map(|w| &w.topics) {
+                    let e: &mut Option<i32> = all.entry(name.clone()).or_default();
+                    *e = (*e).max(*partitions);
+                }
+                all
+            };
+            let ready: HashSet<String> = self.ready_topics(&wanted).unwrap_or_default();
+            let now = std::time::Instant::now();
+            let mut waiters = self.settling.lock().unwrap_or_else(|e| e.into_inner());
+            let (finished, waiting): (Vec<SettleWaiter>, Vec<SettleWaiter>) =
+                std::mem::take(&mut *waiters).into_iter().partition(|w| {
+                    now >= w.deadline || w.topics.iter().all(|(n, _)| ready.contains(n))
+                });
+            *waiters = waiting;
+            drop(waiters);
+            for w in finished {
+                let ok = w.topics.iter().all(|(n, _)| ready.contains(n));
+                let _ = w.done.send(ok);
+            }
+            std::thread::sleep(SETTLE_POLL);
+        }
+    }
+
+    /// Which of the wanted topics have (at least) their partition count, a leader for every
+    /// partition, and answer an offsets request.
+    fn ready_topics(
+        &self,
+        wanted: &BTreeMap<String, Option<i32>>,
+    ) -> Result<HashSet<String>, BrokerError> {
+        let layout = self.metadata_blocking(OBSERVE_TIMEOUT)?;
+        let candidates: Vec<(String, i32)> = wanted
+            .iter()
+            .filter_map(|(name, want)| {
+                let meta = layout.get(name).filter(|m| m.led)?;
+                want.is_none_or(|w| meta.partitions >= w)
+                    .then(|| (name.clone(), meta.partitions))
+            })
+            .collect();
+        let answered = self.offsets_blocking(&candidates, Offset::End, SETTLE_POLL * 20)?;
+        Ok(candidates
+            .into_iter()
+            .filter(|(name, partitions)| {
+                (0..*partitions).all(|p| answered.contains_key(&(name.clone(), p)))
+            })
+            .map(|(name, _)| name)
+            .collect())
+    }
     /// Wait (bounded) until DescribeConfigs shows the values just written.
     async fn await_configs(&self, wanted: &[(String, BTreeMap<String, String>)]) {
         if wanted.is_empty() {
@@ -382,6 +565,7 @@ impl Inner {
                 t
             })
             .collect();
+        self.count("CreateTopics");
         let result = self
             .admin
             .create_topics(&new_topics, &self.admin_options())
@@ -421,6 +605,7 @@ impl Inner {
             .filter(|(_, u)| **u)
             .map(|(i, _)| NewPartitions::new(&i.name, i.count))
             .collect();
+        self.count("CreatePartitions");
         let result = self
             .admin
             .create_partitions(&requests, &self.admin_options())
@@ -487,6 +672,7 @@ impl Inner {
         let outcome: Result<HashMap<String, ItemResult>, BrokerError> = if alters.is_empty() {
             Ok(HashMap::new())
         } else {
+            self.count("AlterConfigs");
             match self
                 .admin
                 .alter_configs(&alters, &self.admin_options())
@@ -548,17 +734,63 @@ impl Inner {
         results
     }
 
-    async fn delete_topics(&self, names: Vec<String>) -> Vec<ItemResult> {
+    /// Delete topics that are empty right now. The plan saw them empty, but observations
+    /// may be reused for a while (see [`Snapshot`]): the counts are read again first, and a
+    /// topic that received messages since, or cannot be counted, is kept.
+    async fn delete_topics(self: &Arc<Self>, names: Vec<String>) -> Vec<ItemResult> {
+        let inner = Arc::clone(self);
+        let wanted = names.clone();
+        let holding: Result<HashMap<String, Option<u64>>, BrokerError> =
+            tokio::task::spawn_blocking(move || {
+                let layout = inner.metadata_blocking(OBSERVE_TIMEOUT)?;
+                let present: Vec<(String, i32)> = wanted
+                    .iter()
+                    .filter_map(|n| layout.get(n).map(|m| (n.clone(), m.partitions)))
+                    .collect();
+                let counts = inner.message_counts_blocking(&present)?;
+                Ok(present
+                    .into_iter()
+                    .map(|(n, _)| {
+                        let c = counts.get(&n).copied();
+                        (n, c)
+                    })
+                    .collect())
+            })
+            .await
+            .unwrap_or_else(|e| {
+                Err(BrokerError::new(
+                    BrokerErrorKind::Other,
+                    format!("Kafka call failed: {e}"),
+                ))
+            });
+        let holding = match holding {
+            Ok(h) => h,
+            Err(e) => return names.iter().map(|_| Err(e.clone())).collect(),
+        };
+        let kept = |name: &str| match holding.get(name) {
+            None | Some(Some(0)) => None,
+            Some(Some(n)) => Some(format!(
+                "topic {name} received {n} message(s) since it was observed; it is deleted once drained"
+            )),
+            Some(None) => Some(format!(
+                "the messages of topic {name} could not be counted; it is not deleted yet"
+            )),
+        };
         let mut seen = HashSet::new();
         let unique: Vec<bool> = names.iter().map(|n| seen.insert(n.clone())).collect();
         let refs: Vec<&str> = names
             .iter()
             .zip(&unique)
-            .filter(|(_, u)| **u)
+            .filter(|(n, u)| **u && kept(n).is_none())
             .map(|(n, _)| n.as_str())
             .collect();
-        let result = self.admin.delete_topics(&refs, &self.admin_options()).await;
-        per_topic_results(
+        let result = if refs.is_empty() {
+            Ok(Vec::new())
+        } else {
+            self.count("DeleteTopics");
+            self.admin.delete_topics(&refs, &self.admin_options()).await
+        };
+        let mut results = per_topic_results(
             &names.iter().map(String::as_str).collect::<Vec<_>>(),
             &unique,
             result,
@@ -566,7 +798,13 @@ impl Inner {
             "deleting topic",
             // Already gone is success.
             |code| (code == RDKafkaErrorCode::UnknownTopicOrPartition).then_some(Ok(())),
-        )
+        );
+        for (name, result) in names.iter().zip(results.iter_mut()) {
+            if let Some(why) = kept(name) {
+                *result = Err(BrokerError::new(BrokerErrorKind::Other, why));
+            }
+        }
+        results
     }
 }
 
@@ -664,7 +902,11 @@ pub struct KafkaBackend {
 impl KafkaBackend {
     /// Build the clients (no connection is made yet) and start the thread that delivers the
     /// consumer's error callbacks.
-    pub(super) fn new(spec: &KafkaSpec, config: ClientConfig) -> Result<Self, BrokerError> {
+    pub(super) fn new(
+        spec: &KafkaSpec,
+        config: ClientConfig,
+        options: &ConnectOptions,
+    ) -> Result<Self, BrokerError> {
         let context = CaptureContext::default();
         let what = "building the Kafka client";
         let admin = AdminClient::from_config_and_context(&config, context.clone())
@@ -683,7 +925,12 @@ impl KafkaBackend {
             context,
             endpoint: spec.bootstrap_servers.join(","),
             managed_keys,
+            requests: options.requests.clone(),
             metadata_cache: std::sync::Mutex::new(None),
+            snapshot: std::sync::Mutex::new(Snapshot::new(options.observe_max_age)),
+            refreshing: tokio::sync::Mutex::new(()),
+            waiting: std::sync::Mutex::new(BTreeSet::new()),
+            settling: std::sync::Mutex::new(Vec::new()),
         });
         start_event_poller(Arc::downgrade(&inner));
         Ok(KafkaBackend {
@@ -705,36 +952,6 @@ impl KafkaBackend {
             .map_err(|e| {
                 BrokerError::new(BrokerErrorKind::Other, format!("Kafka call failed: {e}"))
             })?
-    }
-
-    async fn observe_topics(
-        &self,
-        names: Vec<String>,
-    ) -> Result<HashMap<String, TopicState>, BrokerError> {
-        self.blocking(move |inner| {
-            let all = inner.metadata_shared(OBSERVE_TIMEOUT)?;
-            let present: Vec<(String, i32)> = names
-                .iter()
-                .filter_map(|n| all.get(n).map(|(p, _)| (n.clone(), *p)))
-                .collect();
-            let counts = inner.message_counts_blocking(&present)?;
-            Ok(present
-                .into_iter()
-                .map(|(name, partitions)| {
-                    let rf = all.get(&name).and_then(|(_, rf)| *rf);
-                    let messages = counts.get(&name).copied();
-                    (
-                        name,
-                        TopicState {
-                            partitions,
-                            replication_factor: rf,
-                            messages,
-                        },
-                    )
-                })
-                .collect())
-        })
-        .await
     }
 }
 
@@ -797,30 +1014,23 @@ impl Backend for KafkaBackend {
         if names.is_empty() {
             return Ok(Observed::default());
         }
-        let topics = self.observe_topics(names).await?;
-        let present: Vec<String> = topics.keys().cloned().collect();
-        let configs = self.inner.describe_configs(&present).await?;
+        let topics = self.inner.observe_topics(names).await?;
         let mut observed = Observed::default();
         for key in keys.iter().filter(|k| is_topic_kind(k.kind)) {
-            let (Some(state), Some(entries)) = (topics.get(&key.name), configs.get(&key.name))
-            else {
+            let Some(Some(view)) = topics.get(&key.name) else {
                 continue;
             };
-            let mut config: BTreeMap<String, String> = entries
-                .iter()
-                .filter(|e| self.inner.managed_keys.contains(&e.name))
-                .filter_map(|e| Some((e.name.clone(), e.value.clone()?)))
-                .collect();
-            if let Some(rf) = state.replication_factor {
+            let mut config = view.config.clone();
+            if let Some(rf) = view.replication_factor {
                 config.insert(REPLICATION_FACTOR.to_string(), rf.to_string());
             }
             observed.objects.insert(
                 key.clone(),
                 ObservedObject {
-                    partitions: Some(state.partitions),
+                    partitions: Some(view.partitions),
                     config,
                     owner: None,
-                    messages: state.messages,
+                    messages: view.messages,
                 },
             );
         }
@@ -828,7 +1038,8 @@ impl Backend for KafkaBackend {
     }
 
     async fn apply(&self, _scope: &Scope, actions: &[Action]) -> Vec<ActionOutcome> {
-        self.inner.invalidate_metadata();
+        let touched = || actions.iter().map(|a| a.key().name.as_str());
+        self.inner.invalidate(touched());
         let mut results: Vec<Option<ItemResult>> = vec![None; actions.len()];
         let (mut creates, mut grows, mut alters, mut deletes) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -922,7 +1133,7 @@ impl Backend for KafkaBackend {
             results[idx] = Some(res);
         }
         // Observations during the apply must not outlive it.
-        self.inner.invalidate_metadata();
+        self.inner.invalidate(touched());
         actions
             .iter()
             .zip(results)

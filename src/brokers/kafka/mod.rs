@@ -30,6 +30,7 @@ use crate::secrets::ResolvedSecrets;
 mod client;
 mod coalesce;
 mod errors;
+mod snapshot;
 
 pub use client::KafkaBackend;
 
@@ -224,10 +225,11 @@ pub fn connection_info(
 pub async fn connect(
     spec: &KafkaSpec,
     secrets: &ResolvedSecrets,
+    options: &super::ConnectOptions,
 ) -> Result<Arc<dyn Backend>, BrokerError> {
     let config = client::client_config(spec, secrets)
         .map_err(|e| BrokerError::new(BrokerErrorKind::Rejected, e.to_string()))?;
-    let backend = KafkaBackend::new(spec, config)?;
+    let backend = KafkaBackend::new(spec, config, options)?;
     Ok(Arc::new(backend))
 }
 
@@ -371,12 +373,12 @@ mod tests {
         });
         let mut secrets = ResolvedSecrets::default();
         secrets.insert("ca", "ca.crt", "not a certificate");
-        let Err(err) = connect(&s, &secrets).await else {
+        let Err(err) = connect(&s, &secrets, &Default::default()).await else {
             panic!("a malformed CA must be refused");
         };
         assert_eq!(err.kind, BrokerErrorKind::Tls, "{err:?}");
         // Without the Secret key the settings are unusable.
-        let Err(err) = connect(&s, &ResolvedSecrets::default()).await else {
+        let Err(err) = connect(&s, &ResolvedSecrets::default(), &Default::default()).await else {
             panic!("a missing CA key must be refused");
         };
         assert_eq!(err.kind, BrokerErrorKind::Rejected, "{err:?}");

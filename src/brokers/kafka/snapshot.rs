@@ -1,0 +1,238 @@
+//! One shared observation of an endpoint's topics.
+//!
+//! Every MessageBroker on an endpoint observes its own topics on every pass. Answering each of
+//! them with its own metadata, ListOffsets and DescribeConfigs round makes the cost of an idle
+//! operator grow with the number of resources. Instead the backend keeps what it last read about
+//! each topic it was asked about, for up to `max_age`; a pass that needs something unknown or
+//! older triggers one refresh that also re-reads every other topic past half its age. At rest an
+//! endpoint is thus read about once per `max_age`, whatever the number of resources on it.
+//!
+//! What the operator itself changes is forgotten when it changes (see [`Snapshot::forget`]), so
+//! the pass after an apply always reads the broker again. A `max_age` of zero keeps nothing.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+/// What one topic looked like.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct TopicView {
+    /// Partition count.
+    pub(super) partitions: i32,
+    /// Replicas of the first partition.
+    pub(super) replication_factor: Option<usize>,
+    /// Messages held (high - low watermark over partitions), when every partition answered.
+    pub(super) messages: Option<u64>,
+    /// The managed topic configs.
+    pub(super) config: BTreeMap<String, String>,
+}
+
+/// A topic as last read: present (with its view) or absent.
+#[derive(Debug)]
+struct Entry {
+    view: Option<TopicView>,
+    read_at: Instant,
+    asked_at: Instant,
+}
+
+/// The topics of an endpoint as last read.
+#[derive(Debug)]
+pub(super) struct Snapshot {
+    max_age: Duration,
+    entries: HashMap<String, Entry>,
+}
+
+/// Entries nobody asked about for this many `max_age` periods are dropped.
+const UNASKED_PERIODS: u32 = 3;
+
+impl Snapshot {
+    pub(super) fn new(max_age: Duration) -> Self {
+        Snapshot {
+            max_age,
+            entries: HashMap::new(),
+        }
+    }
+
+    fn is_fresh(&self, e: &Entry, now: Instant) -> bool {
+        now.saturating_duration_since(e.read_at) < self.max_age
+    }
+
+    /// The views of `names` (None: absent) if every one is known and fresh.
+    pub(super) fn answer(
+        &mut self,
+        names: &[String],
+        now: Instant,
+    ) -> Option<HashMap<String, Option<TopicView>>> {
+        if !names
+            .iter()
+            .all(|n| self.entries.get(n).is_some_and(|e| self.is_fresh(e, now)))
+        {
+            return None;
+        }
+        let mut out = HashMap::with_capacity(names.len());
+        for n in names {
+            let e = self.entries.get_mut(n)?;
+            e.asked_at = now;
+            out.insert(n.clone(), e.view.clone());
+        }
+        Some(out)
+    }
+
+    /// What a refresh for `names` should read: those unknown or stale, and every other known
+    /// topic past half its age (read ahead, so that the next passes find it fresh).
+    pub(super) fn due(&self, names: &[String], now: Instant) -> Vec<String> {
+        let mut due: Vec<String> = names
+            .iter()
+            .filter(|n| !self.entries.get(*n).is_some_and(|e| self.is_fresh(e, now)))
+            .cloned()
+            .collect();
+        let half = self.max_age / 2;
+        due.extend(
+            self.entries
+                .iter()
+                .filter(|(_, e)| now.saturating_duration_since(e.read_at) >= half)
+                .map(|(n, _)| n.clone()),
+        );
+        due.sort();
+        due.dedup();
+        due
+    }
+
+    /// Remember what a refresh read (every name it was asked for: absent ones as None), and
+    /// drop topics nobody asked about for a while.
+    pub(super) fn record(
+        &mut self,
+        read: &HashMap<String, Option<TopicView>>,
+        asked: &[String],
+        now: Instant,
+    ) {
+        if self.max_age.is_zero() {
+            return;
+        }
+        let asked: std::collections::HashSet<&String> = asked.iter().collect();
+        for (name, view) in read {
+            let asked_at = match self.entries.get(name) {
+                Some(e) if !asked.contains(name) => e.asked_at,
+                _ => now,
+            };
+            self.entries.insert(
+                name.clone(),
+                Entry {
+                    view: view.clone(),
+                    read_at: now,
+                    asked_at,
+                },
+            );
+        }
+        let keep = self.max_age * UNASKED_PERIODS;
+        self.entries
+            .retain(|_, e| now.saturating_duration_since(e.asked_at) < keep);
+    }
+
+    /// Forget topics the operator is changing: the next pass reads them again.
+    pub(super) fn forget<'a>(&mut self, names: impl IntoIterator<Item = &'a str>) {
+        for n in names {
+            self.entries.remove(n);
+        }
+    }
+
+    /// Topics remembered.
+    #[cfg(test)]
+    pub(super) fn len(&self) -> usize {
+        self.entries.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(p: i32) -> Option<TopicView> {
+        Some(TopicView {
+            partitions: p,
+            replication_factor: Some(1),
+            messages: Some(0),
+            config: BTreeMap::new(),
+        })
+    }
+
+    fn names(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn read(v: &[(&str, Option<TopicView>)]) -> HashMap<String, Option<TopicView>> {
+        v.iter().map(|(n, x)| (n.to_string(), x.clone())).collect()
+    }
+
+    #[test]
+    fn answers_only_when_everything_asked_is_known_and_fresh() {
+        let t0 = Instant::now();
+        let mut s = Snapshot::new(Duration::from_secs(10));
+        let ab = names(&["a", "b"]);
+        assert!(s.answer(&ab, t0).is_none());
+        assert_eq!(s.due(&ab, t0), ab);
+        s.record(&read(&[("a", view(1)), ("b", None)]), &ab, t0);
+        let got = s.answer(&ab, t0 + Duration::from_secs(9)).expect("fresh");
+        assert_eq!(got["a"], view(1));
+        assert_eq!(got["b"], None, "absent is an answer too");
+        assert!(s.answer(&names(&["a", "c"]), t0).is_none(), "c is unknown");
+        assert!(
+            s.answer(&ab, t0 + Duration::from_secs(10)).is_none(),
+            "stale"
+        );
+    }
+
+    #[test]
+    fn a_refresh_reads_ahead_everything_past_half_its_age() {
+        let t0 = Instant::now();
+        let mut s = Snapshot::new(Duration::from_secs(10));
+        s.record(&read(&[("a", view(1))]), &names(&["a"]), t0);
+        s.record(
+            &read(&[("b", view(1))]),
+            &names(&["b"]),
+            t0 + Duration::from_secs(4),
+        );
+        // At 6 s, asking for c reads c and a (6 s old) but not b (2 s old).
+        assert_eq!(
+            s.due(&names(&["c"]), t0 + Duration::from_secs(6)),
+            names(&["a", "c"])
+        );
+    }
+
+    #[test]
+    fn forgotten_topics_are_read_again() {
+        let t0 = Instant::now();
+        let mut s = Snapshot::new(Duration::from_secs(10));
+        let a = names(&["a"]);
+        s.record(&read(&[("a", view(1))]), &a, t0);
+        s.forget(["a"]);
+        assert!(s.answer(&a, t0).is_none());
+        assert_eq!(s.due(&a, t0), a);
+    }
+
+    #[test]
+    fn topics_nobody_asks_about_are_dropped() {
+        let t0 = Instant::now();
+        let mut s = Snapshot::new(Duration::from_secs(10));
+        s.record(&read(&[("a", view(1))]), &names(&["a"]), t0);
+        // b keeps being asked for; a is only read ahead, until it is dropped.
+        for i in 1..=4 {
+            let now = t0 + Duration::from_secs(10 * i);
+            let b = names(&["b"]);
+            let due = s.due(&b, now);
+            let fetched: HashMap<String, Option<TopicView>> =
+                due.iter().map(|n| (n.clone(), view(1))).collect();
+            s.record(&fetched, &b, now);
+        }
+        assert_eq!(s.len(), 1, "a was dropped after three unasked periods");
+    }
+
+    #[test]
+    fn zero_max_age_keeps_nothing() {
+        let t0 = Instant::now();
+        let mut s = Snapshot::new(Duration::ZERO);
+        let a = names(&["a"]);
+        s.record(&read(&[("a", view(1))]), &a, t0);
+        assert!(s.answer(&a, t0).is_none());
+        assert_eq!(s.len(), 0);
+    }
+}
