@@ -113,7 +113,7 @@ struct RunArgs {
     #[arg(long, value_parser = humantime::parse_duration)]
     observe_max_age: Option<Duration>,
     /// Reconciles running at once.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 64, env = "SWITCHYARD_CONCURRENCY")]
     concurrency: u16,
     /// Address of the /metrics, /healthz and /readyz endpoints.
     #[arg(long, default_value = "0.0.0.0:8080", env = "SWITCHYARD_METRICS_ADDR")]

@@ -571,6 +571,9 @@ async fn write_binding(
             ),
             ("switchyard.dev/env".to_string(), env.slug.clone()),
         ]);
+        shared
+            .ctx
+            .writing_binding(&shared.scope.namespace, &name, &content.hash);
         binding::write(
             &shared.ctx.client,
             &shared.scope.namespace,

@@ -34,19 +34,32 @@ pub use reconcile::{reconcile, validate};
 /// Annotation that lets an admin abandon broker-side cleanup of a deleting MessageBroker.
 pub const ABANDON_ANNOTATION: &str = "switchyard.dev/abandon-cleanup";
 
-/// A MessageBroker as stored, with spec and status kept as JSON so that an object the current
-/// types cannot read is reported as Stalled instead of breaking the watch.
+/// A MessageBroker as stored, with spec and status kept as JSON text so that an object the
+/// current types cannot read is reported as Stalled instead of breaking the watch (and a cache
+/// of thousands of them stays small).
 #[derive(kube::Resource, Serialize, Deserialize, Clone, Debug)]
 #[resource(inherit = "MessageBroker")]
 pub struct RawMessageBroker {
     /// Object metadata.
     pub metadata: ObjectMeta,
     /// The spec, not yet validated.
-    #[serde(default)]
-    pub spec: serde_json::Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec: Option<Box<serde_json::value::RawValue>>,
     /// The status, as last written.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub status: Option<serde_json::Value>,
+    pub status: Option<Box<serde_json::value::RawValue>>,
+}
+
+impl RawMessageBroker {
+    /// The spec, read as the current types.
+    pub fn spec(&self) -> serde_json::Result<crate::api::MessageBrokerSpec> {
+        serde_json::from_str(self.spec.as_deref().map_or("null", |r| r.get()))
+    }
+
+    /// The status as last written, if readable.
+    pub fn status(&self) -> Option<crate::api::MessageBrokerStatus> {
+        serde_json::from_str(self.status.as_deref()?.get()).ok()
+    }
 }
 
 /// Settings of one controller instance.
@@ -73,7 +86,7 @@ impl Default for Config {
             resync: Duration::from_secs(60),
             check_timeout: Duration::from_secs(5),
             check_interval: Duration::from_secs(10),
-            concurrency: 16,
+            concurrency: 64,
             instance: "switchyard".into(),
         }
     }
@@ -117,6 +130,9 @@ pub struct Context {
     failures: Mutex<HashMap<String, u32>>,
     /// The last status written per object, with the resourceVersion it was based on.
     written: Mutex<HashMap<String, (Option<String>, crate::api::MessageBrokerStatus)>>,
+    /// The content hash last written per binding Secret (`namespace/name`), so that the watch
+    /// event of our own write does not start another reconcile.
+    binding_hashes: Mutex<HashMap<String, String>>,
 }
 
 impl Context {
@@ -144,7 +160,31 @@ impl Context {
             bindings,
             failures: Mutex::new(HashMap::new()),
             written: Mutex::new(HashMap::new()),
+            binding_hashes: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Remember the content hash about to be written to a binding Secret.
+    pub(crate) fn writing_binding(&self, namespace: &str, name: &str, hash: &str) {
+        self.binding_hashes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(format!("{namespace}/{name}"), hash.to_string());
+    }
+
+    /// Whether a binding Secret event is the echo of our own last write.
+    fn is_own_binding_write(&self, secret: &PartialObjectMeta<Secret>) -> bool {
+        let key = format!(
+            "{}/{}",
+            secret.namespace().unwrap_or_default(),
+            secret.name_any()
+        );
+        let hash = secret.annotations().get(crate::binding::HASH_ANNOTATION);
+        let hashes = self
+            .binding_hashes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        hash.is_some() && hashes.get(&key) == hash
     }
 
     fn backoff(&self, key: &str) -> Duration {
@@ -175,10 +215,7 @@ impl Context {
             None => {}
         }
         drop(written);
-        raw.status
-            .clone()
-            .and_then(|v| serde_json::from_value(v).ok())
-            .unwrap_or_default()
+        raw.status().unwrap_or_default()
     }
 
     /// Remember a status write (see [`Context::previous_status`]).
@@ -192,6 +229,17 @@ impl Context {
 
     /// Forget an object that is gone.
     fn forget(&self, raw: &RawMessageBroker) {
+        let namespace = raw.namespace().unwrap_or_default();
+        if let Ok(spec) = raw.spec() {
+            let mut hashes = self
+                .binding_hashes
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            for env in &spec.envs {
+                let name = crate::binding::secret_name(&raw.name_any(), &env.slug);
+                hashes.remove(&format!("{namespace}/{name}"));
+            }
+        }
         let key = format!("{}/{}", raw.namespace().unwrap_or_default(), raw.name_any());
         self.written
             .lock()
@@ -248,7 +296,7 @@ fn watch_backoff()
 
 /// The Secrets a MessageBroker references, read from its raw spec.
 fn referenced_secrets(raw: &RawMessageBroker) -> Vec<String> {
-    serde_json::from_value::<crate::api::MessageBrokerSpec>(raw.spec.clone())
+    raw.spec()
         .map(|s| s.envs.iter().flat_map(|e| e.secret_names()).collect())
         .unwrap_or_default()
 }
@@ -285,9 +333,21 @@ pub async fn run(
                 crate::binding::MANAGED_BY_LABEL.1
             )),
         )
-        .backoff(watch_backoff()),
+        .backoff(watch_backoff())
+        .modify(|s: &mut PartialObjectMeta<Secret>| s.metadata.managed_fields = None),
     )
-    .touched_objects();
+    .filter_map(|event| {
+        futures::future::ready(match event {
+            Ok(watcher::Event::Apply(s) | watcher::Event::InitApply(s)) => Some(Ok(s)),
+            // A deleted binding is never an echo of our write: drop the hash so it triggers.
+            Ok(watcher::Event::Delete(mut s)) => {
+                s.metadata.annotations = None;
+                Some(Ok(s))
+            }
+            Ok(_) => None,
+            Err(e) => Some(Err(e)),
+        })
+    });
 
     let ctx = Arc::new(Context::new(
         client,
@@ -298,13 +358,16 @@ pub async fn run(
     ));
 
     let (store, writer) = reflector::store();
+    // managedFields are the biggest part of a cached object and nothing here reads them.
     let main_stream = watcher(brokers, watcher::Config::default().any_semantic())
         .backoff(watch_backoff())
+        .modify(|mb: &mut RawMessageBroker| mb.metadata.managed_fields = None)
         .reflect(writer)
         .applied_objects()
         .predicate_filter(trigger_hash, Default::default());
 
     let rotation_store = store.clone();
+    let echo_ctx = ctx.clone();
     let rotation = watcher(secrets, watcher::Config::default().any_semantic())
         .backoff(watch_backoff())
         .touched_objects();
@@ -329,7 +392,10 @@ pub async fn run(
         )
         .watches_stream(
             binding_stream,
-            |secret: kube::core::PartialObjectMeta<Secret>| {
+            move |secret: kube::core::PartialObjectMeta<Secret>| {
+                if echo_ctx.is_own_binding_write(&secret) {
+                    return Vec::new();
+                }
                 let ns = secret.namespace().unwrap_or_default();
                 secret
                     .owner_references()

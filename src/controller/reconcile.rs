@@ -138,7 +138,7 @@ async fn stall(
 
 async fn apply(raw: Arc<RawMessageBroker>, ctx: &Context) -> Result<Action, Error> {
     let prev = ctx.previous_status(&raw);
-    let spec: MessageBrokerSpec = match serde_json::from_value(raw.spec.clone()) {
+    let spec: MessageBrokerSpec = match raw.spec() {
         Ok(s) => s,
         Err(e) => return stall(&raw, ctx, &prev, format!("the spec cannot be read: {e}")).await,
     };
@@ -363,9 +363,7 @@ async fn cleanup(raw: Arc<RawMessageBroker>, ctx: &Context) -> Result<Action, Er
         namespace,
         name: raw.name_any(),
     };
-    let policy = serde_json::from_value::<MessageBrokerSpec>(raw.spec.clone())
-        .map(|s| s.deletion_policy)
-        .unwrap_or_default();
+    let policy = raw.spec().map(|s| s.deletion_policy).unwrap_or_default();
     let abandon = raw
         .annotations()
         .get(ABANDON_ANNOTATION)

@@ -1118,8 +1118,9 @@ async fn garbage_from_a_broker_becomes_conditions_without_panics_or_hot_loops() 
         let wrote = ctl.metrics.status_writes.get() - writes;
         eprintln!("{what}: {more} reconciles, {wrote} status writes in 4s");
         assert!(more <= 6, "{what}: {more} reconciles in 4s is a hot loop");
+        // A pass already running when the window opened may write inside it.
         assert!(
-            wrote <= more,
+            wrote <= more + 1,
             "{what}: {wrote} status writes in {more} passes"
         );
         assert!(ctl.is_running(), "{what}: the controller died");

@@ -280,6 +280,7 @@ async fn scale_and_idle(
         "apiWrites": api_req.writes(),
         "apiRequestsByVerb": api_req.to_json(),
         "brokerOperations": ops_json(&ops),
+        "brokerRequestsByKind": requests_json(&ops),
         "statusWrites": ops.sum("switchyard_status_writes", &[]),
         "bindingWrites": ops.sum("switchyard_binding_writes", &[]),
         "reconciles": ops.sum("switchyard_reconciles_total", &[]),

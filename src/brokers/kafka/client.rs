@@ -95,6 +95,14 @@ type TopicLayout = HashMap<String, TopicMeta>;
 /// whole cluster's metadata.
 const METADATA_REUSE: Duration = Duration::from_secs(1);
 
+/// The last cluster metadata and when it was read; `generation` moves on every invalidation so
+/// that an answer read before a change is never stored after it.
+#[derive(Default)]
+struct LayoutCache {
+    generation: u64,
+    layout: Option<(std::time::Instant, Arc<TopicLayout>)>,
+}
+
 /// Topics per DescribeConfigs request.
 const DESCRIBE_CHUNK: usize = 1000;
 
@@ -120,7 +128,7 @@ struct Inner {
     requests: BrokerRequests,
     /// The last cluster metadata, shared by observations of every MessageBroker on this
     /// endpoint for [`METADATA_REUSE`]; cleared by every apply.
-    metadata_cache: std::sync::Mutex<Option<(std::time::Instant, Arc<TopicLayout>)>>,
+    metadata_cache: std::sync::Mutex<LayoutCache>,
     /// What observations last read, shared by every MessageBroker on this endpoint.
     snapshot: std::sync::Mutex<Snapshot>,
     /// One refresh of the snapshot at a time: callers arriving meanwhile queue their topics in
@@ -148,27 +156,45 @@ impl Inner {
 
     /// The cluster's topic layout, reusing an answer younger than [`METADATA_REUSE`].
     fn metadata_shared(&self, timeout: Duration) -> Result<Arc<TopicLayout>, BrokerError> {
-        let mut cache = self
-            .metadata_cache
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        if let Some((at, layout)) = cache.as_ref()
-            && at.elapsed() < METADATA_REUSE
         {
-            return Ok(layout.clone());
+            let cache = self.layout_cache();
+            if let Some((at, layout)) = cache.layout.as_ref()
+                && at.elapsed() < METADATA_REUSE
+            {
+                return Ok(layout.clone());
+            }
         }
+        self.metadata_fresh(timeout)
+    }
+
+    /// Read the cluster's topic layout and share it with observations for
+    /// [`METADATA_REUSE`], unless something changed while it was being read.
+    fn metadata_fresh(&self, timeout: Duration) -> Result<Arc<TopicLayout>, BrokerError> {
+        let (generation, at) = (self.layout_cache().generation, std::time::Instant::now());
         let layout = Arc::new(self.metadata_blocking(timeout)?);
-        *cache = Some((std::time::Instant::now(), layout.clone()));
+        let mut cache = self.layout_cache();
+        let newer = cache.layout.as_ref().is_none_or(|(t, _)| *t < at);
+        if cache.generation == generation && newer {
+            cache.layout = Some((at, layout.clone()));
+        }
         Ok(layout)
     }
 
-    /// Forget the shared metadata and what observations read about `names`: the caller is
-    /// about to change them.
-    fn invalidate<'a>(&self, names: impl IntoIterator<Item = &'a str>) {
-        *self
-            .metadata_cache
+    fn layout_cache(&self) -> std::sync::MutexGuard<'_, LayoutCache> {
+        self.metadata_cache
             .lock()
-            .unwrap_or_else(|e| e.into_inner()) = None;
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Forget the shared cluster layout: topics were deleted, or new ones did not show.
+    fn invalidate_layout(&self) {
+        let mut cache = self.layout_cache();
+        cache.generation += 1;
+        cache.layout = None;
+    }
+
+    /// Forget what observations read about `names`: the caller is about to change them.
+    fn invalidate<'a>(&self, names: impl IntoIterator<Item = &'a str>) {
         self.snapshot
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -337,17 +363,31 @@ impl Inner {
     ) -> Result<HashMap<String, Option<TopicView>>, BrokerError> {
         let inner = Arc::clone(self);
         let (names, layout, counts) = tokio::task::spawn_blocking(move || {
+            let count = |layout: &TopicLayout| {
+                let countable: Vec<(String, i32)> = names
+                    .iter()
+                    .filter_map(|n| {
+                        layout
+                            .get(n)
+                            .filter(|m| m.led)
+                            .map(|m| (n.clone(), m.partitions))
+                    })
+                    .collect();
+                inner.message_counts_blocking(&countable)
+            };
             let layout = inner.metadata_shared(OBSERVE_TIMEOUT)?;
-            let countable: Vec<(String, i32)> = names
-                .iter()
-                .filter_map(|n| {
-                    layout
-                        .get(n)
-                        .filter(|m| m.led)
-                        .map(|m| (n.clone(), m.partitions))
-                })
-                .collect();
-            let counts = inner.message_counts_blocking(&countable)?;
+            let (layout, counts) = match count(&layout) {
+                Ok(counts) => (layout, counts),
+                // The shared layout may predate a change made elsewhere (a topic deleted):
+                // read it again once.
+                Err(e) if e.kind == BrokerErrorKind::Other => {
+                    inner.invalidate_layout();
+                    let layout = inner.metadata_fresh(OBSERVE_TIMEOUT)?;
+                    let counts = count(&layout)?;
+                    (layout, counts)
+                }
+                Err(e) => return Err(e),
+            };
             Ok::<_, BrokerError>((names, layout, counts))
         })
         .await
@@ -460,6 +500,8 @@ impl Inner {
             tokio::task::spawn_blocking(move || inner.settle_rounds());
         }
         if !matches!(settled.await, Ok(true)) {
+            // Observations must not trust a layout that may not show them yet.
+            self.invalidate_layout();
             tracing::info!("new topics or partitions were not all ready within {SETTLE_TIMEOUT:?}");
         }
     }
@@ -479,7 +521,7 @@ impl Inner {
                 }
                 all
             };
-            let ready: HashSet<String> = self.ready_topics(&wanted).unwrap_or_default();
+            let (ready, cluster) = self.ready_topics(&wanted).unwrap_or_default();
             let now = std::time::Instant::now();
             let mut waiters = self.settling.lock().unwrap_or_else(|e| e.into_inner());
             let (finished, waiting): (Vec<SettleWaiter>, Vec<SettleWaiter>) =
@@ -492,7 +534,9 @@ impl Inner {
                 let ok = w.topics.iter().all(|(n, _)| ready.contains(n));
                 let _ = w.done.send(ok);
             }
-            std::thread::sleep(SETTLE_POLL);
+            // Reading a big cluster's metadata costs the broker: poll less often there.
+            let pause = Duration::from_micros(cluster as u64 * 40);
+            std::thread::sleep(pause.clamp(SETTLE_POLL, SETTLE_POLL * 10));
         }
     }
 
@@ -501,8 +545,9 @@ impl Inner {
     fn ready_topics(
         &self,
         wanted: &BTreeMap<String, Option<i32>>,
-    ) -> Result<HashSet<String>, BrokerError> {
-        let layout = self.metadata_blocking(OBSERVE_TIMEOUT)?;
+    ) -> Result<(HashSet<String>, usize), BrokerError> {
+        // Shared: the pass after this apply observes with it.
+        let layout = self.metadata_fresh(OBSERVE_TIMEOUT)?;
         let candidates: Vec<(String, i32)> = wanted
             .iter()
             .filter_map(|(name, want)| {
@@ -512,14 +557,16 @@ impl Inner {
             })
             .collect();
         let answered = self.offsets_blocking(&candidates, Offset::End, SETTLE_POLL * 20)?;
-        Ok(candidates
+        let ready = candidates
             .into_iter()
             .filter(|(name, partitions)| {
                 (0..*partitions).all(|p| answered.contains_key(&(name.clone(), p)))
             })
             .map(|(name, _)| name)
-            .collect())
+            .collect();
+        Ok((ready, layout.len()))
     }
+
     /// Wait (bounded) until DescribeConfigs shows the values just written.
     async fn await_configs(&self, wanted: &[(String, BTreeMap<String, String>)]) {
         if wanted.is_empty() {
@@ -570,7 +617,7 @@ impl Inner {
             .admin
             .create_topics(&new_topics, &self.admin_options())
             .await;
-        let results = per_topic_results(
+        per_topic_results(
             &items.iter().map(|i| i.name.as_str()).collect::<Vec<_>>(),
             &unique,
             result,
@@ -583,17 +630,7 @@ impl Inner {
                 ))),
                 _ => None,
             },
-        );
-        self.await_metadata(
-            items
-                .iter()
-                .zip(&results)
-                .filter(|(_, r)| r.is_ok())
-                .map(|(i, _)| (i.name.clone(), i.partitions))
-                .collect(),
         )
-        .await;
-        results
     }
 
     async fn create_partitions(self: &Arc<Self>, items: Vec<PartitionsItem>) -> Vec<ItemResult> {
@@ -610,24 +647,14 @@ impl Inner {
             .admin
             .create_partitions(&requests, &self.admin_options())
             .await;
-        let results = per_topic_results(
+        per_topic_results(
             &items.iter().map(|i| i.name.as_str()).collect::<Vec<_>>(),
             &unique,
             result,
             self.last_error().as_ref(),
             "adding partitions to topic",
             |_| None,
-        );
-        self.await_metadata(
-            items
-                .iter()
-                .zip(&results)
-                .filter(|(_, r)| r.is_ok())
-                .map(|(i, _)| (i.name.clone(), i32::try_from(i.count).ok()))
-                .collect(),
         )
-        .await;
-        results
     }
 
     /// AlterConfigs in rdkafka 0.39 replaces a topic's whole dynamic config set (there is no
@@ -799,6 +826,7 @@ impl Inner {
             // Already gone is success.
             |code| (code == RDKafkaErrorCode::UnknownTopicOrPartition).then_some(Ok(())),
         );
+        self.invalidate_layout();
         for (name, result) in names.iter().zip(results.iter_mut()) {
             if let Some(why) = kept(name) {
                 *result = Err(BrokerError::new(BrokerErrorKind::Other, why));
@@ -926,7 +954,7 @@ impl KafkaBackend {
             endpoint: spec.bootstrap_servers.join(","),
             managed_keys,
             requests: options.requests.clone(),
-            metadata_cache: std::sync::Mutex::new(None),
+            metadata_cache: std::sync::Mutex::new(LayoutCache::default()),
             snapshot: std::sync::Mutex::new(Snapshot::new(options.observe_max_age)),
             refreshing: tokio::sync::Mutex::new(()),
             waiting: std::sync::Mutex::new(BTreeSet::new()),
@@ -1104,6 +1132,16 @@ impl Backend for KafkaBackend {
             }
         }
 
+        // New topics and partitions this caller waits for (see `await_metadata`).
+        let mut settle: Vec<(usize, String, Option<i32>)> = creates
+            .iter()
+            .map(|(i, c)| (*i, c.name.clone(), c.partitions))
+            .chain(
+                grows
+                    .iter()
+                    .map(|(i, g)| (*i, g.name.clone(), i32::try_from(g.count).ok())),
+            )
+            .collect();
         let (ci, citems): (Vec<usize>, Vec<CreateItem>) = creates.into_iter().unzip();
         let (gi, gitems): (Vec<usize>, Vec<PartitionsItem>) = grows.into_iter().unzip();
         let (ai, aitems): (Vec<usize>, Vec<AlterItem>) = alters.into_iter().unzip();
@@ -1115,16 +1153,22 @@ impl Backend for KafkaBackend {
             self.inner.clone(),
         );
         let (cr, gr, ar, dr) = tokio::join!(
-            self.creates
-                .submit(citems, move |b| async move { i1.create_topics(b).await }),
-            self.partitions.submit(
-                gitems,
-                move |b| async move { i2.create_partitions(b).await }
-            ),
-            self.alters
-                .submit(aitems, move |b| async move { i3.alter_configs(b).await }),
-            self.deletes
-                .submit(ditems, move |b| async move { i4.delete_topics(b).await }),
+            self.creates.submit(citems, move |b| {
+                let i = i1.clone();
+                async move { i.create_topics(b).await }
+            }),
+            self.partitions.submit(gitems, move |b| {
+                let i = i2.clone();
+                async move { i.create_partitions(b).await }
+            }),
+            self.alters.submit(aitems, move |b| {
+                let i = i3.clone();
+                async move { i.alter_configs(b).await }
+            }),
+            self.deletes.submit(ditems, move |b| {
+                let i = i4.clone();
+                async move { i.delete_topics(b).await }
+            }),
         );
         for (idx, res) in [(ci, cr), (gi, gr), (ai, ar), (di, dr)]
             .into_iter()
@@ -1132,6 +1176,10 @@ impl Backend for KafkaBackend {
         {
             results[idx] = Some(res);
         }
+        settle.retain(|(i, _, _)| matches!(results[*i], Some(Ok(()))));
+        self.inner
+            .await_metadata(settle.into_iter().map(|(_, n, p)| (n, p)).collect())
+            .await;
         // Observations during the apply must not outlive it.
         self.inner.invalidate(touched());
         actions

@@ -2,10 +2,12 @@
 //!
 //! Every MessageBroker that shares an endpoint shares one pooled backend. When several of them
 //! apply changes at about the same time, their requests of one kind (CreateTopics,
-//! CreatePartitions, AlterConfigs, DeleteTopics) are gathered for a few milliseconds and sent
-//! as one request. The first caller of a round becomes its leader: it waits out the window,
-//! takes everything queued meanwhile and runs the batch on a spawned task (so a cancelled
-//! caller cannot strand the others), then hands each caller its own results.
+//! CreatePartitions, AlterConfigs, DeleteTopics) are gathered and sent as one request. One
+//! request of a kind is in flight at a time: the first caller starts a driver task that waits
+//! a few milliseconds for company, sends everything queued, and — while callers keep arriving
+//! during the round trip — sends the next batch as soon as the previous one returns. Under load
+//! batches grow with the load; alone, a caller waits only the short window. The driver is a
+//! spawned task, so a cancelled caller cannot strand the others.
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -20,10 +22,15 @@ pub(super) type ItemResult = Result<(), BrokerError>;
 
 type Waiter<R> = (R, oneshot::Sender<ItemResult>);
 
+struct Queue<R> {
+    pending: Vec<Waiter<R>>,
+    driving: bool,
+}
+
 /// Gathers items of type `R` into batches.
 pub(super) struct Coalescer<R> {
     window: Duration,
-    pending: Mutex<Vec<Waiter<R>>>,
+    queue: Mutex<Queue<R>>,
 }
 
 impl<R: Send + 'static> Coalescer<R> {
@@ -31,7 +38,10 @@ impl<R: Send + 'static> Coalescer<R> {
     pub(super) fn new(window: Duration) -> Self {
         Coalescer {
             window,
-            pending: Mutex::new(Vec::new()),
+            queue: Mutex::new(Queue {
+                pending: Vec::new(),
+                driving: false,
+            }),
         }
     }
 
@@ -39,43 +49,25 @@ impl<R: Send + 'static> Coalescer<R> {
     /// returns one result per item, in order. Returns this caller's results, in order.
     pub(super) async fn submit<F, Fut>(self: &Arc<Self>, items: Vec<R>, exec: F) -> Vec<ItemResult>
     where
-        F: FnOnce(Vec<R>) -> Fut + Send + 'static,
+        F: Fn(Vec<R>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Vec<ItemResult>> + Send + 'static,
     {
         if items.is_empty() {
             return Vec::new();
         }
         let mut receivers = Vec::with_capacity(items.len());
-        let leader = {
-            let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-            let leader = pending.is_empty();
+        let start_driver = {
+            let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
             for item in items {
                 let (tx, rx) = oneshot::channel();
-                pending.push((item, tx));
+                queue.pending.push((item, tx));
                 receivers.push(rx);
             }
-            leader
+            !std::mem::replace(&mut queue.driving, true)
         };
-        if leader {
+        if start_driver {
             let this = Arc::clone(self);
-            tokio::spawn(async move {
-                tokio::time::sleep(this.window).await;
-                let batch =
-                    std::mem::take(&mut *this.pending.lock().unwrap_or_else(|e| e.into_inner()));
-                let (items, senders): (Vec<R>, Vec<_>) = batch.into_iter().unzip();
-                let n = items.len();
-                let mut results = exec(items).await;
-                results.resize_with(n, || {
-                    Err(BrokerError::new(
-                        BrokerErrorKind::Other,
-                        "the batched request returned no result for this item",
-                    ))
-                });
-                for (tx, result) in senders.into_iter().zip(results) {
-                    // A caller that went away no longer needs its result.
-                    let _ = tx.send(result);
-                }
-            });
+            tokio::spawn(async move { this.drive(exec).await });
         }
         let mut out = Vec::with_capacity(receivers.len());
         for rx in receivers {
@@ -87,6 +79,38 @@ impl<R: Send + 'static> Coalescer<R> {
             }));
         }
         out
+    }
+
+    /// Send batches until nothing is queued.
+    async fn drive<F, Fut>(&self, exec: F)
+    where
+        F: Fn(Vec<R>) -> Fut,
+        Fut: Future<Output = Vec<ItemResult>>,
+    {
+        loop {
+            tokio::time::sleep(self.window).await;
+            let batch = {
+                let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+                if queue.pending.is_empty() {
+                    queue.driving = false;
+                    return;
+                }
+                std::mem::take(&mut queue.pending)
+            };
+            let (items, senders): (Vec<R>, Vec<_>) = batch.into_iter().unzip();
+            let n = items.len();
+            let mut results = exec(items).await;
+            results.resize_with(n, || {
+                Err(BrokerError::new(
+                    BrokerErrorKind::Other,
+                    "the batched request returned no result for this item",
+                ))
+            });
+            for (tx, result) in senders.into_iter().zip(results) {
+                // A caller that went away no longer needs its result.
+                let _ = tx.send(result);
+            }
+        }
     }
 }
 
@@ -103,18 +127,21 @@ mod tests {
             let calls = calls.clone();
             let c = c.clone();
             async move {
-                c.submit(items, move |batch| async move {
-                    calls.fetch_add(1, Ordering::SeqCst);
-                    batch
-                        .iter()
-                        .map(|i| {
-                            if i % 2 == 0 {
-                                Ok(())
-                            } else {
-                                Err(BrokerError::new(BrokerErrorKind::Rejected, i.to_string()))
-                            }
-                        })
-                        .collect()
+                c.submit(items, move |batch| {
+                    let calls = calls.clone();
+                    async move {
+                        calls.fetch_add(1, Ordering::SeqCst);
+                        batch
+                            .iter()
+                            .map(|i| {
+                                if i % 2 == 0 {
+                                    Ok(())
+                                } else {
+                                    Err(BrokerError::new(BrokerErrorKind::Rejected, i.to_string()))
+                                }
+                            })
+                            .collect()
+                    }
                 })
                 .await
             }
@@ -133,5 +160,45 @@ mod tests {
         let c2 = run(vec![8]).await;
         assert!(c2[0].is_ok());
         assert_eq!(calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn callers_arriving_during_a_round_trip_share_the_next_batch() {
+        let c = Arc::new(Coalescer::<u32>::new(Duration::from_millis(1)));
+        let sizes = Arc::new(Mutex::new(Vec::new()));
+        let (release_tx, release_rx) = tokio::sync::watch::channel(false);
+        let run = |items: Vec<u32>| {
+            let (c, sizes, release) = (c.clone(), sizes.clone(), release_rx.clone());
+            async move {
+                c.submit(items, move |batch| {
+                    let (sizes, mut release) = (sizes.clone(), release.clone());
+                    async move {
+                        sizes.lock().unwrap().push(batch.len());
+                        // The first round trip is slow.
+                        let _ = release.wait_for(|r| *r).await;
+                        batch.iter().map(|_| Ok(())).collect()
+                    }
+                })
+                .await
+            }
+        };
+        let first = tokio::spawn(run(vec![1]));
+        while sizes.lock().unwrap().is_empty() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        // Three callers arrive while the first request is in flight.
+        let later: Vec<_> = (2..5).map(|i| tokio::spawn(run(vec![i]))).collect();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(*sizes.lock().unwrap(), vec![1], "one request in flight");
+        release_tx.send(true).unwrap();
+        assert!(first.await.unwrap()[0].is_ok());
+        for l in later {
+            assert!(l.await.unwrap()[0].is_ok());
+        }
+        assert_eq!(
+            *sizes.lock().unwrap(),
+            vec![1, 3],
+            "the three shared the next batch"
+        );
     }
 }
