@@ -136,6 +136,10 @@ async fn stall(
     Ok(Action::await_change())
 }
 
+/// How long observing may take before a new generation's Progressing status is written on its
+/// own (otherwise it goes out together with the ownership intents).
+const EARLY_STATUS_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+
 async fn apply(raw: Arc<RawMessageBroker>, ctx: &Context) -> Result<Action, Error> {
     let prev = ctx.previous_status(&raw);
     let spec: MessageBrokerSpec = match raw.spec() {
@@ -151,23 +155,24 @@ async fn apply(raw: Arc<RawMessageBroker>, ctx: &Context) -> Result<Action, Erro
         name: raw.name_any(),
     };
     let now = now();
-    // A new spec: say so before talking to any broker, so GitOps tools never read a missing
-    // or old status as the verdict on this generation.
+    // A new spec: say so before changing anything on a broker, so GitOps tools never read a
+    // missing or old status as the verdict on this generation. When observing is quick the
+    // word goes out with the intents below in one write; otherwise after EARLY_STATUS_AFTER.
     let mut prev = prev;
+    let mut early = None;
     if prev.observed_generation != raw.metadata.generation {
-        let mut early = prev.clone();
+        let mut e = prev.clone();
         let message = format!(
             "reconciling generation {}",
             raw.metadata.generation.unwrap_or_default()
         );
         status::set_top(
-            &mut early,
+            &mut e,
             raw.metadata.generation,
             &now,
             Verdict::Progressing(reasons::PROGRESSING.into(), message),
         );
-        status::write_if_changed(ctx, &raw, &prev, &early).await?;
-        prev = early;
+        early = Some(e);
     }
     let shared = Shared {
         ctx,
@@ -184,18 +189,35 @@ async fn apply(raw: Arc<RawMessageBroker>, ctx: &Context) -> Result<Action, Erro
         .iter()
         .filter(|e| ctx.config.manages(&e.slug))
         .collect();
-    let prepared = futures::future::join_all(managed.iter().map(|e| {
-        env::prepare(&shared, e, prev.envs.iter().find(|s| s.slug == e.slug))
+    let prev_envs = prev.envs.clone();
+    let prepare = futures::future::join_all(managed.iter().map(|e| {
+        env::prepare(&shared, e, prev_envs.iter().find(|s| s.slug == e.slug))
             .instrument(info_span!("env", env = %e.slug, phase = "observe"))
-    }))
-    .await;
+    }));
+    tokio::pin!(prepare);
+    let prepared = match early.take() {
+        None => prepare.await,
+        Some(e) => match tokio::time::timeout(EARLY_STATUS_AFTER, &mut prepare).await {
+            Ok(p) => {
+                early = Some(e);
+                p
+            }
+            Err(_) => {
+                status::write_if_changed(ctx, &raw, &prev, &e).await?;
+                prev = e;
+                prepare.await
+            }
+        },
+    };
 
     // Record what is about to be created (and a swap that starts) before touching the broker.
-    if prepared.iter().any(|p| {
-        !p.intents().is_empty()
-            || prev_env(&prev, &p.env.slug).map(|s| &s.swap) != Some(&p.status.swap)
-    }) {
-        let mut intent = prev.clone();
+    if early.is_some()
+        || prepared.iter().any(|p| {
+            !p.intents().is_empty()
+                || prev_env(&prev, &p.env.slug).map(|s| &s.swap) != Some(&p.status.swap)
+        })
+    {
+        let mut intent = early.clone().unwrap_or_else(|| prev.clone());
         for p in &prepared {
             let mut s = p.status.clone();
             let mut owned: BTreeSet<String> = s.owned.into_iter().collect();
@@ -204,6 +226,9 @@ async fn apply(raw: Arc<RawMessageBroker>, ctx: &Context) -> Result<Action, Erro
             upsert_env(&mut intent.envs, s);
         }
         status::write_if_changed(ctx, &raw, &prev, &intent).await?;
+        if let Some(e) = early {
+            prev = e;
+        }
     }
 
     let finished = futures::future::join_all(prepared.into_iter().map(|p| {

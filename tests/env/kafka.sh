@@ -72,10 +72,14 @@ num.partitions=1
 # Topics exist only when the operator creates them, and deleting them really deletes.
 auto.create.topics.enable=false
 delete.topic.enable=true
+# Deleted topics give back their files (and file handles) after a second, not a minute.
+file.delete.delay.ms=1000
 group.initial.rebalance.delay.ms=0
 PROPS
 
-  local java_opts=(-Xmx512m -Xms64m -Djava.awt.headless=true
+  # Tens of thousands of partitions (make bench) need heap and file handles.
+  ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+  local java_opts=(-Xmx1g -Xms64m -Djava.awt.headless=true
     "-Dlog4j2.configurationFile=$SRC/log4j2.properties")
   # Short-lived tool JVMs start faster with the client compiler only.
   local tool_opts=(-XX:TieredStopAtLevel=1 -XX:+UseSerialGC "-Dlog4j2.configurationFile=$SRC/log4j2.properties")

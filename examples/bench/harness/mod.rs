@@ -123,12 +123,12 @@ impl Config {
     /// | variable | default | meaning |
     /// |---|---|---|
     /// | `SWITCHYARD_BENCH_SCENARIOS` | `scale,idle,latency,swap` | which scenarios |
-    /// | `SWITCHYARD_BENCH_BROKERS` | 200 | scale: MessageBrokers |
+    /// | `SWITCHYARD_BENCH_BROKERS` | 1000 | scale: MessageBrokers |
     /// | `SWITCHYARD_BENCH_TOPICS` | 10 | scale: topics per MessageBroker |
     /// | `SWITCHYARD_BENCH_APPLY_CONCURRENCY` | 32 | scale: applies in flight |
     /// | `SWITCHYARD_BENCH_FLOOR_BATCH` | 500 | scale floor: topics per CreateTopics |
     /// | `SWITCHYARD_BENCH_SCALE_TIMEOUT` | 10m | scale: wait for all Ready |
-    /// | `SWITCHYARD_BENCH_RESYNC` | 10s | operator `--resync` |
+    /// | `SWITCHYARD_BENCH_RESYNC` | 30s | operator `--resync` |
     /// | `SWITCHYARD_BENCH_REPETITIONS` | 20 | latency: repetitions per backend |
     /// | `SWITCHYARD_BENCH_LATENCY_TOPICS` | 10 | latency: topics |
     /// | `SWITCHYARD_BENCH_SUBSCRIPTIONS` | 2 | latency: subscriptions per topic |
@@ -176,12 +176,12 @@ impl Config {
             .unwrap_or_else(|| repo_dir().join("target/bench"));
         Ok(Config {
             scenarios,
-            brokers: var("SWITCHYARD_BENCH_BROKERS", 200)?,
+            brokers: var("SWITCHYARD_BENCH_BROKERS", 1000)?,
             topics: var("SWITCHYARD_BENCH_TOPICS", 10)?,
             apply_concurrency: var("SWITCHYARD_BENCH_APPLY_CONCURRENCY", 32)?,
             floor_batch: var("SWITCHYARD_BENCH_FLOOR_BATCH", 500)?,
             scale_timeout: duration_var("SWITCHYARD_BENCH_SCALE_TIMEOUT", "10m")?,
-            resync: duration_var("SWITCHYARD_BENCH_RESYNC", "10s")?,
+            resync: duration_var("SWITCHYARD_BENCH_RESYNC", "30s")?,
             repetitions: var("SWITCHYARD_BENCH_REPETITIONS", 20)?,
             latency_topics: var("SWITCHYARD_BENCH_LATENCY_TOPICS", 10)?,
             subscriptions: var("SWITCHYARD_BENCH_SUBSCRIPTIONS", 2)?,
