@@ -1,5 +1,5 @@
 //! The `switchyard` command: `run` the controller, print the `crd`, or the `version`.
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -155,8 +155,34 @@ struct LeaderArgs {
     lease_duration: Duration,
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
+    limit_malloc_arenas();
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime.block_on(async_main()),
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// glibc gives every thread that allocates its own malloc arena (up to 8 per core), and each
+/// keeps the memory it once held. The operator's many short blocking calls (Kafka, Redis) spread
+/// allocations over those arenas and the resident set grows with them; two arenas keep it small
+/// at no measurable cost in speed. Must run before any thread starts. The crate's only unsafe.
+#[allow(unsafe_code)]
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator tuning; no other thread exists yet.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
+async fn async_main() -> ExitCode {
     // Several TLS stacks share rustls; pick one provider for all of them.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let cli = Cli::parse();
