@@ -145,7 +145,20 @@ impl Inner {
     }
 
     fn count(&self, request: &str) {
-        self.requests.inc("Kafka", request);
+        self.requests.inc(BrokerType::Kafka.as_str(), request);
+    }
+
+    /// Run librdkafka's blocking calls off the async workers.
+    async fn blocking<T: Send + 'static>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&Inner) -> Result<T, BrokerError> + Send + 'static,
+    ) -> Result<T, BrokerError> {
+        let inner = Arc::clone(self);
+        tokio::task::spawn_blocking(move || f(&inner))
+            .await
+            .map_err(|e| {
+                BrokerError::new(BrokerErrorKind::Other, format!("Kafka call failed: {e}"))
+            })?
     }
 
     fn admin_options(&self) -> AdminOptions {
@@ -194,7 +207,7 @@ impl Inner {
     }
 
     /// Forget what observations read about `names`: the caller is about to change them.
-    fn invalidate<'a>(&self, names: impl IntoIterator<Item = &'a str>) {
+    fn forget<'a>(&self, names: impl IntoIterator<Item = &'a str>) {
         self.snapshot
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -301,6 +314,25 @@ impl Inner {
             .collect())
     }
 
+    /// Message counts of those `names` the layout shows with a leader for every partition
+    /// (others get no count).
+    fn counts_in(
+        &self,
+        names: &[String],
+        layout: &TopicLayout,
+    ) -> Result<HashMap<String, u64>, BrokerError> {
+        let countable: Vec<(String, i32)> = names
+            .iter()
+            .filter_map(|n| {
+                layout
+                    .get(n)
+                    .filter(|m| m.led)
+                    .map(|m| (n.clone(), m.partitions))
+            })
+            .collect();
+        self.message_counts_blocking(&countable)
+    }
+
     /// Configs of the given topics (DescribeConfigs, [`DESCRIBE_CHUNK`] topics per request).
     /// Topics that vanished in the meantime are left out.
     async fn describe_configs(
@@ -361,39 +393,24 @@ impl Inner {
         self: &Arc<Self>,
         names: Vec<String>,
     ) -> Result<HashMap<String, Option<TopicView>>, BrokerError> {
-        let inner = Arc::clone(self);
-        let (names, layout, counts) = tokio::task::spawn_blocking(move || {
-            let count = |layout: &TopicLayout| {
-                let countable: Vec<(String, i32)> = names
-                    .iter()
-                    .filter_map(|n| {
-                        layout
-                            .get(n)
-                            .filter(|m| m.led)
-                            .map(|m| (n.clone(), m.partitions))
-                    })
-                    .collect();
-                inner.message_counts_blocking(&countable)
-            };
-            let layout = inner.metadata_shared(OBSERVE_TIMEOUT)?;
-            let (layout, counts) = match count(&layout) {
-                Ok(counts) => (layout, counts),
-                // The shared layout may predate a change made elsewhere (a topic deleted):
-                // read it again once.
-                Err(e) if e.kind == BrokerErrorKind::Other => {
-                    inner.invalidate_layout();
-                    let layout = inner.metadata_fresh(OBSERVE_TIMEOUT)?;
-                    let counts = count(&layout)?;
-                    (layout, counts)
-                }
-                Err(e) => return Err(e),
-            };
-            Ok::<_, BrokerError>((names, layout, counts))
-        })
-        .await
-        .map_err(|e| {
-            BrokerError::new(BrokerErrorKind::Other, format!("Kafka call failed: {e}"))
-        })??;
+        let (names, layout, counts) = self
+            .blocking(move |inner| {
+                let layout = inner.metadata_shared(OBSERVE_TIMEOUT)?;
+                let (layout, counts) = match inner.counts_in(&names, &layout) {
+                    Ok(counts) => (layout, counts),
+                    // The shared layout may predate a change made elsewhere (a topic deleted):
+                    // read it again once.
+                    Err(e) if e.kind == BrokerErrorKind::Other => {
+                        inner.invalidate_layout();
+                        let layout = inner.metadata_fresh(OBSERVE_TIMEOUT)?;
+                        let counts = inner.counts_in(&names, &layout)?;
+                        (layout, counts)
+                    }
+                    Err(e) => return Err(e),
+                };
+                Ok((names, layout, counts))
+            })
+            .await?;
         let present: Vec<String> = names
             .iter()
             .filter(|n| layout.contains_key(*n))
@@ -765,31 +782,21 @@ impl Inner {
     /// may be reused for a while (see [`Snapshot`]): the counts are read again first, and a
     /// topic that received messages since, or cannot be counted, is kept.
     async fn delete_topics(self: &Arc<Self>, names: Vec<String>) -> Vec<ItemResult> {
-        let inner = Arc::clone(self);
         let wanted = names.clone();
-        let holding: Result<HashMap<String, Option<u64>>, BrokerError> =
-            tokio::task::spawn_blocking(move || {
+        let holding: Result<HashMap<String, Option<u64>>, BrokerError> = self
+            .blocking(move |inner| {
                 let layout = inner.metadata_blocking(OBSERVE_TIMEOUT)?;
-                let present: Vec<(String, i32)> = wanted
-                    .iter()
-                    .filter_map(|n| layout.get(n).map(|m| (n.clone(), m.partitions)))
-                    .collect();
-                let counts = inner.message_counts_blocking(&present)?;
-                Ok(present
+                let counts = inner.counts_in(&wanted, &layout)?;
+                Ok(wanted
                     .into_iter()
-                    .map(|(n, _)| {
+                    .filter(|n| layout.contains_key(n))
+                    .map(|n| {
                         let c = counts.get(&n).copied();
                         (n, c)
                     })
                     .collect())
             })
-            .await
-            .unwrap_or_else(|e| {
-                Err(BrokerError::new(
-                    BrokerErrorKind::Other,
-                    format!("Kafka call failed: {e}"),
-                ))
-            });
+            .await;
         let holding = match holding {
             Ok(h) => h,
             Err(e) => return names.iter().map(|_| Err(e.clone())).collect(),
@@ -969,18 +976,6 @@ impl KafkaBackend {
             deletes: Arc::new(Coalescer::new(COALESCE_WINDOW)),
         })
     }
-
-    async fn blocking<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&Inner) -> Result<T, BrokerError> + Send + 'static,
-    ) -> Result<T, BrokerError> {
-        let inner = Arc::clone(&self.inner);
-        tokio::task::spawn_blocking(move || f(&inner))
-            .await
-            .map_err(|e| {
-                BrokerError::new(BrokerErrorKind::Other, format!("Kafka call failed: {e}"))
-            })?
-    }
 }
 
 /// Deliver the consumer's error and log callbacks (librdkafka queues them until polled) for as
@@ -1012,6 +1007,7 @@ impl Backend for KafkaBackend {
     async fn check(&self) -> Result<(), BrokerError> {
         let started = std::time::Instant::now();
         let result = self
+            .inner
             .blocking(|inner| inner.metadata_blocking(CHECK_TIMEOUT).map(|_| ()))
             .await;
         if let Err(e) = &result
@@ -1067,7 +1063,7 @@ impl Backend for KafkaBackend {
 
     async fn apply(&self, _scope: &Scope, actions: &[Action]) -> Vec<ActionOutcome> {
         let touched = || actions.iter().map(|a| a.key().name.as_str());
-        self.inner.invalidate(touched());
+        self.inner.forget(touched());
         let mut results: Vec<Option<ItemResult>> = vec![None; actions.len()];
         let (mut creates, mut grows, mut alters, mut deletes) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -1181,7 +1177,7 @@ impl Backend for KafkaBackend {
             .await_metadata(settle.into_iter().map(|(_, n, p)| (n, p)).collect())
             .await;
         // Observations during the apply must not outlive it.
-        self.inner.invalidate(touched());
+        self.inner.forget(touched());
         actions
             .iter()
             .zip(results)
