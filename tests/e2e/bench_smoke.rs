@@ -32,6 +32,7 @@ async fn the_bench_harness_measures_every_scenario_at_a_tiny_size() {
         swap_topics: 2,
         // The shared API server: request counts are noisy, which this test does not look at.
         private_apiserver: false,
+        operator_log_level: "warn".into(),
         operator_bin,
         output: dir.join("results.json"),
         work_dir: dir.clone(),

@@ -126,4 +126,51 @@ impl Kafka {
         }
         Ok(names.len())
     }
+
+    /// Wait until topics with these prefixes are gone from metadata and the broker has given
+    /// back their files: a deleted topic's log files stay open until Kafka removes them, and a
+    /// run that creates 10,000 more topics meanwhile can exhaust the broker's file handles.
+    /// `files_before` is the broker's open-file count before the topics were created (None when
+    /// the broker's process is not visible from here: then only metadata is awaited).
+    pub async fn wait_deleted(
+        &self,
+        prefixes: &[String],
+        files_before: Option<usize>,
+        timeout: Duration,
+    ) -> Result<Duration, String> {
+        let t0 = Instant::now();
+        loop {
+            let md = self
+                .consumer
+                .fetch_metadata(None, TIMEOUT)
+                .map_err(|e| e.to_string())?;
+            let left = md
+                .topics()
+                .iter()
+                .filter(|t| prefixes.iter().any(|p| t.name().starts_with(p.as_str())))
+                .count();
+            // Some slack for segments and connections that come and go.
+            let files_back = match (files_before, broker_open_files()) {
+                (Some(before), Some(now)) => now <= before + 200,
+                _ => true,
+            };
+            if left == 0 && files_back {
+                return Ok(t0.elapsed());
+            }
+            if t0.elapsed() >= timeout {
+                return Err(format!(
+                    "after {timeout:?}: {left} topic(s) left, broker files {:?} (before: {files_before:?})",
+                    broker_open_files()
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+}
+
+/// Open files of the test environment's Kafka process, when it runs on this machine.
+pub fn broker_open_files() -> Option<usize> {
+    let pid = std::fs::read_to_string(super::repo_dir().join("target/testenv/kafka.pid")).ok()?;
+    let fds = std::fs::read_dir(format!("/proc/{}/fd", pid.trim())).ok()?;
+    Some(fds.count())
 }

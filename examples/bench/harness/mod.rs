@@ -78,6 +78,8 @@ pub struct Config {
     pub backends: Vec<String>,
     /// Swap: topics.
     pub swap_topics: usize,
+    /// Log level of the operator under test (its log lands in the work dir).
+    pub operator_log_level: String,
     /// Start a private API server for clean request counts (else use KUBECONFIG's).
     pub private_apiserver: bool,
     /// The operator binary.
@@ -135,6 +137,7 @@ impl Config {
     /// | `SWITCHYARD_BENCH_BACKENDS` | all five | latency: backends |
     /// | `SWITCHYARD_BENCH_SWAP_TOPICS` | 10 | swap: topics |
     /// | `SWITCHYARD_BENCH_PRIVATE_APISERVER` | true | start a private API server |
+    /// | `SWITCHYARD_BENCH_OPERATOR_LOG` | `warn` | the operator's `--log-level` |
     /// | `SWITCHYARD_BENCH_OUTPUT` | `target/bench/results.json` | JSON output |
     /// | `SWITCHYARD_BIN` | release build in `CARGO_TARGET_DIR` | operator binary |
     pub fn from_env() -> Result<Self, String> {
@@ -188,6 +191,7 @@ impl Config {
             backends,
             swap_topics: var("SWITCHYARD_BENCH_SWAP_TOPICS", 10)?,
             private_apiserver: var("SWITCHYARD_BENCH_PRIVATE_APISERVER", true)?,
+            operator_log_level: var("SWITCHYARD_BENCH_OPERATOR_LOG", "warn".to_string())?,
             operator_bin,
             output,
             work_dir,

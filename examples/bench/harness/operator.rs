@@ -54,7 +54,7 @@ impl Operator {
         let child = Command::new(&config.operator_bin)
             .args(["run", "--namespace", namespace, "--resync", &resync])
             .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
-            .args(["--log-level", "warn"])
+            .args(["--log-level", &config.operator_log_level])
             .env("KUBECONFIG", kubeconfig)
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())

@@ -202,6 +202,7 @@ async fn scale_and_idle(
         "bench: scale floor: {total_topics} topics in batches of {}",
         config.floor_batch
     );
+    let files_before = super::kafka::broker_open_files();
     let t0 = Instant::now();
     let floor = kafka.create_floor(&floor_names, config.floor_batch).await;
     let floor_time = t0.elapsed();
@@ -209,6 +210,19 @@ async fn scale_and_idle(
         .delete_prefixed(std::slice::from_ref(&floor_prefix))
         .await;
     let (floor_requests, floor_failed) = floor?;
+    // The operator's run starts on a broker that holds none of the floor's topics or files.
+    let cleanup = kafka
+        .wait_deleted(
+            std::slice::from_ref(&floor_prefix),
+            files_before,
+            Duration::from_secs(300),
+        )
+        .await?;
+    eprintln!(
+        "bench: scale floor: {} s, its topics deleted and files released after {} s",
+        secs(floor_time),
+        secs(cleanup)
+    );
 
     create_namespace(client, ns).await?;
     let log = config.work_dir.join("operator-scale.log");

@@ -474,6 +474,12 @@ impl Inner {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .due(&asked, now);
+        tracing::debug!(
+            endpoint = %self.endpoint,
+            asked = asked.len(),
+            reading = due.len(),
+            "refreshing the shared observation"
+        );
         let read = self.read_topics(due).await?;
         let mut snapshot = self.snapshot.lock().unwrap_or_else(|e| e.into_inner());
         snapshot.record(&read, &asked, now);

@@ -7,8 +7,10 @@
 //! older triggers one refresh that also re-reads every other topic past half its age. At rest an
 //! endpoint is thus read about once per `max_age`, whatever the number of resources on it.
 //!
-//! What the operator itself changes is forgotten when it changes (see [`Snapshot::forget`]), so
-//! the pass after an apply always reads the broker again. A `max_age` of zero keeps nothing.
+//! What the operator itself changes is marked for reading again when it changes (see
+//! [`Snapshot::forget`]): the next refresh, whoever triggers it, reads it with everything else,
+//! so topics many resources just created are read back in a few batches rather than one
+//! round per resource. A `max_age` of zero keeps nothing.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
@@ -30,7 +32,8 @@ pub(super) struct TopicView {
 #[derive(Debug)]
 struct Entry {
     view: Option<TopicView>,
-    read_at: Instant,
+    /// None: changed since, read it again.
+    read_at: Option<Instant>,
     asked_at: Instant,
 }
 
@@ -53,7 +56,8 @@ impl Snapshot {
     }
 
     fn is_fresh(&self, e: &Entry, now: Instant) -> bool {
-        now.saturating_duration_since(e.read_at) < self.max_age
+        e.read_at
+            .is_some_and(|t| now.saturating_duration_since(t) < self.max_age)
     }
 
     /// The views of `names` (None: absent) if every one is known and fresh.
@@ -78,7 +82,8 @@ impl Snapshot {
     }
 
     /// What a refresh for `names` should read: those unknown or stale, and every other known
-    /// topic past half its age (read ahead, so that the next passes find it fresh).
+    /// topic changed since it was read or past half its age (read ahead, so that the next
+    /// passes find it fresh).
     pub(super) fn due(&self, names: &[String], now: Instant) -> Vec<String> {
         let mut due: Vec<String> = names
             .iter()
@@ -89,7 +94,10 @@ impl Snapshot {
         due.extend(
             self.entries
                 .iter()
-                .filter(|(_, e)| now.saturating_duration_since(e.read_at) >= half)
+                .filter(|(_, e)| {
+                    e.read_at
+                        .is_none_or(|t| now.saturating_duration_since(t) >= half)
+                })
                 .map(|(n, _)| n.clone()),
         );
         due.sort();
@@ -118,7 +126,7 @@ impl Snapshot {
                 name.clone(),
                 Entry {
                     view: view.clone(),
-                    read_at: now,
+                    read_at: Some(now),
                     asked_at,
                 },
             );
@@ -128,10 +136,13 @@ impl Snapshot {
             .retain(|_, e| now.saturating_duration_since(e.asked_at) < keep);
     }
 
-    /// Forget topics the operator is changing: the next pass reads them again.
+    /// Forget what was read about topics the operator is changing: the next refresh reads
+    /// them again, and no pass is answered with the old view.
     pub(super) fn forget<'a>(&mut self, names: impl IntoIterator<Item = &'a str>) {
         for n in names {
-            self.entries.remove(n);
+            if let Some(e) = self.entries.get_mut(n) {
+                e.read_at = None;
+            }
         }
     }
 
@@ -207,6 +218,8 @@ mod tests {
         s.forget(["a"]);
         assert!(s.answer(&a, t0).is_none());
         assert_eq!(s.due(&a, t0), a);
+        // Whoever refreshes next reads it too.
+        assert_eq!(s.due(&names(&["b"]), t0), names(&["a", "b"]));
     }
 
     #[test]
