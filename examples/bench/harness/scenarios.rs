@@ -457,6 +457,14 @@ async fn idle(
         "reconciles",
         ops.sum("switchyard_reconciles_total", &[]) as u64,
     );
+    let peak = op.peak_rss_mib();
+    report.check(
+        sc,
+        "operator RSS now / peak since start",
+        format!("{:.1} / {peak:.1} MiB", op.rss_mib()),
+        "<= 64 MB",
+        peak <= 64.0,
+    );
     Ok(())
 }
 

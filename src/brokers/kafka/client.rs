@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use rdkafka::admin::{
-    AdminClient, AdminOptions, AlterConfig, ConfigSource, NewPartitions, NewTopic,
+    AdminClient, AdminOptions, AlterConfig, ConfigEntry, ConfigSource, NewPartitions, NewTopic,
     OwnedResourceSpecifier, ResourceSpecifier, TopicReplication,
 };
 use rdkafka::config::{ClientConfig, FromClientConfigAndContext, RDKafkaLogLevel};
@@ -102,6 +102,9 @@ struct LayoutCache {
     generation: u64,
     layout: Option<(std::time::Instant, Arc<TopicLayout>)>,
 }
+
+/// Config name → value of one topic.
+type TopicConfig = BTreeMap<String, String>;
 
 /// Topics per DescribeConfigs request.
 const DESCRIBE_CHUNK: usize = 1000;
@@ -333,15 +336,18 @@ impl Inner {
         self.message_counts_blocking(&countable)
     }
 
-    /// Configs of the given topics (DescribeConfigs, [`DESCRIBE_CHUNK`] topics per request).
-    /// Topics that vanished in the meantime are left out.
+    /// The configs `keep` selects (those with a value) of the given topics: DescribeConfigs,
+    /// [`DESCRIBE_CHUNK`] topics per request, each answer reduced as it arrives (a topic has
+    /// dozens of configs; ten thousand topics' worth would be tens of megabytes). Topics that
+    /// vanished in the meantime are left out.
     async fn describe_configs(
         &self,
         names: &[String],
-    ) -> Result<HashMap<String, Vec<rdkafka::admin::ConfigEntry>>, BrokerError> {
+        keep: impl Fn(&ConfigEntry) -> bool,
+    ) -> Result<HashMap<String, TopicConfig>, BrokerError> {
         let mut out = HashMap::with_capacity(names.len());
         for chunk in names.chunks(DESCRIBE_CHUNK) {
-            self.describe_chunk(chunk, &mut out).await?;
+            self.describe_chunk(chunk, &keep, &mut out).await?;
         }
         Ok(out)
     }
@@ -349,7 +355,8 @@ impl Inner {
     async fn describe_chunk(
         &self,
         names: &[String],
-        out: &mut HashMap<String, Vec<rdkafka::admin::ConfigEntry>>,
+        keep: &impl Fn(&ConfigEntry) -> bool,
+        out: &mut HashMap<String, TopicConfig>,
     ) -> Result<(), BrokerError> {
         let what = format!("describing topic configs on {}", self.endpoint);
         let specifiers: Vec<ResourceSpecifier<'_>> = names
@@ -371,7 +378,13 @@ impl Inner {
                         OwnedResourceSpecifier::Topic(n) => n.clone(),
                         _ => name.clone(),
                     };
-                    out.insert(name, resource.entries);
+                    let config = resource
+                        .entries
+                        .into_iter()
+                        .filter(keep)
+                        .filter_map(|e| Some((e.name, e.value?)))
+                        .collect();
+                    out.insert(name, config);
                 }
                 Err(RDKafkaErrorCode::UnknownTopicOrPartition) => {}
                 Err(code) => {
@@ -416,20 +429,18 @@ impl Inner {
             .filter(|n| layout.contains_key(*n))
             .cloned()
             .collect();
-        let configs = self.describe_configs(&present).await?;
+        let mut configs = self
+            .describe_configs(&present, |e| self.managed_keys.contains(&e.name))
+            .await?;
         Ok(names
             .into_iter()
             .map(|name| {
-                let view = match (layout.get(&name), configs.get(&name)) {
-                    (Some(meta), Some(entries)) => Some(TopicView {
+                let view = match (layout.get(&name), configs.remove(&name)) {
+                    (Some(meta), Some(config)) => Some(TopicView {
                         partitions: meta.partitions,
                         replication_factor: meta.replication_factor,
                         messages: counts.get(&name).copied(),
-                        config: entries
-                            .iter()
-                            .filter(|e| self.managed_keys.contains(&e.name))
-                            .filter_map(|e| Some((e.name.clone(), e.value.clone()?)))
-                            .collect(),
+                        config,
                     }),
                     // Gone between the metadata and DescribeConfigs.
                     _ => None,
@@ -596,17 +607,17 @@ impl Inner {
             return;
         }
         let names: Vec<String> = wanted.iter().map(|(n, _)| n.clone()).collect();
+        let keys: HashSet<&String> = wanted.iter().flat_map(|(_, c)| c.keys()).collect();
         let deadline = tokio::time::Instant::now() + SETTLE_TIMEOUT;
         loop {
-            let settled = self.describe_configs(&names).await.is_ok_and(|current| {
+            let current = self
+                .describe_configs(&names, |e| keys.contains(&e.name))
+                .await;
+            let settled = current.is_ok_and(|current| {
                 wanted.iter().all(|(name, config)| {
-                    current.get(name).is_some_and(|entries| {
-                        config.iter().all(|(k, v)| {
-                            entries
-                                .iter()
-                                .any(|e| &e.name == k && e.value.as_ref() == Some(v))
-                        })
-                    })
+                    current
+                        .get(name)
+                        .is_some_and(|have| config.iter().all(|(k, v)| have.get(k) == Some(v)))
                 })
             });
             if settled || tokio::time::Instant::now() >= deadline {
@@ -692,20 +703,17 @@ impl Inner {
             .filter(|(_, u)| **u)
             .map(|(i, _)| i.name.clone())
             .collect();
-        let current = match self.describe_configs(&names).await {
+        let dynamic = |e: &ConfigEntry| e.source == ConfigSource::DynamicTopic && !e.is_sensitive;
+        let current = match self.describe_configs(&names, dynamic).await {
             Ok(c) => c,
             Err(e) => return items.iter().map(|_| Err(e.clone())).collect(),
         };
         let mut merged: Vec<(String, BTreeMap<String, String>)> = Vec::new();
         for (item, _) in items.iter().zip(&unique).filter(|(_, u)| **u) {
-            let Some(entries) = current.get(&item.name) else {
+            let Some(dynamic) = current.get(&item.name) else {
                 continue;
             };
-            let mut config: BTreeMap<String, String> = entries
-                .iter()
-                .filter(|e| e.source == ConfigSource::DynamicTopic && !e.is_sensitive)
-                .filter_map(|e| Some((e.name.clone(), e.value.clone()?)))
-                .collect();
+            let mut config = dynamic.clone();
             config.extend(item.config.clone());
             merged.push((item.name.clone(), config));
         }
