@@ -381,7 +381,12 @@ async fn scale_and_idle(
     }
     drop(watch);
     op.stop().await;
-    let _ = kafka.delete_prefixed(&[format!("{ns}.")]).await;
+    // Leave the broker as the run found it, files included, for whatever runs next.
+    let ours = [format!("{ns}.")];
+    let _ = kafka.delete_prefixed(&ours).await;
+    kafka
+        .wait_deleted(&ours, files_before, Duration::from_secs(300))
+        .await?;
     Ok(())
 }
 
