@@ -108,7 +108,7 @@ pub fn content(
     BindingContent { data, hash }
 }
 
-/// Write the binding Secret in one server-side apply.
+/// Write the binding Secret with server-side apply (one request, unless its stored type differs).
 pub async fn write(
     client: &Client,
     namespace: &str,
@@ -147,26 +147,30 @@ pub async fn write(
         serde_json::to_value(&secret).map_err(|e| Error::Serialization(e.to_string()))?;
     value["apiVersion"] = "v1".into();
     value["kind"] = "Secret".into();
-    // A Secret's type cannot change; after a swap the entries (including `type`) describe the
-    // new broker while the Secret keeps the type it was created with. The apply must still
-    // carry that type: leaving it out would let server-side apply drop the field this manager
-    // owns, default it to Opaque, and be refused as an immutable change.
-    if let Some(existing) = api.get_opt(name).await.map_err(Error::Kube)?
-        && let Some(obj) = value.as_object_mut()
-    {
-        match existing.type_ {
-            Some(t) => obj.insert("type".into(), t.into()),
-            None => obj.remove("type"),
-        };
+    let params = PatchParams::apply(MANAGER).force();
+    match api.patch(name, &params, &Patch::Apply(&value)).await {
+        Ok(_) => Ok(()),
+        // A Secret's type cannot change; after a swap the entries (including `type`) describe
+        // the new broker while the Secret keeps the type it was created with. The apply must
+        // then carry the stored type: leaving it out would let server-side apply drop the field
+        // this manager owns, default it to Opaque, and be refused as an immutable change too.
+        // Read only on this refusal, so writing a new binding costs one request.
+        Err(kube::Error::Api(s)) if s.code == 422 => {
+            let existing = api.get_opt(name).await.map_err(Error::Kube)?;
+            let (Some(existing), Some(obj)) = (existing, value.as_object_mut()) else {
+                return Err(Error::Kube(kube::Error::Api(s)));
+            };
+            match existing.type_ {
+                Some(t) => obj.insert("type".into(), t.into()),
+                None => obj.remove("type"),
+            };
+            api.patch(name, &params, &Patch::Apply(&value))
+                .await
+                .map_err(Error::Kube)?;
+            Ok(())
+        }
+        Err(e) => Err(Error::Kube(e)),
     }
-    api.patch(
-        name,
-        &PatchParams::apply(MANAGER).force(),
-        &Patch::Apply(&value),
-    )
-    .await
-    .map_err(Error::Kube)?;
-    Ok(())
 }
 
 #[cfg(test)]

@@ -89,6 +89,20 @@ impl ControlPlane {
     }
 }
 
+impl ControlPlane {
+    /// (name, pid) of the API server and etcd processes, for CPU accounting.
+    pub fn processes(&self) -> Vec<(&'static str, Option<u32>)> {
+        let dir = self
+            .run_dir
+            .clone()
+            .unwrap_or_else(|| repo_dir().join("target/testenv"));
+        ["kube-apiserver", "etcd"]
+            .into_iter()
+            .map(|name| (name, super::cpu::pid_file(&dir.join(format!("{name}.pid")))))
+            .collect()
+    }
+}
+
 impl Drop for ControlPlane {
     fn drop(&mut self) {
         if let Some(dir) = self.run_dir.take() {

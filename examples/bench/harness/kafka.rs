@@ -168,9 +168,13 @@ impl Kafka {
     }
 }
 
+/// The test environment's Kafka process, when it runs on this machine.
+pub fn broker_pid() -> Option<u32> {
+    super::cpu::pid_file(&super::repo_dir().join("target/testenv/kafka.pid"))
+}
+
 /// Open files of the test environment's Kafka process, when it runs on this machine.
 pub fn broker_open_files() -> Option<usize> {
-    let pid = std::fs::read_to_string(super::repo_dir().join("target/testenv/kafka.pid")).ok()?;
-    let fds = std::fs::read_dir(format!("/proc/{}/fd", pid.trim())).ok()?;
+    let fds = std::fs::read_dir(format!("/proc/{}/fd", broker_pid()?)).ok()?;
     Some(fds.count())
 }

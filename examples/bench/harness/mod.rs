@@ -11,6 +11,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 pub mod apiserver;
+pub mod cpu;
 pub mod kafka;
 pub mod operator;
 pub mod report;

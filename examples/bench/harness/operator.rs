@@ -104,6 +104,11 @@ impl Operator {
         self.peak_rss_kb.load(Ordering::Relaxed) as f64 / 1024.0
     }
 
+    /// The operator's process id.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
     /// Current VmRSS in MiB.
     pub fn rss_mib(&self) -> f64 {
         memory_kb(self.pid).map(|(r, _)| r).unwrap_or(0) as f64 / 1024.0

@@ -13,6 +13,7 @@ use switchyard::api::{MessageBroker, SwapPhase};
 use tokio::time::Instant;
 
 use super::apiserver::ControlPlane;
+use super::cpu::CpuSample;
 use super::kafka::Kafka;
 use super::operator::{Operator, OperatorMetrics};
 use super::report::{Report, percentile};
@@ -203,9 +204,15 @@ async fn scale_and_idle(
         config.floor_batch
     );
     let files_before = super::kafka::broker_open_files();
+    let floor_processes = [
+        ("kafka", super::kafka::broker_pid()),
+        ("bench", Some(std::process::id())),
+    ];
+    let floor_cpu0 = CpuSample::take(&floor_processes);
     let t0 = Instant::now();
     let floor = kafka.create_floor(&floor_names, config.floor_batch).await;
     let floor_time = t0.elapsed();
+    let floor_cpu = CpuSample::take(&floor_processes).since(&floor_cpu0);
     let _ = kafka
         .delete_prefixed(std::slice::from_ref(&floor_prefix))
         .await;
@@ -233,6 +240,14 @@ async fn scale_and_idle(
 
     let req0 = plane.requests().await?;
     let met0 = op.metrics().await?;
+    let cpu_processes = |op: &Operator| {
+        let mut p = plane.processes();
+        p.push(("operator", Some(op.pid())));
+        p.push(("kafka", super::kafka::broker_pid()));
+        p.push(("bench", Some(std::process::id())));
+        p
+    };
+    let cpu0 = CpuSample::take(&cpu_processes(&op));
     eprintln!(
         "bench: scale: applying {} MessageBrokers x {} topics",
         config.brokers, config.topics
@@ -264,6 +279,7 @@ async fn scale_and_idle(
         .map(|t| t.duration_since(t0).as_secs_f64())
         .collect();
     let all_ready = (ready == config.brokers).then(|| times.iter().copied().fold(0.0, f64::max));
+    let cpu = CpuSample::take(&cpu_processes(&op)).since(&cpu0);
     settle(&op, Duration::from_secs(2), Duration::from_secs(30)).await;
     let req1 = plane.requests().await?;
     let met1 = op.metrics().await?;
@@ -288,6 +304,7 @@ async fn scale_and_idle(
         "floorSeconds": floor_s,
         "floorRequests": floor_requests,
         "floorFailures": floor_failed,
+        "floorCpu": floor_cpu.to_json(),
         "ratioToFloor": ratio,
         "peakRssMiB": peak,
         "apiRequests": api_req.total(),
@@ -298,6 +315,7 @@ async fn scale_and_idle(
         "statusWrites": ops.sum("switchyard_status_writes", &[]),
         "bindingWrites": ops.sum("switchyard_binding_writes", &[]),
         "reconciles": ops.sum("switchyard_reconciles_total", &[]),
+        "cpu": cpu.to_json(),
     }));
     let sc = "1 scale";
     report.row(
@@ -320,6 +338,7 @@ async fn scale_and_idle(
         "floor: batched CreateTopics + usable",
         format!("{} ({floor_requests} requests)", fmt_s(floor_s)),
     );
+    report.row(sc, "CPU core-s, floor", floor_cpu.summary());
     if let Some(r) = ratio {
         report.check(
             sc,
@@ -354,6 +373,7 @@ async fn scale_and_idle(
             ops.sum("switchyard_binding_writes", &[]) as u64
         ),
     );
+    report.row(sc, "CPU core-s, apply -> all Ready", cpu.summary());
     let broker_calls: u64 = ops.broker_ops().values().sum();
     report.row(sc, "broker calls (check+observe+apply)", broker_calls);
     report.row(
@@ -440,9 +460,10 @@ async fn idle(
     );
     report.row(sc, "API requests (all verbs)", api_req.total() as u64);
     // Bounded per endpoint: a refresh is one Metadata, two ListOffsets and one DescribeConfigs
-    // per thousand topics; allow one refresh per resync plus one read-ahead.
+    // per chunk of topics; allow one refresh per resync plus one read-ahead.
     let topics = resources * config.topics;
-    let bound = 2.0 * (3.0 + topics.div_ceil(1000) as f64);
+    let chunks = topics.div_ceil(switchyard::brokers::kafka::DESCRIBE_CHUNK);
+    let bound = 2.0 * (3.0 + chunks as f64);
     report.check(
         sc,
         "broker requests per resync per endpoint",

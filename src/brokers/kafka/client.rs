@@ -18,8 +18,8 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use super::coalesce::{Coalescer, ItemResult};
 use super::errors::{CaptureContext, LastError, classify, classify_kafka};
-use super::snapshot::{Snapshot, TopicView};
-use super::{REPLICATION_FACTOR, RETENTION_MS, security_protocol};
+use super::snapshot::{Snapshot, TopicConfig, TopicView, View};
+use super::{DESCRIBE_CHUNK, REPLICATION_FACTOR, RETENTION_MS, security_protocol};
 use crate::api::{BrokerType, KafkaSpec};
 use crate::brokers::{
     Action, ActionOutcome, Backend, BrokerError, BrokerErrorKind, ConnectOptions, ObjectKey,
@@ -90,10 +90,22 @@ struct TopicMeta {
 /// Topic name → layout, from one Metadata request.
 type TopicLayout = HashMap<String, TopicMeta>;
 
-/// How long one metadata answer serves concurrent observations. Many MessageBrokers on one
-/// endpoint reconcile together after a restart or a bulk apply; each would otherwise fetch the
-/// whole cluster's metadata.
+/// How long one metadata answer serves concurrent observations at least. Many MessageBrokers on
+/// one endpoint reconcile together after a restart or a bulk apply; each would otherwise fetch
+/// the whole cluster's metadata.
 const METADATA_REUSE: Duration = Duration::from_secs(1);
+
+/// Broker time per topic of a whole-cluster Metadata answer, roughly: what spaces such reads.
+const METADATA_COST_PER_TOPIC: Duration = Duration::from_micros(100);
+
+/// The least time between two reads of the whole cluster's metadata. Building that answer is
+/// most of what a big cluster's broker spends on this operator (ten thousand topics: tens of
+/// milliseconds each), so reads are spaced in proportion: 100 ms up to a thousand topics,
+/// one second at ten thousand, at most two seconds.
+fn metadata_interval(cluster_topics: usize) -> Duration {
+    (METADATA_COST_PER_TOPIC * u32::try_from(cluster_topics).unwrap_or(u32::MAX))
+        .clamp(SETTLE_POLL, SETTLE_POLL * 20)
+}
 
 /// The last cluster metadata and when it was read; `generation` moves on every invalidation so
 /// that an answer read before a change is never stored after it.
@@ -103,14 +115,15 @@ struct LayoutCache {
     layout: Option<(std::time::Instant, Arc<TopicLayout>)>,
 }
 
-/// Config name → value of one topic.
-type TopicConfig = BTreeMap<String, String>;
-
-/// Topics per DescribeConfigs request.
-const DESCRIBE_CHUNK: usize = 1000;
-
 /// How often waiters for new topics or partitions look at the cluster.
 const SETTLE_POLL: Duration = Duration::from_millis(100);
+
+/// Callers waiting for topics to be usable, and whether a poller serves them.
+#[derive(Default)]
+struct Settling {
+    waiters: Vec<SettleWaiter>,
+    polling: bool,
+}
 
 /// Someone waiting for topics to be usable.
 struct SettleWaiter {
@@ -139,7 +152,7 @@ struct Inner {
     refreshing: tokio::sync::Mutex<()>,
     waiting: std::sync::Mutex<BTreeSet<String>>,
     /// Callers waiting for new topics or partitions to be usable; one poller serves them all.
-    settling: std::sync::Mutex<Vec<SettleWaiter>>,
+    settling: std::sync::Mutex<Settling>,
 }
 
 impl Inner {
@@ -170,12 +183,23 @@ impl Inner {
             .operation_timeout(Some(OPERATION_TIMEOUT))
     }
 
-    /// The cluster's topic layout, reusing an answer younger than [`METADATA_REUSE`].
+    /// The cluster's topic layout, reusing an answer younger than [`METADATA_REUSE`] (or
+    /// the [`metadata_interval`] of a big cluster).
     fn metadata_shared(&self, timeout: Duration) -> Result<Arc<TopicLayout>, BrokerError> {
+        self.metadata_within(|n| METADATA_REUSE.max(metadata_interval(n)), timeout)
+    }
+
+    /// The shared layout when it is younger than `max_age` (of its topic count), otherwise a
+    /// fresh read.
+    fn metadata_within(
+        &self,
+        max_age: impl Fn(usize) -> Duration,
+        timeout: Duration,
+    ) -> Result<Arc<TopicLayout>, BrokerError> {
         {
             let cache = self.layout_cache();
             if let Some((at, layout)) = cache.layout.as_ref()
-                && at.elapsed() < METADATA_REUSE
+                && at.elapsed() < max_age(layout.len())
             {
                 return Ok(layout.clone());
             }
@@ -405,7 +429,7 @@ impl Inner {
     async fn read_topics(
         self: &Arc<Self>,
         names: Vec<String>,
-    ) -> Result<HashMap<String, Option<TopicView>>, BrokerError> {
+    ) -> Result<HashMap<String, View>, BrokerError> {
         let (names, layout, counts) = self
             .blocking(move |inner| {
                 let layout = inner.metadata_shared(OBSERVE_TIMEOUT)?;
@@ -436,12 +460,12 @@ impl Inner {
             .into_iter()
             .map(|name| {
                 let view = match (layout.get(&name), configs.remove(&name)) {
-                    (Some(meta), Some(config)) => Some(TopicView {
+                    (Some(meta), Some(config)) => Some(Arc::new(TopicView {
                         partitions: meta.partitions,
                         replication_factor: meta.replication_factor,
                         messages: counts.get(&name).copied(),
                         config,
-                    }),
+                    })),
                     // Gone between the metadata and DescribeConfigs.
                     _ => None,
                 };
@@ -456,7 +480,7 @@ impl Inner {
     async fn observe_topics(
         self: &Arc<Self>,
         names: Vec<String>,
-    ) -> Result<HashMap<String, Option<TopicView>>, BrokerError> {
+    ) -> Result<HashMap<String, View>, BrokerError> {
         let fresh = |inner: &Self| {
             inner
                 .snapshot
@@ -520,16 +544,16 @@ impl Inner {
             return;
         }
         let (done, settled) = tokio::sync::oneshot::channel();
-        let first = {
-            let mut waiters = self.settling.lock().unwrap_or_else(|e| e.into_inner());
-            waiters.push(SettleWaiter {
+        let start_poller = {
+            let mut settling = self.settling.lock().unwrap_or_else(|e| e.into_inner());
+            settling.waiters.push(SettleWaiter {
                 topics: wanted,
                 deadline: std::time::Instant::now() + SETTLE_TIMEOUT,
                 done,
             });
-            waiters.len() == 1
+            !std::mem::replace(&mut settling.polling, true)
         };
-        if first {
+        if start_poller {
             let inner = Arc::clone(self);
             tokio::task::spawn_blocking(move || inner.settle_rounds());
         }
@@ -540,16 +564,18 @@ impl Inner {
         }
     }
 
-    /// The poller behind [`Inner::await_metadata`]: runs until nobody waits.
+    /// The poller behind [`Inner::await_metadata`]: runs until nobody waits. There is at
+    /// most one per endpoint (`Settling::polling`).
     fn settle_rounds(&self) {
         loop {
             let wanted: BTreeMap<String, Option<i32>> = {
-                let waiters = self.settling.lock().unwrap_or_else(|e| e.into_inner());
-                if waiters.is_empty() {
+                let mut settling = self.settling.lock().unwrap_or_else(|e| e.into_inner());
+                if settling.waiters.is_empty() {
+                    settling.polling = false;
                     return;
                 }
                 let mut all = BTreeMap::new();
-                for (name, partitions) in waiters.iter().flat_map(|w| &w.topics) {
+                for (name, partitions) in settling.waiters.iter().flat_map(|w| &w.topics) {
                     let e: &mut Option<i32> = all.entry(name.clone()).or_default();
                     *e = (*e).max(*partitions);
                 }
@@ -557,20 +583,21 @@ impl Inner {
             };
             let (ready, cluster) = self.ready_topics(&wanted).unwrap_or_default();
             let now = std::time::Instant::now();
-            let mut waiters = self.settling.lock().unwrap_or_else(|e| e.into_inner());
+            let mut settling = self.settling.lock().unwrap_or_else(|e| e.into_inner());
             let (finished, waiting): (Vec<SettleWaiter>, Vec<SettleWaiter>) =
-                std::mem::take(&mut *waiters).into_iter().partition(|w| {
-                    now >= w.deadline || w.topics.iter().all(|(n, _)| ready.contains(n))
-                });
-            *waiters = waiting;
-            drop(waiters);
+                std::mem::take(&mut settling.waiters)
+                    .into_iter()
+                    .partition(|w| {
+                        now >= w.deadline || w.topics.iter().all(|(n, _)| ready.contains(n))
+                    });
+            settling.waiters = waiting;
+            drop(settling);
             for w in finished {
                 let ok = w.topics.iter().all(|(n, _)| ready.contains(n));
                 let _ = w.done.send(ok);
             }
             // Reading a big cluster's metadata costs the broker: poll less often there.
-            let pause = Duration::from_micros(cluster as u64 * 40);
-            std::thread::sleep(pause.clamp(SETTLE_POLL, SETTLE_POLL * 10));
+            std::thread::sleep(metadata_interval(cluster));
         }
     }
 
@@ -580,8 +607,9 @@ impl Inner {
         &self,
         wanted: &BTreeMap<String, Option<i32>>,
     ) -> Result<(HashSet<String>, usize), BrokerError> {
-        // Shared: the pass after this apply observes with it.
-        let layout = self.metadata_fresh(OBSERVE_TIMEOUT)?;
+        // Shared both ways: the pass after this apply observes with it, and a read made by an
+        // observation within the cluster's metadata interval serves this round.
+        let layout = self.metadata_within(metadata_interval, OBSERVE_TIMEOUT)?;
         let candidates: Vec<(String, i32)> = wanted
             .iter()
             .filter_map(|(name, want)| {
@@ -713,7 +741,7 @@ impl Inner {
             let Some(dynamic) = current.get(&item.name) else {
                 continue;
             };
-            let mut config = dynamic.clone();
+            let mut config = dynamic.to_map();
             config.extend(item.config.clone());
             merged.push((item.name.clone(), config));
         }
@@ -979,7 +1007,7 @@ impl KafkaBackend {
             snapshot: std::sync::Mutex::new(Snapshot::new(options.observe_max_age)),
             refreshing: tokio::sync::Mutex::new(()),
             waiting: std::sync::Mutex::new(BTreeSet::new()),
-            settling: std::sync::Mutex::new(Vec::new()),
+            settling: std::sync::Mutex::new(Settling::default()),
         });
         start_event_poller(Arc::downgrade(&inner));
         Ok(KafkaBackend {
@@ -1058,7 +1086,7 @@ impl Backend for KafkaBackend {
             let Some(Some(view)) = topics.get(&key.name) else {
                 continue;
             };
-            let mut config = view.config.clone();
+            let mut config = view.config.to_map();
             if let Some(rf) = view.replication_factor {
                 config.insert(REPLICATION_FACTOR.to_string(), rf.to_string());
             }
@@ -1211,6 +1239,14 @@ impl Backend for KafkaBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn whole_cluster_reads_are_spaced_by_cluster_size() {
+        assert_eq!(metadata_interval(0), SETTLE_POLL);
+        assert_eq!(metadata_interval(1_000), SETTLE_POLL);
+        assert_eq!(metadata_interval(10_000), Duration::from_secs(1));
+        assert_eq!(metadata_interval(1_000_000), Duration::from_secs(2));
+    }
 
     #[test]
     fn client_config_carries_tls_and_sasl() {

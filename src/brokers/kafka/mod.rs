@@ -43,6 +43,10 @@ pub const RETENTION_MS: &str = "retention.ms";
 /// Pseudo config key carrying the replication factor (from metadata, not a topic config).
 pub const REPLICATION_FACTOR: &str = "replication.factor";
 
+/// Topics per DescribeConfigs request. An answer carries every config of every topic (dozens
+/// each) until it is reduced to the managed ones: this bounds what is held at once.
+pub const DESCRIBE_CHUNK: usize = 250;
+
 /// Suffix of dead-letter topics.
 const DLQ_SUFFIX: &str = ".dlq";
 

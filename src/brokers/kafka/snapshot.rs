@@ -13,7 +13,40 @@
 //! round per resource. A `max_age` of zero keeps nothing.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// Config name → value of one topic, sorted by name. A boxed slice rather than a map: the
+/// snapshot holds one per topic (ten thousand and more), mostly with one or two entries.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(super) struct TopicConfig(Box<[(String, String)]>);
+
+impl TopicConfig {
+    /// The value of config `name`.
+    pub(super) fn get(&self, name: &str) -> Option<&String> {
+        self.0
+            .binary_search_by(|(k, _)| k.as_str().cmp(name))
+            .ok()
+            .map(|i| &self.0[i].1)
+    }
+
+    /// A map to change or hand on.
+    pub(super) fn to_map(&self) -> BTreeMap<String, String> {
+        self.0.iter().cloned().collect()
+    }
+}
+
+impl FromIterator<(String, String)> for TopicConfig {
+    fn from_iter<I: IntoIterator<Item = (String, String)>>(iter: I) -> Self {
+        let mut v: Vec<(String, String)> = iter.into_iter().collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v.dedup_by(|a, b| a.0 == b.0);
+        TopicConfig(v.into_boxed_slice())
+    }
+}
+
+/// A topic as read: present (with its view, shared by every answer) or absent.
+pub(super) type View = Option<Arc<TopicView>>;
 
 /// What one topic looked like.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -25,13 +58,13 @@ pub(super) struct TopicView {
     /// Messages held (high - low watermark over partitions), when every partition answered.
     pub(super) messages: Option<u64>,
     /// The managed topic configs.
-    pub(super) config: BTreeMap<String, String>,
+    pub(super) config: TopicConfig,
 }
 
 /// A topic as last read: present (with its view) or absent.
 #[derive(Debug)]
 struct Entry {
-    view: Option<TopicView>,
+    view: View,
     /// None: changed since, read it again.
     read_at: Option<Instant>,
     asked_at: Instant,
@@ -65,7 +98,7 @@ impl Snapshot {
         &mut self,
         names: &[String],
         now: Instant,
-    ) -> Option<HashMap<String, Option<TopicView>>> {
+    ) -> Option<HashMap<String, View>> {
         if !names
             .iter()
             .all(|n| self.entries.get(n).is_some_and(|e| self.is_fresh(e, now)))
@@ -107,12 +140,7 @@ impl Snapshot {
 
     /// Remember what a refresh read (every name it was asked for: absent ones as None), and
     /// drop topics nobody asked about for a while.
-    pub(super) fn record(
-        &mut self,
-        read: &HashMap<String, Option<TopicView>>,
-        asked: &[String],
-        now: Instant,
-    ) {
+    pub(super) fn record(&mut self, read: &HashMap<String, View>, asked: &[String], now: Instant) {
         if self.max_age.is_zero() {
             return;
         }
@@ -157,20 +185,20 @@ impl Snapshot {
 mod tests {
     use super::*;
 
-    fn view(p: i32) -> Option<TopicView> {
-        Some(TopicView {
+    fn view(p: i32) -> View {
+        Some(Arc::new(TopicView {
             partitions: p,
             replication_factor: Some(1),
             messages: Some(0),
-            config: BTreeMap::new(),
-        })
+            config: TopicConfig::default(),
+        }))
     }
 
     fn names(v: &[&str]) -> Vec<String> {
         v.iter().map(|s| s.to_string()).collect()
     }
 
-    fn read(v: &[(&str, Option<TopicView>)]) -> HashMap<String, Option<TopicView>> {
+    fn read(v: &[(&str, View)]) -> HashMap<String, View> {
         v.iter().map(|(n, x)| (n.to_string(), x.clone())).collect()
     }
 
@@ -232,11 +260,25 @@ mod tests {
             let now = t0 + Duration::from_secs(10 * i);
             let b = names(&["b"]);
             let due = s.due(&b, now);
-            let fetched: HashMap<String, Option<TopicView>> =
-                due.iter().map(|n| (n.clone(), view(1))).collect();
+            let fetched: HashMap<String, View> = due.iter().map(|n| (n.clone(), view(1))).collect();
             s.record(&fetched, &b, now);
         }
         assert_eq!(s.len(), 1, "a was dropped after three unasked periods");
+    }
+
+    #[test]
+    fn topic_configs_are_sorted_and_looked_up_by_name() {
+        let c: TopicConfig = [
+            ("retention.ms".to_string(), "1".to_string()),
+            ("cleanup.policy".to_string(), "delete".to_string()),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(c.get("retention.ms").map(String::as_str), Some("1"));
+        assert_eq!(c.get("cleanup.policy").map(String::as_str), Some("delete"));
+        assert_eq!(c.get("segment.ms"), None);
+        let keys: Vec<String> = c.to_map().into_keys().collect();
+        assert_eq!(keys, ["cleanup.policy", "retention.ms"]);
     }
 
     #[test]
