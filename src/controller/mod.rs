@@ -6,7 +6,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::ObjectMeta;
 use kube::core::PartialObjectMeta;
@@ -218,6 +218,19 @@ impl Context {
         raw.status().unwrap_or_default()
     }
 
+    /// The watch delivered a version of `raw`: a status written on an older version is now in
+    /// the cache, so its copy can go (rather than wait for the object's next pass).
+    fn caught_up(&self, raw: &RawMessageBroker) {
+        let key = format!("{}/{}", raw.namespace().unwrap_or_default(), raw.name_any());
+        let mut written = self.written.lock().unwrap_or_else(|e| e.into_inner());
+        if written
+            .get(&key)
+            .is_some_and(|(base, _)| *base != raw.metadata.resource_version)
+        {
+            written.remove(&key);
+        }
+    }
+
     /// Remember a status write (see [`Context::previous_status`]).
     fn remember_status(&self, raw: &RawMessageBroker, status: &crate::api::MessageBrokerStatus) {
         let key = format!("{}/{}", raw.namespace().unwrap_or_default(), raw.name_any());
@@ -358,12 +371,14 @@ pub async fn run(
     ));
 
     let (store, writer) = reflector::store();
+    let cache_ctx = ctx.clone();
     // managedFields are the biggest part of a cached object and nothing here reads them.
     let main_stream = watcher(brokers, watcher::Config::default().any_semantic())
         .backoff(watch_backoff())
         .modify(|mb: &mut RawMessageBroker| mb.metadata.managed_fields = None)
         .reflect(writer)
         .applied_objects()
+        .inspect_ok(move |mb| cache_ctx.caught_up(mb))
         .predicate_filter(trigger_hash, Default::default());
 
     let rotation_store = store.clone();

@@ -459,11 +459,12 @@ async fn idle(
         api_req.writes() == 0.0,
     );
     report.row(sc, "API requests (all verbs)", api_req.total() as u64);
-    // Bounded per endpoint: a refresh is one Metadata, two ListOffsets and one DescribeConfigs
-    // per chunk of topics; allow one refresh per resync plus one read-ahead.
+    // Bounded per endpoint: a refresh is one Metadata, two ListOffsets per piece and one
+    // DescribeConfigs per chunk of topics; allow one refresh per resync plus one read-ahead.
+    use switchyard::brokers::kafka::{DESCRIBE_CHUNK, READ_CHUNK};
     let topics = resources * config.topics;
-    let chunks = topics.div_ceil(switchyard::brokers::kafka::DESCRIBE_CHUNK);
-    let bound = 2.0 * (3.0 + chunks as f64);
+    let requests = 1 + 2 * topics.div_ceil(READ_CHUNK) + topics.div_ceil(DESCRIBE_CHUNK);
+    let bound = 2.0 * requests as f64;
     report.check(
         sc,
         "broker requests per resync per endpoint",

@@ -19,7 +19,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use super::coalesce::{Coalescer, ItemResult};
 use super::errors::{CaptureContext, LastError, classify, classify_kafka};
 use super::snapshot::{Snapshot, TopicConfig, TopicView, View};
-use super::{DESCRIBE_CHUNK, REPLICATION_FACTOR, RETENTION_MS, security_protocol};
+use super::{DESCRIBE_CHUNK, READ_CHUNK, REPLICATION_FACTOR, RETENTION_MS, security_protocol};
 use crate::api::{BrokerType, KafkaSpec};
 use crate::brokers::{
     Action, ActionOutcome, Backend, BrokerError, BrokerErrorKind, ConnectOptions, ObjectKey,
@@ -515,20 +515,28 @@ impl Inner {
             reading = due.len(),
             "refreshing the shared observation"
         );
-        let read = self.read_topics(due).await?;
-        let mut snapshot = self.snapshot.lock().unwrap_or_else(|e| e.into_inner());
-        snapshot.record(&read, &asked, now);
+        // In pieces, each remembered as it arrives: what is held at once stays bounded however
+        // many topics are due.
+        let wanted: HashSet<&String> = names.iter().collect();
         let mut answer = HashMap::with_capacity(names.len());
+        for chunk in due.chunks(READ_CHUNK) {
+            let read = self.read_topics(chunk.to_vec()).await?;
+            self.snapshot
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .record(&read, &asked, now);
+            answer.extend(read.into_iter().filter(|(n, _)| wanted.contains(n)));
+        }
+        let mut snapshot = self.snapshot.lock().unwrap_or_else(|e| e.into_inner());
         for name in &names {
-            let view = match read.get(name) {
-                Some(v) => v.clone(),
+            if !answer.contains_key(name) {
                 // Fresh in the snapshot, so not read again.
-                None => snapshot
+                let view = snapshot
                     .answer(std::slice::from_ref(name), now)
                     .and_then(|mut a| a.remove(name))
-                    .flatten(),
-            };
-            answer.insert(name.clone(), view);
+                    .flatten();
+                answer.insert(name.clone(), view);
+            }
         }
         Ok(answer)
     }

@@ -47,6 +47,10 @@ pub const REPLICATION_FACTOR: &str = "replication.factor";
 /// each) until it is reduced to the managed ones: this bounds what is held at once.
 pub const DESCRIBE_CHUNK: usize = 250;
 
+/// Topics per piece of a shared-observation refresh (two ListOffsets requests each, and
+/// DescribeConfigs by [`DESCRIBE_CHUNK`]): bounds what one refresh holds at once.
+pub const READ_CHUNK: usize = 2000;
+
 /// Suffix of dead-letter topics.
 const DLQ_SUFFIX: &str = ".dlq";
 

@@ -4,8 +4,9 @@
 //! them with its own metadata, ListOffsets and DescribeConfigs round makes the cost of an idle
 //! operator grow with the number of resources. Instead the backend keeps what it last read about
 //! each topic it was asked about, for up to `max_age`; a pass that needs something unknown or
-//! older triggers one refresh that also re-reads every other topic past half its age. At rest an
-//! endpoint is thus read about once per `max_age`, whatever the number of resources on it.
+//! older triggers one refresh. When something aged out, that refresh also re-reads every other
+//! topic past half its age. At rest an endpoint is thus read about once per `max_age`, whatever
+//! the number of resources on it; during a bulk apply, refreshes for new topics read just those.
 //!
 //! What the operator itself changes is marked for reading again when it changes (see
 //! [`Snapshot::forget`]): the next refresh, whoever triggers it, reads it with everything else,
@@ -114,22 +115,27 @@ impl Snapshot {
         Some(out)
     }
 
-    /// What a refresh for `names` should read: those unknown or stale, and every other known
-    /// topic changed since it was read or past half its age (read ahead, so that the next
-    /// passes find it fresh).
+    /// What a refresh for `names` should read: those unknown or stale, every other known
+    /// topic changed since it was read and, when one of `names` aged out, every topic past
+    /// half its age (read ahead, so that the passes coming due next find it fresh: at rest
+    /// that is one refresh per `max_age`). Asking only for topics never read (a bulk apply)
+    /// reads no more than those and the changed ones.
     pub(super) fn due(&self, names: &[String], now: Instant) -> Vec<String> {
         let mut due: Vec<String> = names
             .iter()
             .filter(|n| !self.entries.get(*n).is_some_and(|e| self.is_fresh(e, now)))
             .cloned()
             .collect();
+        let aged_out = due
+            .iter()
+            .any(|n| self.entries.get(n).is_some_and(|e| e.read_at.is_some()));
         let half = self.max_age / 2;
         due.extend(
             self.entries
                 .iter()
-                .filter(|(_, e)| {
-                    e.read_at
-                        .is_none_or(|t| now.saturating_duration_since(t) >= half)
+                .filter(|(_, e)| match e.read_at {
+                    None => true,
+                    Some(t) => aged_out && now.saturating_duration_since(t) >= half,
                 })
                 .map(|(n, _)| n.clone()),
         );
@@ -230,10 +236,21 @@ mod tests {
             &names(&["b"]),
             t0 + Duration::from_secs(4),
         );
-        // At 6 s, asking for c reads c and a (6 s old) but not b (2 s old).
+        // At 6 s, asking for c (never read) reads only c.
         assert_eq!(
             s.due(&names(&["c"]), t0 + Duration::from_secs(6)),
-            names(&["a", "c"])
+            names(&["c"])
+        );
+        // At 10 s a is stale: asking for it reads a, c and whatever is past half its age
+        // (b, 6 s old), not d (4 s old).
+        s.record(
+            &read(&[("d", view(1))]),
+            &names(&["d"]),
+            t0 + Duration::from_secs(6),
+        );
+        assert_eq!(
+            s.due(&names(&["a", "c"]), t0 + Duration::from_secs(10)),
+            names(&["a", "b", "c"])
         );
     }
 
