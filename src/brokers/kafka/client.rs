@@ -975,6 +975,18 @@ struct AlterItem {
     config: BTreeMap<String, String>,
 }
 
+/// A batch executor for a [`Coalescer`]: `run` on (a handle to) the endpoint's clients.
+fn on_client<R, F, Fut>(
+    inner: &Arc<Inner>,
+    run: F,
+) -> impl Fn(Vec<R>) -> Fut + Send + Sync + use<R, F, Fut>
+where
+    F: Fn(Arc<Inner>, Vec<R>) -> Fut + Send + Sync,
+{
+    let inner = Arc::clone(inner);
+    move |batch| run(Arc::clone(&inner), batch)
+}
+
 /// The Kafka backend for one endpoint + credentials.
 pub struct KafkaBackend {
     inner: Arc<Inner>,
@@ -1192,29 +1204,24 @@ impl Backend for KafkaBackend {
         let (gi, gitems): (Vec<usize>, Vec<PartitionsItem>) = grows.into_iter().unzip();
         let (ai, aitems): (Vec<usize>, Vec<AlterItem>) = alters.into_iter().unzip();
         let (di, ditems): (Vec<usize>, Vec<String>) = deletes.into_iter().unzip();
-        let (i1, i2, i3, i4) = (
-            self.inner.clone(),
-            self.inner.clone(),
-            self.inner.clone(),
-            self.inner.clone(),
-        );
+        let inner = &self.inner;
         let (cr, gr, ar, dr) = tokio::join!(
-            self.creates.submit(citems, move |b| {
-                let i = i1.clone();
-                async move { i.create_topics(b).await }
-            }),
-            self.partitions.submit(gitems, move |b| {
-                let i = i2.clone();
-                async move { i.create_partitions(b).await }
-            }),
-            self.alters.submit(aitems, move |b| {
-                let i = i3.clone();
-                async move { i.alter_configs(b).await }
-            }),
-            self.deletes.submit(ditems, move |b| {
-                let i = i4.clone();
-                async move { i.delete_topics(b).await }
-            }),
+            self.creates.submit(
+                citems,
+                on_client(inner, |i, b| async move { i.create_topics(b).await })
+            ),
+            self.partitions.submit(
+                gitems,
+                on_client(inner, |i, b| async move { i.create_partitions(b).await })
+            ),
+            self.alters.submit(
+                aitems,
+                on_client(inner, |i, b| async move { i.alter_configs(b).await })
+            ),
+            self.deletes.submit(
+                ditems,
+                on_client(inner, |i, b| async move { i.delete_topics(b).await })
+            ),
         );
         for (idx, res) in [(ci, cr), (gi, gr), (ai, ar), (di, dr)]
             .into_iter()
