@@ -83,6 +83,9 @@ pub fn content(
     for (k, v) in &info.extra {
         data.insert(k.clone(), v.clone());
     }
+    for (k, v) in &info.credentials {
+        data.insert(k.clone(), v.expose().to_string());
+    }
     for (logical, physical) in names {
         let mut parts = logical.split('/');
         let key = match (parts.next(), parts.next(), parts.next()) {
@@ -188,6 +191,7 @@ mod tests {
             username: Some(SecretValue::new("u")),
             password: Some(SecretValue::new("p")),
             extra: BTreeMap::new(),
+            credentials: BTreeMap::new(),
         };
         let names = BTreeMap::from([
             ("orders".to_string(), "ns.bus.orders".to_string()),

@@ -30,6 +30,7 @@ pub const MAX_ENVS: usize = 16;
     category = "switchyard",
     status = "MessageBrokerStatus",
     derive = "PartialEq",
+    label("servicebinding.io/provisioned-service", "true"),
     printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
     printcolumn(name = "Envs", type_ = "string", json_path = ".status.envSummary"),
     printcolumn(name = "Topics", type_ = "integer", json_path = ".status.topicCount"),

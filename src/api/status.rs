@@ -28,6 +28,18 @@ pub struct MessageBrokerStatus {
     /// Per-environment state.
     #[serde(default)]
     pub envs: Vec<EnvStatus>,
+    /// The binding Secret of the first env (in spec order) that has one: this makes the
+    /// MessageBroker a Provisioned Service of the Service Binding spec, so a `ServiceBinding`
+    /// can name the MessageBroker itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub binding: Option<ProvisionedBinding>,
+}
+
+/// `status.binding` of the Service Binding spec's Provisioned Service duck type.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
+pub struct ProvisionedBinding {
+    /// Name of the binding Secret, in the MessageBroker's namespace.
+    pub name: String,
 }
 
 /// Observed state of one environment.

@@ -253,8 +253,13 @@ pub struct ConnectionInfo {
     pub username: Option<SecretValue>,
     /// Password, copied from the referenced Secret.
     pub password: Option<SecretValue>,
-    /// Further backend-specific entries (e.g. `bootstrap-servers`, `project-id`, `region`).
+    /// Further backend-specific entries (e.g. `bootstrap-servers`, `project-id`, `region`),
+    /// including the keys that binding readers and SDKs look for (`bootstrapServers`,
+    /// `virtual-host`, `GOOGLE_CLOUD_PROJECT`, …).
     pub extra: BTreeMap<String, String>,
+    /// Entries that carry a credential under the key another reader expects (`user`,
+    /// `AWS_SECRET_ACCESS_KEY`, a TLS CA, …); printed redacted like the other credentials.
+    pub credentials: BTreeMap<String, SecretValue>,
 }
 
 /// Why a broker call failed, as a condition reason can express it.

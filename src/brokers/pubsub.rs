@@ -232,15 +232,20 @@ pub fn connection_info(
         .clone()
         .unwrap_or_else(|| "https://pubsub.googleapis.com".to_string());
     let (host, port) = host_port(&uri);
-    let mut extra = BTreeMap::from([("project-id".to_string(), spec.project_id.clone())]);
+    // The upper-case keys are the environment variables the Google Cloud client libraries read,
+    // so `envFrom` of this Secret configures them with no code.
+    let mut extra = BTreeMap::from([
+        ("project-id".to_string(), spec.project_id.clone()),
+        ("GOOGLE_CLOUD_PROJECT".to_string(), spec.project_id.clone()),
+        ("PUBSUB_PROJECT_ID".to_string(), spec.project_id.clone()),
+    ]);
     if uri.starts_with("http://")
         && let Some(h) = &host
     {
         // What the Google client libraries read to talk to an emulator.
-        extra.insert(
-            "emulator-host".to_string(),
-            format!("{h}:{}", port.unwrap_or(80)),
-        );
+        let emulator = format!("{h}:{}", port.unwrap_or(80));
+        extra.insert("emulator-host".to_string(), emulator.clone());
+        extra.insert("PUBSUB_EMULATOR_HOST".to_string(), emulator);
     }
     Ok(ConnectionInfo {
         provider: "google".into(),
@@ -250,6 +255,7 @@ pub fn connection_info(
         username: None,
         password: None,
         extra,
+        credentials: BTreeMap::new(),
     })
 }
 
@@ -954,12 +960,18 @@ mod tests {
         assert_eq!(info.port, Some(8085));
         assert_eq!(info.extra["project-id"], "demo-project");
         assert_eq!(info.extra["emulator-host"], "127.0.0.1:8085");
+        // The environment variables the Google Cloud client libraries read.
+        assert_eq!(info.extra["PUBSUB_EMULATOR_HOST"], "127.0.0.1:8085");
+        assert_eq!(info.extra["GOOGLE_CLOUD_PROJECT"], "demo-project");
+        assert_eq!(info.extra["PUBSUB_PROJECT_ID"], "demo-project");
+        assert!(info.credentials.is_empty(), "apps bring their own identity");
         let mut cloud = spec();
         cloud.endpoint = None;
         let info = connection_info(&cloud, &ResolvedSecrets::default()).expect("info");
         assert_eq!(info.host.as_deref(), Some("pubsub.googleapis.com"));
         assert_eq!(info.port, Some(443));
         assert!(!info.extra.contains_key("emulator-host"));
+        assert!(!info.extra.contains_key("PUBSUB_EMULATOR_HOST"));
     }
 
     #[test]

@@ -320,36 +320,46 @@ pub fn connection_info(
         .clone()
         .unwrap_or_else(|| format!("https://sqs.{}.amazonaws.com", spec.region));
     let (host, port) = super::pubsub::host_port(&uri);
+    let key = |secret: &str, key: &str| {
+        secrets
+            .get_opt(secret, key)
+            .cloned()
+            .ok_or_else(|| Error::SecretKeyMissing {
+                secret: secret.to_string(),
+                key: key.to_string(),
+            })
+    };
+    // The upper-case keys are the environment variables every AWS SDK reads, so `envFrom` of
+    // this Secret configures a client with no code.
+    let mut credentials = BTreeMap::new();
     let (username, password) = match &spec.credentials_secret_ref {
-        Some(r) => (
-            Some(
-                secrets
-                    .get_opt(&r.name, &r.access_key_id_key)
-                    .cloned()
-                    .ok_or_else(|| Error::SecretKeyMissing {
-                        secret: r.name.clone(),
-                        key: r.access_key_id_key.clone(),
-                    })?,
-            ),
-            Some(
-                secrets
-                    .get_opt(&r.name, &r.secret_access_key_key)
-                    .cloned()
-                    .ok_or_else(|| Error::SecretKeyMissing {
-                        secret: r.name.clone(),
-                        key: r.secret_access_key_key.clone(),
-                    })?,
-            ),
-        ),
+        Some(r) => {
+            let access = key(&r.name, &r.access_key_id_key)?;
+            let secret = key(&r.name, &r.secret_access_key_key)?;
+            credentials.insert("AWS_ACCESS_KEY_ID".to_string(), access.clone());
+            credentials.insert("AWS_SECRET_ACCESS_KEY".to_string(), secret.clone());
+            if let Some(token) = secrets.get_opt(&r.name, &r.session_token_key) {
+                credentials.insert("AWS_SESSION_TOKEN".to_string(), token.clone());
+            }
+            (Some(access), Some(secret))
+        }
         None => (None, None),
     };
-    let mut extra = BTreeMap::from([("region".to_string(), spec.region.clone())]);
-    extra.insert(
-        "sns-endpoint".to_string(),
-        spec.endpoint
-            .clone()
-            .unwrap_or_else(|| format!("https://sns.{}.amazonaws.com", spec.region)),
-    );
+    let sns_endpoint = spec
+        .endpoint
+        .clone()
+        .unwrap_or_else(|| format!("https://sns.{}.amazonaws.com", spec.region));
+    let mut extra = BTreeMap::from([
+        ("region".to_string(), spec.region.clone()),
+        ("sns-endpoint".to_string(), sns_endpoint),
+        ("AWS_REGION".to_string(), spec.region.clone()),
+        // What the Python SDK and the AWS CLI read.
+        ("AWS_DEFAULT_REGION".to_string(), spec.region.clone()),
+    ]);
+    if let Some(endpoint) = &spec.endpoint {
+        extra.insert("AWS_ENDPOINT_URL_SQS".to_string(), endpoint.clone());
+        extra.insert("AWS_ENDPOINT_URL_SNS".to_string(), endpoint.clone());
+    }
     Ok(ConnectionInfo {
         provider: "aws".into(),
         host,
@@ -358,6 +368,7 @@ pub fn connection_info(
         username,
         password,
         extra,
+        credentials,
     })
 }
 
@@ -1453,6 +1464,29 @@ mod tests {
             info.username.as_ref().map(|u| u.expose()),
             Some("AKIAEXAMPLE")
         );
+        // The environment variables every AWS SDK reads; no endpoint override for real AWS.
+        assert_eq!(info.extra["AWS_REGION"], "eu-west-1");
+        assert_eq!(info.extra["AWS_DEFAULT_REGION"], "eu-west-1");
+        assert!(!info.extra.contains_key("AWS_ENDPOINT_URL_SQS"));
+        assert_eq!(
+            info.credentials["AWS_ACCESS_KEY_ID"].expose(),
+            "AKIAEXAMPLE"
+        );
+        assert_eq!(
+            info.credentials["AWS_SECRET_ACCESS_KEY"].expose(),
+            "very-secret"
+        );
+        assert!(!info.credentials.contains_key("AWS_SESSION_TOKEN"));
+        assert!(!format!("{info:?}").contains("very-secret"));
+        secrets.insert("aws", "sessionToken", "token-value");
+        s.endpoint = Some("http://127.0.0.1:5000".into());
+        let info = connection_info(&s, &secrets).expect("info");
+        assert_eq!(
+            info.credentials["AWS_SESSION_TOKEN"].expose(),
+            "token-value"
+        );
+        assert_eq!(info.extra["AWS_ENDPOINT_URL_SQS"], "http://127.0.0.1:5000");
+        assert_eq!(info.extra["AWS_ENDPOINT_URL_SNS"], "http://127.0.0.1:5000");
         assert!(connection_info(&s, &ResolvedSecrets::default()).is_err());
     }
 }

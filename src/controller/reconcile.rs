@@ -11,7 +11,7 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::{Event as KubeEvent, EventType};
 use kube::runtime::finalizer::{Event, finalizer};
 use kube::{Api, Resource, ResourceExt};
-use tracing::{Instrument, debug, info, info_span};
+use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::env::{self, Shared};
 use super::status::{self, Verdict};
@@ -102,15 +102,31 @@ async fn publish(ctx: &Context, raw: &RawMessageBroker, events: Vec<(EventType, 
     for (type_, reason, note) in events {
         let ev = KubeEvent {
             type_,
-            reason,
-            note: Some(note),
+            reason: reason.clone(),
+            note: Some(event_note(note)),
             action: "Reconcile".into(),
             secondary: None,
         };
         if let Err(e) = ctx.recorder.publish(&ev, &reference).await {
-            debug!(error = %e, "publishing an event failed");
+            warn!(error = %e, reason = %reason, "publishing an event failed");
         }
     }
+}
+
+/// The API server refuses an Event whose note exceeds 1 KiB (`events.k8s.io/v1`).
+pub(super) const EVENT_NOTE_MAX: usize = 1024;
+
+/// A note cut to [`EVENT_NOTE_MAX`] bytes on a character boundary, marked with `…` when cut.
+pub(super) fn event_note(note: String) -> String {
+    if note.len() <= EVENT_NOTE_MAX {
+        return note;
+    }
+    const MARK: &str = "…";
+    let mut end = EVENT_NOTE_MAX - MARK.len();
+    while !note.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}{MARK}", &note[..end])
 }
 
 async fn stall(
@@ -258,6 +274,7 @@ async fn apply(raw: Arc<RawMessageBroker>, ctx: &Context) -> Result<Action, Erro
     });
     next.topic_count = i32::try_from(spec.topics.len()).unwrap_or(i32::MAX);
     next.env_summary = status::env_summary(&spec, &next.envs);
+    next.binding = status::provisioned_binding(&next.envs);
     let verdict = status::verdict(&spec, &next.envs, stalled, transient.clone());
     status::set_top(&mut next, raw.metadata.generation, &now, verdict);
     let wrote = status::write_if_changed(ctx, &raw, &prev, &next).await?;

@@ -7,7 +7,9 @@ use kube::{Api, Resource, ResourceExt};
 
 use super::{Context, RawMessageBroker};
 use crate::api::conditions::{self, Desired, reasons, types};
-use crate::api::{EnvStatus, MessageBroker, MessageBrokerSpec, MessageBrokerStatus};
+use crate::api::{
+    EnvStatus, MessageBroker, MessageBrokerSpec, MessageBrokerStatus, ProvisionedBinding,
+};
 use crate::binding::MANAGER;
 use crate::error::Error;
 
@@ -96,6 +98,15 @@ pub fn set_top(
     };
     status.conditions = conditions::merge(&status.conditions, &desired, generation, now);
     status.observed_generation = generation;
+}
+
+/// `status.binding`: the binding of the first env (in spec order) that has one.
+pub fn provisioned_binding(envs: &[EnvStatus]) -> Option<ProvisionedBinding> {
+    envs.iter()
+        .find_map(|e| e.binding.as_ref())
+        .map(|b| ProvisionedBinding {
+            name: b.name.clone(),
+        })
 }
 
 /// `prd:Kafka dev:Redis`, from the type that serves each env (the spec's type before the first pass).

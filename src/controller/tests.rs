@@ -1,10 +1,10 @@
 //! Unit tests of the pure parts of the controller.
 
 use super::Config;
-use super::reconcile::validate;
-use super::status::{Verdict, env_summary, verdict};
+use super::reconcile::{EVENT_NOTE_MAX, event_note, validate};
+use super::status::{Verdict, env_summary, provisioned_binding, verdict};
 use crate::api::conditions::{Desired, merge, reasons, types};
-use crate::api::{BrokerType, EnvStatus, MessageBrokerSpec};
+use crate::api::{BindingStatus, BrokerType, EnvStatus, MessageBrokerSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 fn spec(yaml: &str) -> MessageBrokerSpec {
@@ -91,6 +91,37 @@ fn summary_uses_the_serving_type() {
     let mut prd = env_status("prd", true);
     prd.broker_type = Some(BrokerType::RabbitMQ); // mid-swap: still served by RabbitMQ
     assert_eq!(env_summary(&s, &[prd]), "prd:RabbitMQ dev:Redis");
+}
+
+#[test]
+fn the_provisioned_service_binding_is_the_first_env_with_a_binding() {
+    let prd = env_status("prd", false);
+    let mut dev = env_status("dev", true);
+    assert_eq!(provisioned_binding(&[prd.clone(), dev.clone()]), None);
+    dev.binding = Some(BindingStatus {
+        name: "bus-dev".into(),
+        hash: "h".into(),
+    });
+    let mut prd_bound = prd.clone();
+    prd_bound.binding = Some(BindingStatus {
+        name: "bus-prd".into(),
+        hash: "h".into(),
+    });
+    let name = |envs: &[EnvStatus]| provisioned_binding(envs).map(|b| b.name);
+    assert_eq!(name(&[prd, dev.clone()]).as_deref(), Some("bus-dev"));
+    assert_eq!(name(&[prd_bound, dev]).as_deref(), Some("bus-prd"));
+}
+
+#[test]
+fn event_notes_are_cut_to_the_api_limit_on_a_character_boundary() {
+    assert_eq!(event_note("short".into()), "short");
+    let exact = "a".repeat(EVENT_NOTE_MAX);
+    assert_eq!(event_note(exact.clone()), exact);
+    // Multi-byte characters straddle the limit: the cut must not split one.
+    let long = "é".repeat(EVENT_NOTE_MAX);
+    let cut = event_note(long);
+    assert!(cut.len() <= EVENT_NOTE_MAX, "{} bytes", cut.len());
+    assert!(cut.ends_with('…') && cut.trim_end_matches('…').chars().all(|c| c == 'é'));
 }
 
 #[test]

@@ -15,6 +15,7 @@ mod kstatus;
 mod plan;
 mod pubsub;
 mod rabbitmq;
+mod readers;
 mod redis;
 mod reliability;
 mod sqs;

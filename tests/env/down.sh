@@ -4,7 +4,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 set +e
 # The operator that `make dev` started, if any.
 stop_pid operator
-for svc in kstatus flux moto pubsub rabbitmq redis kafka kube; do
+for svc in readers kstatus flux moto pubsub rabbitmq redis kafka kube; do
   [ -f "$ENV_SRC_DIR/$svc.sh" ] && bash "$ENV_SRC_DIR/$svc.sh" stop
 done
 rm -f "$RUN_DIR/env.sh"

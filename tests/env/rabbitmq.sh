@@ -63,8 +63,9 @@ management.tcp.port = $mgmt_port
 log.console = false
 log.file.level = info
 CONF
-  # Same as `rabbitmq-plugins enable --offline rabbitmq_management`, without booting a CLI node.
-  echo '[rabbitmq_management].' >"$DATA/enabled_plugins"
+  # Same as `rabbitmq-plugins enable --offline ...`, without booting a CLI node. AMQP 1.0 is for
+  # the readers that speak it (kube-service-bindings' AMQP client, rhea).
+  echo '[rabbitmq_management,rabbitmq_amqp1_0].' >"$DATA/enabled_plugins"
 
   # Everything rabbitmq-server and rabbitmqctl read; nothing under /etc or /var/lib is used.
   cat >"$DATA/rabbitmq-env.sh" <<ENV

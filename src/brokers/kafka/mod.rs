@@ -199,20 +199,35 @@ pub fn connection_info(
         .and_then(|s| s.rsplit_once(':'))
         .map(|(h, p)| (Some(h.to_string()), p.parse().ok()))
         .unwrap_or((None, None));
+    let protocol = security_protocol(spec).to_string();
+    // Each key twice: kebab-case (Spring Cloud Bindings, the Service Binding convention) and
+    // camelCase (Quarkus, kube-service-bindings for kafkajs and node-rdkafka).
     let mut extra = BTreeMap::from([
         ("bootstrap-servers".to_string(), servers.clone()),
-        (
-            "security-protocol".to_string(),
-            security_protocol(spec).to_string(),
-        ),
+        ("bootstrapServers".to_string(), servers.clone()),
+        ("security-protocol".to_string(), protocol.clone()),
+        ("securityProtocol".to_string(), protocol),
     ]);
+    let mut credentials = BTreeMap::new();
+    if let Some(ca) = spec
+        .tls
+        .as_ref()
+        .filter(|t| t.enabled)
+        .and_then(|t| t.ca_secret_ref.as_ref())
+    {
+        let pem = secrets.get(ca)?;
+        // `ca.crt` as in Kubernetes TLS Secrets; `ssl.ca.pem` is librdkafka's own property,
+        // which node-rdkafka readers pass through unchanged.
+        credentials.insert("ca.crt".to_string(), pem.clone());
+        credentials.insert("ssl.ca.pem".to_string(), pem.clone());
+    }
     let (username, password) = match &spec.sasl {
         Some(sasl) => {
-            extra.insert(
-                "sasl-mechanism".to_string(),
-                sasl.mechanism.as_str().to_string(),
-            );
+            let mechanism = sasl.mechanism.as_str().to_string();
+            extra.insert("sasl-mechanism".to_string(), mechanism.clone());
+            extra.insert("saslMechanism".to_string(), mechanism);
             let (u, p) = secrets.credentials(&sasl.credentials_secret_ref)?;
+            credentials.insert("user".to_string(), u.clone());
             (Some(u), Some(p))
         }
         None => (None, None),
@@ -225,6 +240,7 @@ pub fn connection_info(
         username,
         password,
         extra,
+        credentials,
     })
 }
 
@@ -245,7 +261,8 @@ pub async fn connect(
 mod tests {
     use super::*;
     use crate::api::{
-        CredentialsSecretRef, DeadLetterSpec, KafkaSaslSpec, SaslMechanism, SubscriptionSpec,
+        CredentialsSecretRef, DeadLetterSpec, KafkaSaslSpec, SaslMechanism, SecretKeyRef,
+        SubscriptionSpec, TlsSpec,
     };
 
     fn scope() -> Scope {
@@ -368,7 +385,6 @@ mod tests {
 
     #[tokio::test]
     async fn a_malformed_ca_is_a_tls_error_at_connect() {
-        use crate::api::{SecretKeyRef, TlsSpec};
         let mut s = spec();
         s.tls = Some(TlsSpec {
             enabled: true,
@@ -413,6 +429,40 @@ mod tests {
         assert_eq!(info.extra["security-protocol"], "SASL_PLAINTEXT");
         assert_eq!(info.extra["sasl-mechanism"], "SCRAM-SHA-512");
         assert_eq!(info.username.as_ref().map(|v| v.expose()), Some("app"));
+        // The keys Quarkus and kube-service-bindings read, beside the kebab-case ones.
+        assert_eq!(info.extra["bootstrapServers"], "kafka-0:9092,kafka-1:9092");
+        assert_eq!(info.extra["securityProtocol"], "SASL_PLAINTEXT");
+        assert_eq!(info.extra["saslMechanism"], "SCRAM-SHA-512");
+        assert_eq!(info.credentials["user"].expose(), "app");
+        assert!(
+            !format!("{info:?}").contains("\"app\""),
+            "Debug redacts credentials"
+        );
         assert!(connection_info(&s, &ResolvedSecrets::default()).is_err());
+
+        // Without SASL or TLS no credential key appears; with a CA it does, under both names.
+        let mut plain = spec();
+        let info = connection_info(&plain, &ResolvedSecrets::default()).expect("info");
+        assert!(info.credentials.is_empty(), "{:?}", info.credentials.keys());
+        assert!(!info.extra.contains_key("saslMechanism"));
+        plain.tls = Some(TlsSpec {
+            enabled: true,
+            ca_secret_ref: Some(SecretKeyRef {
+                name: "kafka-ca".into(),
+                key: "ca.crt".into(),
+            }),
+            cert_secret_ref: None,
+            key_secret_ref: None,
+        });
+        let mut ca = ResolvedSecrets::default();
+        ca.insert("kafka-ca", "ca.crt", "-----BEGIN CERTIFICATE-----");
+        let info = connection_info(&plain, &ca).expect("info");
+        assert_eq!(info.extra["securityProtocol"], "SSL");
+        for key in ["ca.crt", "ssl.ca.pem"] {
+            assert_eq!(
+                info.credentials[key].expose(),
+                "-----BEGIN CERTIFICATE-----"
+            );
+        }
     }
 }

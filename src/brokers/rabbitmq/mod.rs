@@ -303,10 +303,24 @@ pub fn connection_info(
         }
         None => (None, None),
     };
-    let mut extra = BTreeMap::from([("vhost".to_string(), endpoint.vhost.clone())]);
+    // `virtual-host` is Spring Cloud Bindings' key; `host`, `port`, `username` and `password`
+    // serve it and kube-service-bindings' AMQP reader alike.
+    let mut extra = BTreeMap::from([
+        ("vhost".to_string(), endpoint.vhost.clone()),
+        ("virtual-host".to_string(), endpoint.vhost.clone()),
+    ]);
     if let Some(m) = &spec.management_url {
         extra.insert("management-uri".to_string(), m.clone());
     }
+    let credentials = spec
+        .tls
+        .as_ref()
+        .filter(|t| t.enabled)
+        .and_then(|t| t.ca_secret_ref.as_ref())
+        .map(|r| Ok::<_, Error>(("ca.crt".to_string(), secrets.get(r)?.clone())))
+        .transpose()?
+        .into_iter()
+        .collect();
     Ok(ConnectionInfo {
         provider: "rabbitmq".into(),
         host: Some(endpoint.host.clone()),
@@ -315,6 +329,7 @@ pub fn connection_info(
         username,
         password,
         extra,
+        credentials,
     })
 }
 

@@ -235,6 +235,9 @@ fn connection_info_copies_credentials_without_putting_them_in_the_uri() {
         Some("distinctive-pw")
     );
     assert_eq!(info.extra["vhost"], "/");
+    // Spring Cloud Bindings' name for it.
+    assert_eq!(info.extra["virtual-host"], "/");
+    assert!(info.credentials.is_empty(), "no TLS CA referenced");
 }
 
 #[tokio::test]

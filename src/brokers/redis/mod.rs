@@ -247,10 +247,18 @@ pub fn connection_info(
         .as_ref()
         .map(|r| secrets.get(r).cloned())
         .transpose()?;
-    let extra = BTreeMap::from([
-        ("database".to_string(), endpoint.db.to_string()),
-        ("ssl".to_string(), endpoint.tls.to_string()),
-    ]);
+    // `host`, `port`, `username`, `password` and `database` are what Spring Cloud Bindings and
+    // kube-service-bindings (redis, ioredis) read. No `ssl` entry: Spring Cloud Bindings copies
+    // it to `spring.data.redis.ssl`, which Spring Boot 3.1+ cannot bind from a string, so the
+    // app would not start. TLS shows in the `rediss://` scheme of `uri`.
+    let extra = BTreeMap::from([("database".to_string(), endpoint.db.to_string())]);
+    let credentials = spec
+        .ca_secret_ref
+        .as_ref()
+        .map(|r| Ok::<_, Error>(("ca.crt".to_string(), secrets.get(r)?.clone())))
+        .transpose()?
+        .into_iter()
+        .collect();
     Ok(ConnectionInfo {
         provider: "redis".into(),
         host: Some(endpoint.host.clone()),
@@ -259,6 +267,7 @@ pub fn connection_info(
         username,
         password,
         extra,
+        credentials,
     })
 }
 
@@ -451,17 +460,18 @@ mod tests {
         assert_eq!(info.port, Some(6380));
         assert_eq!(info.uri.as_deref(), Some("redis://cache.dev.svc:6380/3"));
         assert_eq!(info.extra["database"], "3");
-        assert_eq!(info.extra["ssl"], "false");
+        assert!(!info.extra.contains_key("ssl"), "breaks Spring Boot 3 apps");
         assert_eq!(info.username.as_ref().map(|v| v.expose()), Some("app"));
         assert_eq!(
             info.password.as_ref().map(|v| v.expose()),
             Some("hunter2-distinctive")
         );
+        assert!(info.credentials.is_empty(), "no CA referenced");
 
         let tls = connection_info(&spec("rediss://cache:6379"), &ResolvedSecrets::default())
             .expect("info");
         assert_eq!(tls.uri.as_deref(), Some("rediss://cache:6379/0"));
-        assert_eq!(tls.extra["ssl"], "true");
+        assert!(!tls.extra.contains_key("ssl"), "breaks Spring Boot 3 apps");
     }
 
     #[test]
