@@ -26,6 +26,7 @@ use crate::metrics::Metrics;
 
 mod env;
 mod reconcile;
+mod secret_index;
 mod status;
 
 pub use env::endpoint_identity;
@@ -372,13 +373,23 @@ pub async fn run(
 
     let (store, writer) = reflector::store();
     let cache_ctx = ctx.clone();
+    let index = Arc::new(secret_index::SecretIndex::default());
+    let index_writer = index.clone();
     // managedFields are the biggest part of a cached object and nothing here reads them.
     let main_stream = watcher(brokers, watcher::Config::default().any_semantic())
         .backoff(watch_backoff())
         .modify(|mb: &mut RawMessageBroker| mb.metadata.managed_fields = None)
         .reflect(writer)
         .applied_objects()
-        .inspect_ok(move |mb| cache_ctx.caught_up(mb))
+        .inspect_ok(move |mb| {
+            cache_ctx.caught_up(mb);
+            // One parse per MessageBroker event, so a Secret event is a lookup.
+            index_writer.update(
+                mb.namespace().as_deref().unwrap_or_default(),
+                &mb.name_any(),
+                referenced_secrets(mb),
+            );
+        })
         .predicate_filter(trigger_hash, Default::default());
 
     let rotation_store = store.clone();
@@ -393,15 +404,19 @@ pub async fn run(
             rotation,
             move |secret: kube::core::PartialObjectMeta<Secret>| {
                 let ns = secret.namespace().unwrap_or_default();
-                let name = secret.name_any();
-                rotation_store
-                    .state()
+                index
+                    .brokers(&ns, &secret.name_any())
                     .into_iter()
-                    .filter(|mb| {
-                        mb.namespace().as_deref() == Some(ns.as_str())
-                            && referenced_secrets(mb).contains(&name)
+                    .map(|mb| ObjectRef::<RawMessageBroker>::new(&mb).within(&ns))
+                    .filter(|r| {
+                        // Deletions reach the index here: a MessageBroker gone from the cache
+                        // is forgotten.
+                        let present = rotation_store.get(r).is_some();
+                        if !present {
+                            index.remove(&ns, &r.name);
+                        }
+                        present
                     })
-                    .map(|mb| ObjectRef::from_obj(mb.as_ref()))
                     .collect::<Vec<_>>()
             },
         )

@@ -575,6 +575,13 @@ impl Inner {
     /// The poller behind [`Inner::await_metadata`]: runs until nobody waits. There is at
     /// most one per endpoint (`Settling::polling`).
     fn settle_rounds(&self) {
+        // A panic in a round must not leave `polling` set with nobody polling: every later
+        // waiter would wait out its deadline. Waiters already queued are released unsettled.
+        let _guard = super::coalesce::OnUnwind(|| {
+            let mut settling = self.settling.lock().unwrap_or_else(|e| e.into_inner());
+            settling.polling = false;
+            settling.waiters.clear();
+        });
         loop {
             let wanted: BTreeMap<String, Option<i32>> = {
                 let mut settling = self.settling.lock().unwrap_or_else(|e| e.into_inner());

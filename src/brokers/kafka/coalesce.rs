@@ -87,6 +87,14 @@ impl<R: Send + 'static> Coalescer<R> {
         F: Fn(Vec<R>) -> Fut,
         Fut: Future<Output = Vec<ItemResult>>,
     {
+        // If `exec` panics, this task unwinds: the guard hands the queue back so the next caller
+        // starts a new driver instead of waiting forever for this one. Callers already queued
+        // get the "abandoned" error as their senders drop.
+        let _guard = OnUnwind(|| {
+            let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+            queue.driving = false;
+            queue.pending.clear();
+        });
         loop {
             tokio::time::sleep(self.window).await;
             let batch = {
@@ -110,6 +118,19 @@ impl<R: Send + 'static> Coalescer<R> {
                 // A caller that went away no longer needs its result.
                 let _ = tx.send(result);
             }
+        }
+    }
+}
+
+/// Runs its closure if dropped while the thread unwinds from a panic: the way a single
+/// driver task (a coalescer's, the settle poller) gives up its "I am driving" flag when the
+/// work it runs panics, so the next caller starts a new one.
+pub(super) struct OnUnwind<F: FnMut()>(pub(super) F);
+
+impl<F: FnMut()> Drop for OnUnwind<F> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            (self.0)();
         }
     }
 }
@@ -160,6 +181,31 @@ mod tests {
         let c2 = run(vec![8]).await;
         assert!(c2[0].is_ok());
         assert_eq!(calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_panicking_batch_fails_its_callers_and_the_next_caller_is_served() {
+        let c = Arc::new(Coalescer::<u32>::new(Duration::from_millis(1)));
+        let out = c
+            .submit(vec![1, 2], |_batch: Vec<u32>| async move {
+                panic!("the batch function broke");
+            })
+            .await;
+        assert_eq!(out.len(), 2);
+        assert!(
+            out.iter()
+                .all(|r| r.as_ref().is_err_and(|e| e.message.contains("abandoned"))),
+            "{out:?}"
+        );
+        let next = tokio::time::timeout(
+            Duration::from_secs(5),
+            c.submit(vec![3], |batch: Vec<u32>| async move {
+                batch.iter().map(|_| Ok(())).collect()
+            }),
+        )
+        .await
+        .expect("a later caller is served, not left waiting for the dead driver");
+        assert!(next[0].is_ok());
     }
 
     #[tokio::test]
