@@ -24,13 +24,7 @@ pub const MANAGED_BY_LABEL: (&str, &str) = ("app.kubernetes.io/managed-by", "swi
 
 /// The Service Binding `type` entry for a broker type.
 pub fn binding_type(t: BrokerType) -> &'static str {
-    match t {
-        BrokerType::Kafka => "kafka",
-        BrokerType::Redis => "redis",
-        BrokerType::RabbitMQ => "rabbitmq",
-        BrokerType::GooglePubSub => "google-pubsub",
-        BrokerType::AwsSqs => "aws-sqs",
-    }
+    crate::brokers::driver(t).binding_type()
 }
 
 /// The binding Secret's name: `<broker>-<slug>`.

@@ -19,13 +19,7 @@ use crate::brokers::{
 };
 use crate::secrets::ResolvedSecrets;
 
-const BROKER_TYPES: [BrokerType; 5] = [
-    BrokerType::Kafka,
-    BrokerType::Redis,
-    BrokerType::RabbitMQ,
-    BrokerType::GooglePubSub,
-    BrokerType::AwsSqs,
-];
+const BROKER_TYPES: [BrokerType; 5] = BrokerType::ALL;
 
 const KINDS: [ObjectKind; 5] = [
     ObjectKind::DeadLetter,
@@ -316,7 +310,7 @@ fn exercise_spec(spec: &MessageBrokerSpec) -> Vec<(BrokerType, brokers::DesiredS
     let mut out = Vec::new();
     for env in &spec.envs {
         let _ = crate::controller::endpoint_identity(env);
-        let _ = env.secret_keys();
+        let _ = brokers::secret_keys(env);
         for t in BROKER_TYPES {
             let env = EnvSpec {
                 broker_type: t,
@@ -324,7 +318,7 @@ fn exercise_spec(spec: &MessageBrokerSpec) -> Vec<(BrokerType, brokers::DesiredS
             };
             let mut secrets = ResolvedSecrets::default();
             let _ = brokers::connection_info(&env, &secrets);
-            for (name, key) in env.secret_keys() {
+            for (name, key) in brokers::secret_keys(&env) {
                 secrets.insert(&name, &key, "value");
             }
             let _ = brokers::connection_info(&env, &secrets);

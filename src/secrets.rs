@@ -102,7 +102,7 @@ impl ResolvedSecrets {
 /// without cluster access. Missing variables are simply absent.
 pub fn from_env_vars(env: &EnvSpec) -> ResolvedSecrets {
     let mut resolved = ResolvedSecrets::default();
-    for (name, key) in env.secret_keys() {
+    for (name, key) in crate::brokers::secret_keys(env) {
         if let Ok(v) = std::env::var(env_var_name(&name, &key)) {
             resolved.insert(&name, &key, v);
         }
@@ -134,7 +134,7 @@ pub async fn resolve(
 ) -> Result<ResolvedSecrets, Error> {
     let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
     let mut resolved = ResolvedSecrets::default();
-    for name in env.secret_names() {
+    for name in crate::brokers::secret_names(env) {
         let name = name.as_str();
         let secret = api
             .get_opt(name)

@@ -176,6 +176,15 @@ pub enum BrokerType {
 }
 
 impl BrokerType {
+    /// Every broker type.
+    pub const ALL: [BrokerType; 5] = [
+        BrokerType::Kafka,
+        BrokerType::Redis,
+        BrokerType::RabbitMQ,
+        BrokerType::GooglePubSub,
+        BrokerType::AwsSqs,
+    ];
+
     /// The name used in the API and in status.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -559,66 +568,46 @@ pub struct AwsSqsSpec {
     pub endpoint: Option<String>,
 }
 
-impl EnvSpec {
-    /// Every (Secret, key) this env references, for resolving and watching.
-    pub fn secret_keys(&self) -> Vec<(String, String)> {
-        fn key(r: &SecretKeyRef) -> (String, String) {
-            (r.name.clone(), r.key.clone())
-        }
-        fn tls(t: &Option<TlsSpec>) -> Vec<(String, String)> {
-            t.iter()
-                .flat_map(|t| [&t.ca_secret_ref, &t.cert_secret_ref, &t.key_secret_ref])
-                .flatten()
-                .map(key)
-                .collect()
-        }
-        fn creds(c: &CredentialsSecretRef) -> [(String, String); 2] {
-            [
-                (c.name.clone(), c.username_key.clone()),
-                (c.name.clone(), c.password_key.clone()),
-            ]
-        }
-        let mut keys = Vec::new();
-        if let Some(k) = &self.kafka {
-            keys.extend(tls(&k.tls));
-            keys.extend(k.sasl.iter().flat_map(|s| creds(&s.credentials_secret_ref)));
-        }
-        if let Some(r) = &self.redis {
-            keys.extend(
-                [
-                    &r.username_secret_ref,
-                    &r.password_secret_ref,
-                    &r.ca_secret_ref,
-                ]
-                .into_iter()
-                .flatten()
-                .map(key),
-            );
-        }
-        if let Some(r) = &self.rabbitmq {
-            keys.extend(tls(&r.tls));
-            keys.extend(r.credentials_secret_ref.iter().flat_map(creds));
-        }
-        if let Some(g) = &self.google_pub_sub {
-            keys.extend(g.credentials_secret_ref.iter().map(key));
-        }
-        if let Some(a) = &self.aws_sqs
-            && let Some(c) = &a.credentials_secret_ref
-        {
-            keys.push((c.name.clone(), c.access_key_id_key.clone()));
-            keys.push((c.name.clone(), c.secret_access_key_key.clone()));
-            keys.push((c.name.clone(), c.session_token_key.clone()));
-        }
-        keys.sort();
-        keys.dedup();
-        keys
+impl SecretKeyRef {
+    /// The `(secret, key)` it names.
+    pub fn secret_key(&self) -> (String, String) {
+        (self.name.clone(), self.key.clone())
     }
+}
 
-    /// Every Secret this env references.
-    pub fn secret_names(&self) -> Vec<String> {
-        let mut names: Vec<String> = self.secret_keys().into_iter().map(|(n, _)| n).collect();
-        names.dedup();
-        names
+impl CredentialsSecretRef {
+    /// The `(secret, key)` pairs of the username and password.
+    pub fn secret_keys(&self) -> [(String, String); 2] {
+        [
+            (self.name.clone(), self.username_key.clone()),
+            (self.name.clone(), self.password_key.clone()),
+        ]
+    }
+}
+
+impl AwsCredentialsSecretRef {
+    /// The `(secret, key)` pairs of the access key, secret key and (optional) session token.
+    pub fn secret_keys(&self) -> [(String, String); 3] {
+        [
+            (self.name.clone(), self.access_key_id_key.clone()),
+            (self.name.clone(), self.secret_access_key_key.clone()),
+            (self.name.clone(), self.session_token_key.clone()),
+        ]
+    }
+}
+
+impl TlsSpec {
+    /// The `(secret, key)` pairs of the CA, client certificate and key that are set.
+    pub fn secret_keys(&self) -> Vec<(String, String)> {
+        [
+            &self.ca_secret_ref,
+            &self.cert_secret_ref,
+            &self.key_secret_ref,
+        ]
+        .into_iter()
+        .flatten()
+        .map(SecretKeyRef::secret_key)
+        .collect()
     }
 }
 

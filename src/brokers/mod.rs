@@ -409,12 +409,12 @@ pub fn desired(
     env: &EnvSpec,
     topics: &[TopicSpec],
 ) -> Result<DesiredState, crate::Error> {
-    registry::desired(scope, env, topics)
+    driver(env.broker_type).desired(scope, env, topics)
 }
 
 /// What the broker can change in place.
 pub fn capabilities(broker_type: BrokerType) -> Capabilities {
-    registry::capabilities(broker_type)
+    driver(broker_type).capabilities()
 }
 
 /// Connection details for the binding Secret; pure (no broker call).
@@ -422,11 +422,26 @@ pub fn connection_info(
     env: &EnvSpec,
     secrets: &ResolvedSecrets,
 ) -> Result<ConnectionInfo, crate::Error> {
-    registry::connection_info(env, secrets)
+    driver(env.broker_type).connection_info(env, secrets)
 }
 
-mod registry;
-pub use registry::{ConnectOptions, RealConnector};
+/// Every `(secret, key)` an env references, for resolving and watching, sorted and unique.
+pub fn secret_keys(env: &EnvSpec) -> Vec<(String, String)> {
+    let mut keys = driver(env.broker_type).secret_keys(env);
+    keys.sort();
+    keys.dedup();
+    keys
+}
+
+/// Every Secret an env references.
+pub fn secret_names(env: &EnvSpec) -> Vec<String> {
+    let mut names: Vec<String> = secret_keys(env).into_iter().map(|(n, _)| n).collect();
+    names.dedup();
+    names
+}
+
+pub mod driver;
+pub use driver::{ConnectOptions, Driver, EnvDriver, RealConnector, driver};
 
 pub mod kafka;
 pub mod pubsub;

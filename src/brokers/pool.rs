@@ -121,13 +121,6 @@ impl BackendPool {
 
 /// The endpoint identity: broker type, its settings block, and the credentials digest.
 fn pool_key(env: &EnvSpec, secrets: &ResolvedSecrets) -> String {
-    let settings = serde_json::json!([
-        env.broker_type,
-        env.kafka,
-        env.redis,
-        env.rabbitmq,
-        env.google_pub_sub,
-        env.aws_sqs
-    ]);
+    let settings = super::driver(env.broker_type).settings_json(env);
     format!("{settings}#{}", secrets.digest())
 }

@@ -98,14 +98,7 @@ fn owned_list(set: &BTreeSet<ObjectKey>) -> Vec<String> {
 
 /// The identity of the endpoint an env points at: a change is a swap.
 pub fn endpoint_identity(env: &EnvSpec) -> serde_json::Value {
-    serde_json::json!({
-        "type": env.broker_type,
-        "kafka": env.kafka.as_ref().map(|k| &k.bootstrap_servers),
-        "redis": env.redis.as_ref().map(|r| (&r.url, r.database)),
-        "rabbitmq": env.rabbitmq.as_ref().map(|r| (&r.url, &r.host, r.port, &r.vhost)),
-        "googlePubSub": env.google_pub_sub.as_ref().map(|g| (&g.project_id, &g.endpoint)),
-        "awsSqs": env.aws_sqs.as_ref().map(|a| (&a.region, &a.endpoint)),
-    })
+    brokers::driver(env.broker_type).endpoint_identity(env)
 }
 
 fn env_json(env: &EnvSpec) -> Option<serde_json::Value> {

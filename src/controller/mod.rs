@@ -311,7 +311,12 @@ fn watch_backoff()
 /// The Secrets a MessageBroker references, read from its raw spec.
 fn referenced_secrets(raw: &RawMessageBroker) -> Vec<String> {
     raw.spec()
-        .map(|s| s.envs.iter().flat_map(|e| e.secret_names()).collect())
+        .map(|s| {
+            s.envs
+                .iter()
+                .flat_map(crate::brokers::secret_names)
+                .collect()
+        })
         .unwrap_or_default()
 }
 

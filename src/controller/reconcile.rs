@@ -18,7 +18,8 @@ use super::status::{self, Verdict};
 use super::{ABANDON_ANNOTATION, Context, RawMessageBroker};
 use crate::api::conditions::{Desired, reasons, types};
 use crate::api::{
-    DeletionPolicy, EnvSpec, EnvStatus, MessageBroker, MessageBrokerSpec, MessageBrokerStatus,
+    BrokerType, DeletionPolicy, EnvSpec, EnvStatus, MessageBroker, MessageBrokerSpec,
+    MessageBrokerStatus,
 };
 use crate::brokers::{ObjectKey, Scope};
 use crate::error::Error;
@@ -77,17 +78,11 @@ pub fn validate(spec: &MessageBrokerSpec) -> Result<(), String> {
             .map_err(|e| format!("topic {:?}: retention {e}", t.name))?;
     }
     for e in &spec.envs {
-        let present = [
-            e.kafka.is_some(),
-            e.redis.is_some(),
-            e.rabbitmq.is_some(),
-            e.google_pub_sub.is_some(),
-            e.aws_sqs.is_some(),
-        ]
-        .iter()
-        .filter(|p| **p)
-        .count();
-        if present != 1 {
+        let present = BrokerType::ALL
+            .iter()
+            .filter(|t| crate::brokers::driver(**t).has_settings(e))
+            .count();
+        if present != 1 || !crate::brokers::driver(e.broker_type).has_settings(e) {
             return Err(format!(
                 "env {:?}: exactly the settings block of type {} must be set",
                 e.slug, e.broker_type

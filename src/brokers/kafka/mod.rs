@@ -257,6 +257,58 @@ pub async fn connect(
     Ok(Arc::new(backend))
 }
 
+/// The Apache Kafka driver: what the rest of Switchyard knows about Apache Kafka.
+pub struct Kafka;
+
+impl super::Driver for Kafka {
+    type Spec = KafkaSpec;
+    const TYPE: crate::api::BrokerType = crate::api::BrokerType::Kafka;
+    const BINDING_TYPE: &'static str = "kafka";
+    const CAPABILITIES: Capabilities = CAPABILITIES;
+
+    fn settings(env: &crate::api::EnvSpec) -> Option<&KafkaSpec> {
+        env.kafka.as_ref()
+    }
+
+    fn desired(
+        scope: &Scope,
+        spec: &KafkaSpec,
+        topics: &[TopicSpec],
+    ) -> Result<DesiredState, Error> {
+        desired(scope, spec, topics)
+    }
+
+    fn connection_info(
+        spec: &KafkaSpec,
+        secrets: &ResolvedSecrets,
+    ) -> Result<ConnectionInfo, Error> {
+        connection_info(spec, secrets)
+    }
+
+    fn endpoint(spec: &KafkaSpec) -> serde_json::Value {
+        serde_json::json!(spec.bootstrap_servers)
+    }
+
+    fn secret_keys(spec: &KafkaSpec) -> Vec<(String, String)> {
+        let mut keys: Vec<(String, String)> =
+            spec.tls.iter().flat_map(|t| t.secret_keys()).collect();
+        keys.extend(
+            spec.sasl
+                .iter()
+                .flat_map(|s| s.credentials_secret_ref.secret_keys()),
+        );
+        keys
+    }
+
+    fn connect(
+        spec: &KafkaSpec,
+        secrets: &ResolvedSecrets,
+        options: &super::ConnectOptions,
+    ) -> impl std::future::Future<Output = Result<Arc<dyn Backend>, BrokerError>> + Send {
+        connect(spec, secrets, options)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -346,5 +346,57 @@ fn rejected(message: impl Into<String>) -> BrokerError {
     BrokerError::new(BrokerErrorKind::Rejected, message)
 }
 
+/// The RabbitMQ driver: what the rest of Switchyard knows about RabbitMQ.
+pub struct RabbitMq;
+
+impl super::Driver for RabbitMq {
+    type Spec = RabbitMqSpec;
+    const TYPE: crate::api::BrokerType = crate::api::BrokerType::RabbitMQ;
+    const BINDING_TYPE: &'static str = "rabbitmq";
+    const CAPABILITIES: Capabilities = CAPABILITIES;
+
+    fn settings(env: &crate::api::EnvSpec) -> Option<&RabbitMqSpec> {
+        env.rabbitmq.as_ref()
+    }
+
+    fn desired(
+        scope: &Scope,
+        spec: &RabbitMqSpec,
+        topics: &[TopicSpec],
+    ) -> Result<DesiredState, Error> {
+        desired(scope, spec, topics)
+    }
+
+    fn connection_info(
+        spec: &RabbitMqSpec,
+        secrets: &ResolvedSecrets,
+    ) -> Result<ConnectionInfo, Error> {
+        connection_info(spec, secrets)
+    }
+
+    fn endpoint(spec: &RabbitMqSpec) -> serde_json::Value {
+        serde_json::json!((&spec.url, &spec.host, spec.port, &spec.vhost))
+    }
+
+    fn secret_keys(spec: &RabbitMqSpec) -> Vec<(String, String)> {
+        let mut keys: Vec<(String, String)> =
+            spec.tls.iter().flat_map(|t| t.secret_keys()).collect();
+        keys.extend(
+            spec.credentials_secret_ref
+                .iter()
+                .flat_map(|c| c.secret_keys()),
+        );
+        keys
+    }
+
+    fn connect(
+        spec: &RabbitMqSpec,
+        secrets: &ResolvedSecrets,
+        _options: &super::ConnectOptions,
+    ) -> impl std::future::Future<Output = Result<Arc<dyn Backend>, BrokerError>> + Send {
+        connect(spec, secrets)
+    }
+}
+
 #[cfg(test)]
 mod tests;

@@ -322,6 +322,59 @@ fn build(spec: &RedisSpec, secrets: &ResolvedSecrets) -> Result<RedisBackend, Br
     Ok(RedisBackend::new(client, endpoint.uri()))
 }
 
+/// The Redis driver: what the rest of Switchyard knows about Redis.
+pub struct Redis;
+
+impl super::Driver for Redis {
+    type Spec = RedisSpec;
+    const TYPE: crate::api::BrokerType = crate::api::BrokerType::Redis;
+    const BINDING_TYPE: &'static str = "redis";
+    const CAPABILITIES: Capabilities = CAPABILITIES;
+
+    fn settings(env: &crate::api::EnvSpec) -> Option<&RedisSpec> {
+        env.redis.as_ref()
+    }
+
+    fn desired(
+        scope: &Scope,
+        spec: &RedisSpec,
+        topics: &[TopicSpec],
+    ) -> Result<DesiredState, Error> {
+        desired(scope, spec, topics)
+    }
+
+    fn connection_info(
+        spec: &RedisSpec,
+        secrets: &ResolvedSecrets,
+    ) -> Result<ConnectionInfo, Error> {
+        connection_info(spec, secrets)
+    }
+
+    fn endpoint(spec: &RedisSpec) -> serde_json::Value {
+        serde_json::json!((&spec.url, spec.database))
+    }
+
+    fn secret_keys(spec: &RedisSpec) -> Vec<(String, String)> {
+        [
+            &spec.username_secret_ref,
+            &spec.password_secret_ref,
+            &spec.ca_secret_ref,
+        ]
+        .into_iter()
+        .flatten()
+        .map(|r| r.secret_key())
+        .collect()
+    }
+
+    fn connect(
+        spec: &RedisSpec,
+        secrets: &ResolvedSecrets,
+        _options: &super::ConnectOptions,
+    ) -> impl std::future::Future<Output = Result<Arc<dyn Backend>, BrokerError>> + Send {
+        connect(spec, secrets)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

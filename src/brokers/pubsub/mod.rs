@@ -834,6 +834,54 @@ impl Backend for PubSubBackend {
     }
 }
 
+/// The Google Pub/Sub driver: what the rest of Switchyard knows about Google Pub/Sub.
+pub struct GooglePubSub;
+
+impl super::Driver for GooglePubSub {
+    type Spec = GooglePubSubSpec;
+    const TYPE: crate::api::BrokerType = crate::api::BrokerType::GooglePubSub;
+    const BINDING_TYPE: &'static str = "google-pubsub";
+    const CAPABILITIES: Capabilities = CAPABILITIES;
+
+    fn settings(env: &crate::api::EnvSpec) -> Option<&GooglePubSubSpec> {
+        env.google_pub_sub.as_ref()
+    }
+
+    fn desired(
+        scope: &Scope,
+        spec: &GooglePubSubSpec,
+        topics: &[TopicSpec],
+    ) -> Result<DesiredState, Error> {
+        desired(scope, spec, topics)
+    }
+
+    fn connection_info(
+        spec: &GooglePubSubSpec,
+        secrets: &ResolvedSecrets,
+    ) -> Result<ConnectionInfo, Error> {
+        connection_info(spec, secrets)
+    }
+
+    fn endpoint(spec: &GooglePubSubSpec) -> serde_json::Value {
+        serde_json::json!((&spec.project_id, &spec.endpoint))
+    }
+
+    fn secret_keys(spec: &GooglePubSubSpec) -> Vec<(String, String)> {
+        spec.credentials_secret_ref
+            .iter()
+            .map(|r| r.secret_key())
+            .collect()
+    }
+
+    fn connect(
+        spec: &GooglePubSubSpec,
+        secrets: &ResolvedSecrets,
+        _options: &super::ConnectOptions,
+    ) -> impl std::future::Future<Output = Result<Arc<dyn Backend>, BrokerError>> + Send {
+        connect(spec, secrets)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

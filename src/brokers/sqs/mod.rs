@@ -1298,6 +1298,54 @@ impl Backend for SqsBackend {
     }
 }
 
+/// The AWS SQS/SNS driver: what the rest of Switchyard knows about AWS SQS/SNS.
+pub struct AwsSqs;
+
+impl super::Driver for AwsSqs {
+    type Spec = AwsSqsSpec;
+    const TYPE: crate::api::BrokerType = crate::api::BrokerType::AwsSqs;
+    const BINDING_TYPE: &'static str = "aws-sqs";
+    const CAPABILITIES: Capabilities = CAPABILITIES;
+
+    fn settings(env: &crate::api::EnvSpec) -> Option<&AwsSqsSpec> {
+        env.aws_sqs.as_ref()
+    }
+
+    fn desired(
+        scope: &Scope,
+        spec: &AwsSqsSpec,
+        topics: &[TopicSpec],
+    ) -> Result<DesiredState, Error> {
+        desired(scope, spec, topics)
+    }
+
+    fn connection_info(
+        spec: &AwsSqsSpec,
+        secrets: &ResolvedSecrets,
+    ) -> Result<ConnectionInfo, Error> {
+        connection_info(spec, secrets)
+    }
+
+    fn endpoint(spec: &AwsSqsSpec) -> serde_json::Value {
+        serde_json::json!((&spec.region, &spec.endpoint))
+    }
+
+    fn secret_keys(spec: &AwsSqsSpec) -> Vec<(String, String)> {
+        spec.credentials_secret_ref
+            .iter()
+            .flat_map(|c| c.secret_keys())
+            .collect()
+    }
+
+    fn connect(
+        spec: &AwsSqsSpec,
+        secrets: &ResolvedSecrets,
+        _options: &super::ConnectOptions,
+    ) -> impl std::future::Future<Output = Result<Arc<dyn Backend>, BrokerError>> + Send {
+        connect(spec, secrets)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
