@@ -53,7 +53,7 @@ impl ResolvedSecrets {
 
     /// The value of a key, or an error naming the Secret and key (never the value).
     pub fn get(&self, r: &SecretKeyRef) -> Result<&SecretValue, Error> {
-        self.lookup(&r.name, &r.key)
+        self.require(&r.name, &r.key)
     }
 
     /// An optional key: `None` when absent.
@@ -67,12 +67,13 @@ impl ResolvedSecrets {
         r: &CredentialsSecretRef,
     ) -> Result<(SecretValue, SecretValue), Error> {
         Ok((
-            self.lookup(&r.name, &r.username_key)?.clone(),
-            self.lookup(&r.name, &r.password_key)?.clone(),
+            self.require(&r.name, &r.username_key)?.clone(),
+            self.require(&r.name, &r.password_key)?.clone(),
         ))
     }
 
-    fn lookup(&self, secret: &str, key: &str) -> Result<&SecretValue, Error> {
+    /// The value of a key, or an error naming the Secret and key (never the value).
+    pub fn require(&self, secret: &str, key: &str) -> Result<&SecretValue, Error> {
         self.get_opt(secret, key)
             .ok_or_else(|| Error::SecretKeyMissing {
                 secret: secret.to_string(),

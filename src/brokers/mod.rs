@@ -425,6 +425,26 @@ pub fn connection_info(
     driver(env.broker_type).connection_info(env, secrets)
 }
 
+/// The binding's `ca.crt` entry (named as in Kubernetes TLS Secrets) for a referenced CA;
+/// empty when there is none.
+pub(crate) fn ca_credentials(
+    secrets: &ResolvedSecrets,
+    ca: Option<&crate::api::SecretKeyRef>,
+) -> Result<BTreeMap<String, SecretValue>, crate::Error> {
+    let mut out = BTreeMap::new();
+    if let Some(r) = ca {
+        out.insert("ca.crt".to_string(), secrets.get(r)?.clone());
+    }
+    Ok(out)
+}
+
+/// The CA of a TLS block that is enabled.
+pub(crate) fn enabled_ca(tls: &Option<crate::api::TlsSpec>) -> Option<&crate::api::SecretKeyRef> {
+    tls.as_ref()
+        .filter(|t| t.enabled)
+        .and_then(|t| t.ca_secret_ref.as_ref())
+}
+
 /// Every `(secret, key)` an env references, for resolving and watching, sorted and unique.
 pub fn secret_keys(env: &EnvSpec) -> Vec<(String, String)> {
     let mut keys = driver(env.broker_type).secret_keys(env);

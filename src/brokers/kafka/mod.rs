@@ -208,18 +208,10 @@ pub fn connection_info(
         ("security-protocol".to_string(), protocol.clone()),
         ("securityProtocol".to_string(), protocol),
     ]);
-    let mut credentials = BTreeMap::new();
-    if let Some(ca) = spec
-        .tls
-        .as_ref()
-        .filter(|t| t.enabled)
-        .and_then(|t| t.ca_secret_ref.as_ref())
-    {
-        let pem = secrets.get(ca)?;
-        // `ca.crt` as in Kubernetes TLS Secrets; `ssl.ca.pem` is librdkafka's own property,
-        // which node-rdkafka readers pass through unchanged.
-        credentials.insert("ca.crt".to_string(), pem.clone());
-        credentials.insert("ssl.ca.pem".to_string(), pem.clone());
+    let mut credentials = super::ca_credentials(secrets, super::enabled_ca(&spec.tls))?;
+    // `ssl.ca.pem` is librdkafka's own property, which node-rdkafka readers pass through.
+    if let Some(pem) = credentials.get("ca.crt").cloned() {
+        credentials.insert("ssl.ca.pem".to_string(), pem);
     }
     let (username, password) = match &spec.sasl {
         Some(sasl) => {

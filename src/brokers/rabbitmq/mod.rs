@@ -312,15 +312,7 @@ pub fn connection_info(
     if let Some(m) = &spec.management_url {
         extra.insert("management-uri".to_string(), m.clone());
     }
-    let credentials = spec
-        .tls
-        .as_ref()
-        .filter(|t| t.enabled)
-        .and_then(|t| t.ca_secret_ref.as_ref())
-        .map(|r| Ok::<_, Error>(("ca.crt".to_string(), secrets.get(r)?.clone())))
-        .transpose()?
-        .into_iter()
-        .collect();
+    let credentials = super::ca_credentials(secrets, super::enabled_ca(&spec.tls))?;
     Ok(ConnectionInfo {
         provider: "rabbitmq".into(),
         host: Some(endpoint.host.clone()),

@@ -252,13 +252,7 @@ pub fn connection_info(
     // it to `spring.data.redis.ssl`, which Spring Boot 3.1+ cannot bind from a string, so the
     // app would not start. TLS shows in the `rediss://` scheme of `uri`.
     let extra = BTreeMap::from([("database".to_string(), endpoint.db.to_string())]);
-    let credentials = spec
-        .ca_secret_ref
-        .as_ref()
-        .map(|r| Ok::<_, Error>(("ca.crt".to_string(), secrets.get(r)?.clone())))
-        .transpose()?
-        .into_iter()
-        .collect();
+    let credentials = super::ca_credentials(secrets, spec.ca_secret_ref.as_ref())?;
     Ok(ConnectionInfo {
         provider: "redis".into(),
         host: Some(endpoint.host.clone()),

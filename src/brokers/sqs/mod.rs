@@ -320,22 +320,13 @@ pub fn connection_info(
         .clone()
         .unwrap_or_else(|| format!("https://sqs.{}.amazonaws.com", spec.region));
     let (host, port) = super::pubsub::host_port(&uri);
-    let key = |secret: &str, key: &str| {
-        secrets
-            .get_opt(secret, key)
-            .cloned()
-            .ok_or_else(|| Error::SecretKeyMissing {
-                secret: secret.to_string(),
-                key: key.to_string(),
-            })
-    };
     // The upper-case keys are the environment variables every AWS SDK reads, so `envFrom` of
     // this Secret configures a client with no code.
     let mut credentials = BTreeMap::new();
     let (username, password) = match &spec.credentials_secret_ref {
         Some(r) => {
-            let access = key(&r.name, &r.access_key_id_key)?;
-            let secret = key(&r.name, &r.secret_access_key_key)?;
+            let access = secrets.require(&r.name, &r.access_key_id_key)?.clone();
+            let secret = secrets.require(&r.name, &r.secret_access_key_key)?.clone();
             credentials.insert("AWS_ACCESS_KEY_ID".to_string(), access.clone());
             credentials.insert("AWS_SECRET_ACCESS_KEY".to_string(), secret.clone());
             if let Some(token) = secrets.get_opt(&r.name, &r.session_token_key) {
