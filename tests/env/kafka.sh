@@ -23,14 +23,9 @@ build() {
   [ -f "$HOME_DIR/.complete" ] && return 0
   log "kafka: fetching Apache Kafka $KAFKA_VERSION jars"
   rm -rf "$HOME_DIR" && mkdir -p "$HOME_DIR"
-  # Run from a scratch copy so Maven's target/ never lands in the source tree.
-  cp "$SRC/pom.xml" "$HOME_DIR/pom.xml"
-  mvn -B -q -f "$HOME_DIR/pom.xml" dependency:copy-dependencies \
-    -DincludeScope=runtime -DoutputDirectory="$HOME_DIR/libs" >"$HOME_DIR/build.log" 2>&1 \
-    || die kafka "$HOME_DIR/build.log" "mvn dependency:copy-dependencies failed"
+  maven_libs kafka "$SRC/pom.xml" "$HOME_DIR"
   javac -nowarn -cp "$CP" -d "$HOME_DIR/probe" "$SRC/KafkaProbe.java" >>"$HOME_DIR/build.log" 2>&1 \
     || die kafka "$HOME_DIR/build.log" "compiling KafkaProbe.java failed"
-  rm -rf "$HOME_DIR/target"
   touch "$HOME_DIR/.complete"
 }
 

@@ -72,5 +72,16 @@ is_running() {
   [ -f "$f" ] && pid_alive "$(cat "$f")"
 }
 
+# maven_libs NAME POM DIR: resolve POM's runtime dependencies into DIR/libs, from a scratch copy
+# in DIR so Maven's target/ never lands in the source tree (~/.m2 keeps the downloads).
+maven_libs() {
+  local name="$1" pom="$2" dir="$3"
+  cp "$pom" "$dir/pom.xml"
+  mvn -B -q -f "$dir/pom.xml" dependency:copy-dependencies \
+    -DincludeScope=runtime -DoutputDirectory="$dir/libs" >"$dir/build.log" 2>&1 \
+    || die "$name" "$dir/build.log" "mvn dependency:copy-dependencies failed"
+  rm -rf "$dir/target"
+}
+
 # write_env NAME: stdin holds `export KEY=VALUE` lines; saved as this service's env fragment.
 write_env() { cat >"$RUN_DIR/$1.env"; }

@@ -31,16 +31,11 @@ build_spring() {
   [ -f "$SPRING_DIR/.complete" ] && return 0
   log "readers: fetching Spring Cloud Bindings and Spring Boot jars"
   rm -rf "$SPRING_DIR" && mkdir -p "$SPRING_DIR/classes"
-  # A scratch copy, so Maven's target/ never lands in the source tree.
-  cp "$SRC/spring/pom.xml" "$SPRING_DIR/pom.xml"
-  mvn -B -q -f "$SPRING_DIR/pom.xml" dependency:copy-dependencies \
-    -DincludeScope=runtime -DoutputDirectory="$SPRING_DIR/libs" >"$SPRING_DIR/build.log" 2>&1 \
-    || die readers "$SPRING_DIR/build.log" "mvn dependency:copy-dependencies failed"
+  maven_libs readers "$SRC/spring/pom.xml" "$SPRING_DIR"
   javac -nowarn -cp "$SPRING_DIR/libs/*" -d "$SPRING_DIR/classes" \
     "$SRC/spring/BindingReaderApp.java" >>"$SPRING_DIR/build.log" 2>&1 \
     || die readers "$SPRING_DIR/build.log" "compiling BindingReaderApp.java failed"
   cp "$SRC/spring/application.properties" "$SPRING_DIR/classes/"
-  rm -rf "$SPRING_DIR/target"
   touch "$SPRING_DIR/.complete"
 }
 
