@@ -222,7 +222,9 @@ where
 // ---------------------------------------------------------------------------------------------
 // Kafka
 
-fn kafka_payloads(topic: &str) -> Vec<String> {
+/// One consumer reading the topic's only partition from the beginning; each call returns what
+/// arrived since the last one.
+fn kafka_reader(topic: &str) -> BaseConsumer {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", env_var("SWITCHYARD_KAFKA_BOOTSTRAP"))
         .set("group.id", unique("readers-check"))
@@ -233,27 +235,24 @@ fn kafka_payloads(topic: &str) -> Vec<String> {
     tpl.add_partition_offset(topic, 0, Offset::Beginning)
         .expect("partition");
     consumer.assign(&tpl).expect("assign");
+    consumer
+}
+
+fn kafka_new_payloads(consumer: &BaseConsumer) -> Vec<String> {
     let mut out = Vec::new();
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while std::time::Instant::now() < deadline {
-        match consumer.poll(Duration::from_millis(200)) {
-            Some(Ok(m)) => {
-                out.push(String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned())
-            }
-            Some(Err(e)) => panic!("consuming {topic}: {e}"),
-            None if !out.is_empty() => break,
-            None => {}
-        }
+    while let Some(m) = consumer.poll(Duration::from_millis(200)) {
+        let m = m.unwrap_or_else(|e| panic!("consuming: {e}"));
+        out.push(String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned());
     }
     out
 }
 
 async fn expect_on_kafka(topic: &str, tokens: &[&str]) {
-    let topic = topic.to_string();
+    let consumer = Arc::new(kafka_reader(topic));
     expect_tokens(&format!("kafka topic {topic}"), tokens, || {
-        let topic = topic.clone();
+        let consumer = consumer.clone();
         async move {
-            tokio::task::spawn_blocking(move || kafka_payloads(&topic))
+            tokio::task::spawn_blocking(move || kafka_new_payloads(&consumer))
                 .await
                 .expect("consumer task")
         }
