@@ -153,9 +153,12 @@ pub async fn write(
         // this manager owns, default it to Opaque, and be refused as an immutable change too.
         // Read only on this refusal, so writing a new binding costs one request.
         Err(kube::Error::Api(s)) if s.code == 422 => {
-            let existing = api.get_opt(name).await.map_err(Error::Kube)?;
+            let existing = api
+                .get_opt(name)
+                .await
+                .map_err(Error::kube("get binding Secret"))?;
             let (Some(existing), Some(obj)) = (existing, value.as_object_mut()) else {
-                return Err(Error::Kube(kube::Error::Api(s)));
+                return Err(Error::kube("apply binding Secret")(kube::Error::Api(s)));
             };
             match existing.type_ {
                 Some(t) => obj.insert("type".into(), t.into()),
@@ -163,10 +166,10 @@ pub async fn write(
             };
             api.patch(name, &params, &Patch::Apply(&value))
                 .await
-                .map_err(Error::Kube)?;
+                .map_err(Error::kube("apply binding Secret keeping its type"))?;
             Ok(())
         }
-        Err(e) => Err(Error::Kube(e)),
+        Err(e) => Err(Error::kube("apply binding Secret")(e)),
     }
 }
 

@@ -7,8 +7,14 @@ use crate::brokers::BrokerError;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A Kubernetes API call failed.
-    #[error("kubernetes API: {0}")]
-    Kube(#[source] kube::Error),
+    #[error("kubernetes API: {call}: {source}")]
+    Kube {
+        /// The call that failed, e.g. `patch MessageBroker status`.
+        call: &'static str,
+        /// What the API server or the transport said.
+        #[source]
+        source: kube::Error,
+    },
 
     /// A referenced Secret does not exist.
     #[error("Secret {secret:?} not found in the MessageBroker's namespace")]
@@ -47,10 +53,6 @@ pub enum Error {
     #[error("object has no {0}")]
     MissingMetadata(&'static str),
 
-    /// A finalizer step failed.
-    #[error("finalizer: {0}")]
-    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
-
     /// Serialising YAML or JSON failed.
     #[error("serialization: {0}")]
     Serialization(String),
@@ -70,17 +72,21 @@ pub enum Error {
 }
 
 impl Error {
+    /// A mapper for `map_err` that names the Kubernetes call that failed.
+    pub fn kube(call: &'static str) -> impl FnOnce(kube::Error) -> Error {
+        move |source| Error::Kube { call, source }
+    }
+
     /// A short category for metrics labels and Event reasons.
     pub fn category(&self) -> &'static str {
         match self {
-            Error::Kube(_) => "kube",
+            Error::Kube { .. } => "kube",
             Error::SecretNotFound { .. }
             | Error::SecretKeyMissing { .. }
             | Error::SecretNotUtf8 { .. } => "secret",
             Error::InvalidSpec(_) => "invalid_spec",
             Error::Broker(_) => "broker",
             Error::MissingMetadata(_) => "metadata",
-            Error::Finalizer(_) => "finalizer",
             Error::Serialization(_) => "serialization",
             Error::Io(_) => "io",
             Error::LeaseLost { .. } => "leader",
@@ -92,11 +98,6 @@ impl Error {
         match self {
             Error::InvalidSpec(_) | Error::MissingMetadata(_) | Error::Serialization(_) => false,
             Error::Broker(b) => b.is_transient(),
-            Error::Finalizer(e) => match e.as_ref() {
-                kube::runtime::finalizer::Error::ApplyFailed(e)
-                | kube::runtime::finalizer::Error::CleanupFailed(e) => e.is_transient(),
-                _ => true,
-            },
             _ => true,
         }
     }

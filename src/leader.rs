@@ -170,7 +170,7 @@ impl LeaderElector {
             .api
             .get_opt(&self.config.name)
             .await
-            .map_err(Error::Kube)?
+            .map_err(Error::kube("get Lease"))?
         else {
             let lease = Lease {
                 metadata: ObjectMeta {
@@ -193,7 +193,7 @@ impl LeaderElector {
                     Ok(true)
                 }
                 Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
-                Err(e) => Err(Error::Kube(e)),
+                Err(e) => Err(Error::kube("create Lease")(e)),
             };
         };
         self.observe(&lease);
@@ -239,7 +239,7 @@ impl LeaderElector {
                 Ok(true)
             }
             Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
-            Err(e) => Err(Error::Kube(e)),
+            Err(e) => Err(Error::kube("replace Lease")(e)),
         }
     }
 

@@ -140,7 +140,7 @@ pub async fn resolve(
         let secret = api
             .get_opt(name)
             .await
-            .map_err(Error::Kube)?
+            .map_err(Error::kube("get referenced Secret"))?
             .ok_or_else(|| Error::SecretNotFound {
                 secret: name.to_string(),
             })?;

@@ -187,7 +187,7 @@ async fn prepare_stage(shared: &Shared<'_>, env: &EnvSpec, status: &mut EnvStatu
 
     let secrets = match secrets::resolve(&shared.ctx.client, &shared.scope.namespace, env).await {
         Ok(s) => s,
-        Err(e @ Error::Kube(_)) => {
+        Err(e @ Error::Kube { .. }) => {
             return blocked(
                 Desired::new(types::CONNECTED, false, reasons::PROGRESSING, e.to_string()),
                 true,

@@ -25,6 +25,7 @@ use crate::error::Error;
 use crate::metrics::Metrics;
 
 mod env;
+pub mod finalizer;
 mod reconcile;
 mod secret_index;
 mod status;
@@ -97,20 +98,6 @@ impl Config {
     /// Whether this instance manages the env.
     pub fn manages(&self, slug: &str) -> bool {
         self.envs.as_ref().is_none_or(|e| e.contains(slug))
-    }
-
-    /// The finalizer of this instance: one per env selection, so instances that split envs
-    /// each clean up their own.
-    pub fn finalizer(&self) -> String {
-        match &self.envs {
-            None => "switchyard.dev/cleanup".to_string(),
-            Some(envs) => {
-                let joined = envs.iter().cloned().collect::<Vec<_>>().join(".");
-                let mut name = format!("cleanup.{joined}");
-                name.truncate(63);
-                format!("switchyard.dev/{}", name.trim_end_matches(['.', '-']))
-            }
-        }
     }
 }
 
@@ -188,7 +175,7 @@ impl Context {
         hash.is_some() && hashes.get(&key) == hash
     }
 
-    fn backoff(&self, key: &str) -> Duration {
+    pub(super) fn backoff(&self, key: &str) -> Duration {
         let mut f = self.failures.lock().unwrap_or_else(|e| e.into_inner());
         let n = f.entry(key.to_string()).or_insert(0);
         *n = n.saturating_add(1);
@@ -242,7 +229,7 @@ impl Context {
     }
 
     /// Forget an object that is gone.
-    fn forget(&self, raw: &RawMessageBroker) {
+    pub(super) fn forget(&self, raw: &RawMessageBroker) {
         let namespace = raw.namespace().unwrap_or_default();
         if let Ok(spec) = raw.spec() {
             let mut hashes = self

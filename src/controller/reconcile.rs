@@ -9,11 +9,11 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
 use kube::api::DeleteParams;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event as KubeEvent, EventType};
-use kube::runtime::finalizer::{Event, finalizer};
 use kube::{Api, Resource, ResourceExt};
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::env::{self, Shared};
+use super::finalizer;
 use super::status::{self, Verdict};
 use super::{ABANDON_ANNOTATION, Context, RawMessageBroker};
 use crate::api::conditions::{Desired, reasons, types};
@@ -24,32 +24,52 @@ use crate::api::{
 use crate::brokers::{ObjectKey, Scope};
 use crate::error::Error;
 
-/// The reconcile entry point, wrapped in the finalizer so cleanup runs before deletion.
+/// The reconcile entry point: hold the object with the finalizer, then apply; on deletion,
+/// clean up and release it (see [`finalizer`]).
 pub async fn reconcile(raw: Arc<RawMessageBroker>, ctx: Arc<Context>) -> Result<Action, Error> {
     let _timer = ctx.metrics.timer();
     let namespace = raw.namespace().ok_or(Error::MissingMetadata("namespace"))?;
     let span = info_span!("reconcile", namespace = %namespace, name = %raw.name_any());
     let api: Api<RawMessageBroker> = Api::namespaced(ctx.client.clone(), &namespace);
-    let finalizer_name = ctx.config.finalizer();
-    let result = finalizer(&api, &finalizer_name, raw, |event| async {
-        match event {
-            Event::Apply(mb) => apply(mb, &ctx).await,
-            Event::Cleanup(mb) => cleanup(mb, &ctx).await,
+    async {
+        if raw.metadata.deletion_timestamp.is_none() {
+            if let Some(next) = finalizer::with_ours(raw.finalizers()) {
+                // The patch's own watch event starts the pass that applies.
+                finalizer::store(&api, &raw, next).await?;
+                return Ok(Action::await_change());
+            }
+            return apply(raw, &ctx).await;
         }
-    })
-    .instrument(span)
-    .await;
-    match result {
-        Ok(action) => Ok(action),
-        // A second pass on a cached copy of an object whose cleanup already finished: the
-        // object is gone, which is what removing the finalizer was for. Not an error.
-        Err(kube::runtime::finalizer::Error::RemoveFinalizer(kube::Error::Api(e)))
-            if e.code == 404 =>
-        {
-            Ok(Action::await_change())
+        if !finalizer::holds(raw.finalizers()) {
+            return Ok(Action::await_change());
         }
-        Err(e) => Err(Error::Finalizer(Box::new(e))),
+        match cleanup(&raw, &ctx).await? {
+            Cleanup::Done => {
+                finalizer::store(&api, &raw, finalizer::without_ours(raw.finalizers())).await?;
+                ctx.forget(&raw);
+                Ok(Action::await_change())
+            }
+            // Another instance's envs remain; its removal (or this resync) finishes the job.
+            Cleanup::OthersPending => Ok(Action::requeue(ctx.config.resync)),
+            Cleanup::Blocked => {
+                let key = format!("{namespace}/{}", raw.name_any());
+                Ok(Action::requeue(ctx.backoff(&key)))
+            }
+        }
     }
+    .instrument(span)
+    .await
+}
+
+/// Where deletion stands after one cleanup pass of this instance.
+#[derive(Debug, PartialEq, Eq)]
+enum Cleanup {
+    /// Nothing of the object is left on any broker: the finalizer can go.
+    Done,
+    /// This instance's envs are clean; envs another instance manages are not yet.
+    OthersPending,
+    /// A broker refused or could not be reached: retry with backoff.
+    Blocked,
 }
 
 fn now() -> Time {
@@ -391,10 +411,13 @@ async fn delete_binding(ctx: &Context, scope: &Scope, s: &EnvStatus) {
     }
 }
 
-/// Deletion: retire broker-side objects by the deletion policy (nothing under Retain), unless
-/// an admin set the abandon annotation; then remove binding Secrets.
-async fn cleanup(raw: Arc<RawMessageBroker>, ctx: &Context) -> Result<Action, Error> {
-    let prev = ctx.previous_status(&raw);
+/// Deletion: retire the broker-side objects of the envs this instance manages by the deletion
+/// policy (nothing under Retain), unless an admin set the abandon annotation; remove their
+/// binding Secrets; drop them from `status.envs`. Done when no env is left there.
+async fn cleanup(raw: &RawMessageBroker, ctx: &Context) -> Result<Cleanup, Error> {
+    // The stored status, not our last written copy: the removal below is guarded by this
+    // object's resourceVersion, so split instances never overwrite each other's removal.
+    let prev = raw.status().unwrap_or_default();
     let namespace = raw.namespace().ok_or(Error::MissingMetadata("namespace"))?;
     let scope = Scope {
         namespace,
@@ -407,12 +430,20 @@ async fn cleanup(raw: Arc<RawMessageBroker>, ctx: &Context) -> Result<Action, Er
         .is_some_and(|v| v == "true");
 
     let mut blocked = Vec::new();
-    for s in prev.envs.iter().filter(|s| ctx.config.manages(&s.slug)) {
+    let mut next = prev.clone();
+    next.envs.clear();
+    for s in &prev.envs {
+        // Abandoning releases every env, whichever instance manages it.
+        if !abandon && !ctx.config.manages(&s.slug) {
+            next.envs.push(s.clone());
+            continue;
+        }
         if !abandon {
             match retire_env_status(ctx, &scope, s, policy).await {
                 Ok(None) => {}
                 Ok(Some(msg)) | Err(msg) => {
                     blocked.push(format!("env {}: {msg}", s.slug));
+                    next.envs.push(s.clone());
                     continue;
                 }
             }
@@ -420,6 +451,10 @@ async fn cleanup(raw: Arc<RawMessageBroker>, ctx: &Context) -> Result<Action, Er
         delete_binding(ctx, &scope, s).await;
     }
     if blocked.is_empty() {
+        status::write_guarded(ctx, raw, &prev, &next).await?;
+        if !next.envs.is_empty() {
+            return Ok(Cleanup::OthersPending);
+        }
         let note = if abandon {
             "cleanup abandoned by annotation; broker objects left in place"
         } else {
@@ -427,37 +462,30 @@ async fn cleanup(raw: Arc<RawMessageBroker>, ctx: &Context) -> Result<Action, Er
         };
         publish(
             ctx,
-            &raw,
+            raw,
             vec![(EventType::Normal, reasons::DELETING.into(), note.into())],
         )
         .await;
-        ctx.forget(&raw);
-        return Ok(Action::await_change());
+        return Ok(Cleanup::Done);
     }
     let message = format!(
         "deletion waits for broker cleanup ({}); set annotation {ABANDON_ANNOTATION}=true to leave broker objects in place",
         blocked.join("; ")
     );
-    let mut next = prev.clone();
     let conds = vec![
         Desired::new(types::READY, false, reasons::DELETING, message.clone()),
         Desired::new(types::RECONCILING, true, reasons::DELETING, message.clone()),
     ];
     next.conditions =
         crate::api::conditions::merge(&prev.conditions, &conds, raw.metadata.generation, &now());
-    status::write_if_changed(ctx, &raw, &prev, &next).await?;
+    status::write_guarded(ctx, raw, &prev, &next).await?;
+    ctx.metrics.error("broker");
+    warn!(reason = %message, "deletion blocked");
     publish(
         ctx,
-        &raw,
-        vec![(
-            EventType::Warning,
-            reasons::DELETING.into(),
-            message.clone(),
-        )],
+        raw,
+        vec![(EventType::Warning, reasons::DELETING.into(), message)],
     )
     .await;
-    Err(Error::Broker(crate::brokers::BrokerError::new(
-        crate::brokers::BrokerErrorKind::Other,
-        message,
-    )))
+    Ok(Cleanup::Blocked)
 }

@@ -137,21 +137,50 @@ pub async fn write_if_changed(
     if prev == next {
         return Ok(false);
     }
+    write(ctx, raw, next, None).await?;
+    Ok(true)
+}
+
+/// Write the status only when it differs from `prev`, and only if the stored object is still
+/// the version `raw` is (a concurrent writer makes this fail with a conflict, and the next pass
+/// starts from what that writer stored).
+pub async fn write_guarded(
+    ctx: &Context,
+    raw: &RawMessageBroker,
+    prev: &MessageBrokerStatus,
+    next: &MessageBrokerStatus,
+) -> Result<(), Error> {
+    if prev != next {
+        write(ctx, raw, next, raw.metadata.resource_version.as_deref()).await?;
+    }
+    Ok(())
+}
+
+async fn write(
+    ctx: &Context,
+    raw: &RawMessageBroker,
+    next: &MessageBrokerStatus,
+    resource_version: Option<&str>,
+) -> Result<(), Error> {
     let namespace = raw.namespace().ok_or(Error::MissingMetadata("namespace"))?;
     let api: Api<RawMessageBroker> = Api::namespaced(ctx.client.clone(), &namespace);
-    let body = serde_json::json!({
+    let mut body = serde_json::json!({
         "apiVersion": MessageBroker::api_version(&()),
         "kind": MessageBroker::kind(&()),
+        "metadata": {"name": raw.name_any()},
         "status": next,
     });
+    if let Some(rv) = resource_version {
+        body["metadata"]["resourceVersion"] = rv.into();
+    }
     api.patch_status(
         &raw.name_any(),
         &PatchParams::apply(MANAGER).force(),
         &Patch::Apply(&body),
     )
     .await
-    .map_err(Error::Kube)?;
+    .map_err(Error::kube("patch MessageBroker status"))?;
     ctx.metrics.status_writes.inc();
     ctx.remember_status(raw, next);
-    Ok(true)
+    Ok(())
 }

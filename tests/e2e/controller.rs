@@ -440,3 +440,66 @@ async fn a_partition_decrease_on_real_kafka_stalls_without_a_hot_loop() {
     );
     ctl.stop().await;
 }
+
+/// Two instances split the envs of one MessageBroker (`--env prd` and `--env dev`). They hold it
+/// with one finalizer name, replace a per-env-list name of an earlier release, and on deletion
+/// each retires its own env; whichever finishes last releases the object.
+#[tokio::test]
+async fn split_instances_share_one_finalizer_and_each_clean_their_envs() {
+    let client = client().await;
+    ensure_crd(&client).await;
+    let ns = namespace(&client, "ctl-split").await;
+    let connector = Arc::new(FakeConnector::default());
+    let only = |slug: &str| switchyard::controller::Config {
+        envs: Some([slug.to_string()].into()),
+        instance: format!("switchyard-{slug}"),
+        ..fast_config()
+    };
+    let prd = start_controller(client.clone(), &ns, connector.clone(), only("prd"));
+    let dev = start_controller(client.clone(), &ns, connector.clone(), only("dev"));
+
+    let manifest = two_env_manifest("split")
+        .replace("spec:\n", "spec:\n  deletionPolicy: Delete\n")
+        .replace(
+            "metadata: {name: split}",
+            "metadata: {name: split, finalizers: [switchyard.dev/cleanup.dev.prd]}",
+        );
+    apply_mb(&client, &ns, &manifest).await;
+    let mb = wait_for_mb(&client, &ns, "split", TIMEOUT, "Ready", |m| {
+        condition_true(m, "Ready")
+    })
+    .await;
+    assert_eq!(
+        mb.metadata.finalizers.unwrap_or_default(),
+        vec!["switchyard.dev/cleanup".to_string()],
+        "the legacy name is replaced by the fixed one"
+    );
+    let kafka = connector.backend("prd", BrokerType::Kafka);
+    let redis = connector.backend("dev", BrokerType::Redis);
+    assert!(!kafka.objects().is_empty() && !redis.objects().is_empty());
+
+    let api: Api<MessageBroker> = Api::namespaced(client.clone(), &ns);
+    api.delete("split", &DeleteParams::default())
+        .await
+        .expect("delete");
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    while api.get_opt("split").await.expect("get").is_some() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "MessageBroker still present: the shared finalizer was not removed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        kafka.objects().is_empty(),
+        "prd's instance retired its env: {:?}",
+        kafka.objects()
+    );
+    assert!(
+        redis.objects().is_empty(),
+        "dev's instance retired its env: {:?}",
+        redis.objects()
+    );
+    prd.stop().await;
+    dev.stop().await;
+}
