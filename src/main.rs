@@ -246,6 +246,7 @@ async fn run(args: RunArgs) -> ExitCode {
         client.clone(),
         args.namespace,
         Arc::new(RealConnector::new(ConnectOptions {
+            check_timeout: args.check_timeout,
             observe_max_age: args.observe_max_age.unwrap_or(args.resync),
             requests: metrics.broker_requests.clone(),
         })),
@@ -331,7 +332,10 @@ async fn preview_options(
         default_namespace: source.namespace.clone(),
         secrets,
         live: client,
-        connector: Arc::new(RealConnector::default()),
+        connector: Arc::new(RealConnector::new(ConnectOptions {
+            check_timeout: source.timeout,
+            ..ConnectOptions::default()
+        })),
         timeout: source.timeout,
     };
     Ok((manifests, opts))

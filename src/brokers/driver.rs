@@ -182,13 +182,25 @@ impl<D: Driver> EnvDriver for Erased<D> {
 }
 
 /// Settings shared by every backend a connector builds.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct ConnectOptions {
+    /// How long a connectivity check may take (`--check-timeout`).
+    pub check_timeout: std::time::Duration,
     /// How long one observation of an endpoint may answer later passes (Kafka; see
     /// `kafka::snapshot`). Zero reads the broker on every pass.
     pub observe_max_age: std::time::Duration,
     /// Where backends count the requests they send.
     pub requests: crate::metrics::BrokerRequests,
+}
+
+impl Default for ConnectOptions {
+    fn default() -> Self {
+        ConnectOptions {
+            check_timeout: std::time::Duration::from_secs(5),
+            observe_max_age: std::time::Duration::ZERO,
+            requests: crate::metrics::BrokerRequests::default(),
+        }
+    }
 }
 
 /// The production connector: builds the real client for the env's broker type.

@@ -553,3 +553,40 @@ pub async fn converge(
         .await
         .map_err(crate::Error::Broker)
 }
+
+/// A TCP server that accepts connections and never answers: what a hung broker looks like.
+#[cfg(test)]
+pub(crate) struct SilentServer {
+    port: u16,
+    task: tokio::task::JoinHandle<()>,
+}
+
+#[cfg(test)]
+impl SilentServer {
+    /// Listen on a free local port.
+    pub(crate) async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind a local port");
+        let port = listener.local_addr().expect("local address").port();
+        let task = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                held.push(socket);
+            }
+        });
+        SilentServer { port, task }
+    }
+
+    /// Its port.
+    pub(crate) fn port(&self) -> u16 {
+        self.port
+    }
+}
+
+#[cfg(test)]
+impl Drop for SilentServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

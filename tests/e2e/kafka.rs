@@ -678,6 +678,7 @@ async fn one_observation_serves_every_resource_until_something_changes() {
     let options = ConnectOptions {
         observe_max_age: Duration::from_secs(600),
         requests: requests.clone(),
+        ..ConnectOptions::default()
     };
     let b = kafka::connect(&kspec, &ResolvedSecrets::default(), &options)
         .await

@@ -107,9 +107,13 @@ fn scope(prefix: &str) -> Scope {
 }
 
 async fn backend(b: &Broker, management: bool) -> Arc<dyn Backend> {
-    rabbitmq::connect(&spec(b, management), &secrets(&b.username, &b.password))
-        .await
-        .expect("connect builds a client")
+    rabbitmq::connect(
+        &spec(b, management),
+        &secrets(&b.username, &b.password),
+        &Default::default(),
+    )
+    .await
+    .expect("connect builds a client")
 }
 
 /// One reconcile pass for one env, the way the controller runs it.
@@ -671,9 +675,13 @@ async fn retain_keeps_and_delete_removes_only_empty_objects() {
 #[tokio::test]
 async fn bad_credentials_are_an_authentication_failure() {
     let b = broker();
-    let backend = rabbitmq::connect(&spec(&b, false), &secrets(&b.username, "wrong-password"))
-        .await
-        .expect("connect is lazy");
+    let backend = rabbitmq::connect(
+        &spec(&b, false),
+        &secrets(&b.username, "wrong-password"),
+        &Default::default(),
+    )
+    .await
+    .expect("connect is lazy");
     let err = backend.check().await.expect_err("refused");
     assert_eq!(err.kind, BrokerErrorKind::Authentication, "{err}");
     assert!(!err.message.contains("wrong-password"), "{err}");
@@ -701,9 +709,13 @@ async fn a_vhost_without_permission_or_missing_is_classified() {
 
     let mut no_permission = spec(&b, false);
     no_permission.vhost = Some(vhost.clone());
-    let backend = rabbitmq::connect(&no_permission, &secrets(&user, "user-secret-pw"))
-        .await
-        .expect("lazy");
+    let backend = rabbitmq::connect(
+        &no_permission,
+        &secrets(&user, "user-secret-pw"),
+        &Default::default(),
+    )
+    .await
+    .expect("lazy");
     let err = backend
         .check()
         .await
@@ -712,9 +724,13 @@ async fn a_vhost_without_permission_or_missing_is_classified() {
 
     let mut missing = spec(&b, false);
     missing.vhost = Some(format!("{vhost}-missing"));
-    let backend = rabbitmq::connect(&missing, &secrets(&b.username, &b.password))
-        .await
-        .expect("lazy");
+    let backend = rabbitmq::connect(
+        &missing,
+        &secrets(&b.username, &b.password),
+        &Default::default(),
+    )
+    .await
+    .expect("lazy");
     let err = backend.check().await.expect_err("no such vhost");
     assert_eq!(err.kind, BrokerErrorKind::NotFound, "{err}");
 
@@ -726,9 +742,13 @@ async fn a_vhost_without_permission_or_missing_is_classified() {
         Some(serde_json::json!({"configure": ".*", "write": ".*", "read": ".*"})),
     )
     .await;
-    let backend = rabbitmq::connect(&no_permission, &secrets(&user, "user-secret-pw"))
-        .await
-        .expect("lazy");
+    let backend = rabbitmq::connect(
+        &no_permission,
+        &secrets(&user, "user-secret-pw"),
+        &Default::default(),
+    )
+    .await
+    .expect("lazy");
     backend.check().await.expect("permitted now");
     admin(
         &b,
@@ -756,7 +776,7 @@ async fn an_unreachable_broker_is_classified_and_connect_stays_lazy() {
         .expect("free port")
         .port();
     s.port = Some(i32::from(port));
-    let backend = rabbitmq::connect(&s, &secrets(&b.username, &b.password))
+    let backend = rabbitmq::connect(&s, &secrets(&b.username, &b.password), &Default::default())
         .await
         .expect("connect must not fail while the broker is down");
     let started = Instant::now();
@@ -842,9 +862,13 @@ async fn a_closed_pooled_connection_is_reopened() {
         Some(serde_json::json!({"configure": ".*", "write": ".*", "read": ".*"})),
     )
     .await;
-    let backend = rabbitmq::connect(&spec(&b, true), &secrets(&user, "reconnect-pw"))
-        .await
-        .expect("lazy");
+    let backend = rabbitmq::connect(
+        &spec(&b, true),
+        &secrets(&user, "reconnect-pw"),
+        &Default::default(),
+    )
+    .await
+    .expect("lazy");
     let s = scope("rmq-reconnect");
     let env = env(spec(&b, true));
     let topics = vec![topic("orders", None, &["billing"])];

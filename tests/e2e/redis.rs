@@ -91,7 +91,7 @@ fn secrets(username: Option<&str>, password: &str) -> (RedisSpec, ResolvedSecret
 }
 
 async fn backend(spec: &RedisSpec, secrets: &ResolvedSecrets) -> Arc<dyn Backend> {
-    brokers::redis::connect(spec, secrets)
+    brokers::redis::connect(spec, secrets, &Default::default())
         .await
         .expect("connect builds a client")
 }

@@ -28,8 +28,6 @@ use crate::brokers::{
 use crate::metrics::BrokerRequests;
 use crate::secrets::ResolvedSecrets;
 
-/// Bound on `check()`.
-const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bound on each observation round trip (metadata, offsets, DescribeConfigs).
 const OBSERVE_TIMEOUT: Duration = Duration::from_secs(15);
 /// Bound on an admin request, and on how long the broker may take to finish the operation.
@@ -1001,6 +999,8 @@ pub struct KafkaBackend {
     partitions: Arc<Coalescer<PartitionsItem>>,
     alters: Arc<Coalescer<AlterItem>>,
     deletes: Arc<Coalescer<String>>,
+    /// Bound on `check()` (`--check-timeout`).
+    check_timeout: Duration,
 }
 
 impl KafkaBackend {
@@ -1043,6 +1043,7 @@ impl KafkaBackend {
             partitions: Arc::new(Coalescer::new(COALESCE_WINDOW)),
             alters: Arc::new(Coalescer::new(COALESCE_WINDOW)),
             deletes: Arc::new(Coalescer::new(COALESCE_WINDOW)),
+            check_timeout: options.check_timeout,
         })
     }
 }
@@ -1075,9 +1076,10 @@ impl Backend for KafkaBackend {
 
     async fn check(&self) -> Result<(), BrokerError> {
         let started = std::time::Instant::now();
+        let timeout = self.check_timeout;
         let result = self
             .inner
-            .blocking(|inner| inner.metadata_blocking(CHECK_TIMEOUT).map(|_| ()))
+            .blocking(move |inner| inner.metadata_blocking(timeout).map(|_| ()))
             .await;
         if let Err(e) = &result
             && e.kind == BrokerErrorKind::Timeout

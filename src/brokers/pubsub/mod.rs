@@ -54,8 +54,6 @@ const TOPIC_RETENTION: (u64, u64) = (600, 31 * 24 * 3600);
 const SUBSCRIPTION_RETENTION: (u64, u64) = (600, 7 * 24 * 3600);
 /// Default ack deadline.
 const DEFAULT_ACK_DEADLINE: i32 = 10;
-/// Time allowed for the connectivity check.
-const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 /// Time allowed for one admin call.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -293,6 +291,7 @@ pub(crate) fn host_port(url: &str) -> (Option<String>, Option<u16>) {
 pub async fn connect(
     spec: &GooglePubSubSpec,
     secrets: &ResolvedSecrets,
+    options: &super::ConnectOptions,
 ) -> Result<Arc<dyn Backend>, BrokerError> {
     use google_cloud_auth::credentials::{self, Credentials};
     let creds: Credentials = match (&spec.credentials_secret_ref, &spec.endpoint) {
@@ -359,6 +358,7 @@ pub async fn connect(
         project: spec.project_id.clone(),
         topics,
         subs,
+        check_timeout: options.check_timeout,
     }))
 }
 
@@ -373,6 +373,7 @@ pub struct PubSubBackend {
     project: String,
     topics: TopicAdmin,
     subs: SubscriptionAdmin,
+    check_timeout: std::time::Duration,
 }
 
 /// Classify a Pub/Sub client error.
@@ -763,7 +764,7 @@ impl Backend for PubSubBackend {
             .set_project(format!("projects/{}", self.project))
             .set_page_size(1)
             .send();
-        match timed(CHECK_TIMEOUT, "ListTopics", call).await? {
+        match timed(self.check_timeout, "ListTopics", call).await? {
             Ok(_) => Ok(()),
             Err(e) => {
                 let mut err = classify(&e);
@@ -876,9 +877,9 @@ impl super::Driver for GooglePubSub {
     fn connect(
         spec: &GooglePubSubSpec,
         secrets: &ResolvedSecrets,
-        _options: &super::ConnectOptions,
+        options: &super::ConnectOptions,
     ) -> impl std::future::Future<Output = Result<Arc<dyn Backend>, BrokerError>> + Send {
-        connect(spec, secrets)
+        connect(spec, secrets, options)
     }
 }
 

@@ -47,6 +47,8 @@ pub(crate) struct RabbitMqBackend {
     /// Without the management API, arguments cannot be read back: remember what this process
     /// declared (or verified by a successful redeclare) so observe can report it.
     declared: Mutex<HashMap<ObjectKey, BTreeMap<String, String>>>,
+    /// Bound on `check()` (`--check-timeout`).
+    check_timeout: Duration,
 }
 
 /// One unit of broker work run on a lane.
@@ -117,7 +119,14 @@ impl RabbitMqBackend {
             management,
             connection: tokio::sync::Mutex::new(None),
             declared: Mutex::new(HashMap::new()),
+            check_timeout: CONNECT_TIMEOUT,
         })
+    }
+
+    /// How long [`Backend::check`] waits (`--check-timeout`).
+    pub(crate) fn with_check_timeout(mut self, timeout: Duration) -> Self {
+        self.check_timeout = timeout;
+        self
     }
 
     /// The pooled connection, (re)connecting when there is none or it died.
@@ -607,16 +616,14 @@ impl Backend for RabbitMqBackend {
             }
             Ok(())
         };
-        tokio::time::timeout(CONNECT_TIMEOUT, work)
+        tokio::time::timeout(self.check_timeout, work)
             .await
             .unwrap_or_else(|_| {
                 Err(BrokerError::new(
                     BrokerErrorKind::Timeout,
                     format!(
-                        "RabbitMQ at {}:{} did not answer within {}s",
-                        self.endpoint.host,
-                        self.endpoint.port,
-                        CONNECT_TIMEOUT.as_secs()
+                        "RabbitMQ at {}:{} did not answer within {:?}",
+                        self.endpoint.host, self.endpoint.port, self.check_timeout
                     ),
                 ))
             })

@@ -329,8 +329,10 @@ pub fn connection_info(
 pub async fn connect(
     spec: &RabbitMqSpec,
     secrets: &ResolvedSecrets,
+    options: &super::ConnectOptions,
 ) -> Result<Arc<dyn Backend>, BrokerError> {
-    let backend = client::RabbitMqBackend::new(spec, secrets)?;
+    let backend =
+        client::RabbitMqBackend::new(spec, secrets)?.with_check_timeout(options.check_timeout);
     Ok(Arc::new(backend))
 }
 
@@ -384,9 +386,9 @@ impl super::Driver for RabbitMq {
     fn connect(
         spec: &RabbitMqSpec,
         secrets: &ResolvedSecrets,
-        _options: &super::ConnectOptions,
+        options: &super::ConnectOptions,
     ) -> impl std::future::Future<Output = Result<Arc<dyn Backend>, BrokerError>> + Send {
-        connect(spec, secrets)
+        connect(spec, secrets, options)
     }
 }
 

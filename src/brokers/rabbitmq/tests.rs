@@ -256,7 +256,7 @@ async fn a_malformed_ca_is_a_tls_error_at_connect() {
     secrets.insert("rabbit", "username", "app");
     secrets.insert("rabbit", "password", "pw");
     secrets.insert("ca", "ca.crt", "not a certificate");
-    let err = match connect(&s, &secrets).await {
+    let err = match connect(&s, &secrets, &Default::default()).await {
         Ok(_) => panic!("a malformed CA must be refused"),
         Err(e) => e,
     };
@@ -268,4 +268,27 @@ async fn a_malformed_ca_is_a_tls_error_at_connect() {
 fn management_values_print_like_desired_config() {
     assert_eq!(arg_string(&serde_json::json!(3600000)), "3600000");
     assert_eq!(arg_string(&serde_json::json!("quorum")), "quorum");
+}
+
+#[tokio::test]
+async fn the_check_waits_as_long_as_configured() {
+    let server = crate::brokers::SilentServer::start().await;
+    let mut s = spec();
+    s.host = Some("127.0.0.1".into());
+    s.port = Some(i32::from(server.port()));
+    s.management_url = None;
+    let mut secrets = ResolvedSecrets::default();
+    secrets.insert("rabbit", "username", "u");
+    secrets.insert("rabbit", "password", "p");
+    let options = crate::brokers::ConnectOptions {
+        check_timeout: std::time::Duration::from_millis(300),
+        ..Default::default()
+    };
+    let backend = connect(&s, &secrets, &options).await.expect("lazy");
+    let err = backend
+        .check()
+        .await
+        .expect_err("a server that never answers");
+    assert_eq!(err.kind, BrokerErrorKind::Timeout, "{err}");
+    assert!(err.message.contains("300ms"), "{}", err.message);
 }

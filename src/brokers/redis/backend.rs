@@ -18,6 +18,7 @@ use crate::brokers::{
 };
 
 /// Bound on `check` as a whole.
+/// The check timeout of a backend built without options.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bound on establishing one connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -36,6 +37,7 @@ pub struct RedisBackend {
     /// Connected on first use; dropped after an authentication failure so that the next call
     /// dials again instead of keeping a connection the server refused.
     conn: Mutex<Option<ConnectionManager>>,
+    check_timeout: Duration,
 }
 
 impl std::fmt::Debug for RedisBackend {
@@ -52,7 +54,14 @@ impl RedisBackend {
             client,
             endpoint,
             conn: Mutex::new(None),
+            check_timeout: CHECK_TIMEOUT,
         }
+    }
+
+    /// How long [`Backend::check`] waits (`--check-timeout`).
+    pub fn with_check_timeout(mut self, timeout: Duration) -> Self {
+        self.check_timeout = timeout;
+        self
     }
 
     /// The endpoint, without credentials.
@@ -485,7 +494,7 @@ impl Backend for RedisBackend {
     }
 
     async fn check(&self) -> Result<(), BrokerError> {
-        let result = tokio::time::timeout(CHECK_TIMEOUT, self.check_inner())
+        let result = tokio::time::timeout(self.check_timeout, self.check_inner())
             .await
             .unwrap_or_else(|_| {
                 Err(BrokerError::new(
@@ -493,7 +502,7 @@ impl Backend for RedisBackend {
                     format!(
                         "redis {}: no answer within {}s",
                         self.endpoint,
-                        CHECK_TIMEOUT.as_secs()
+                        self.check_timeout.as_secs_f64()
                     ),
                 ))
             });

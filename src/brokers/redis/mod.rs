@@ -270,8 +270,11 @@ pub fn connection_info(
 pub async fn connect(
     spec: &RedisSpec,
     secrets: &ResolvedSecrets,
+    options: &super::ConnectOptions,
 ) -> Result<Arc<dyn Backend>, BrokerError> {
-    Ok(Arc::new(build(spec, secrets)?))
+    Ok(Arc::new(
+        build(spec, secrets)?.with_check_timeout(options.check_timeout),
+    ))
 }
 
 /// Build the backend (no I/O).
@@ -363,9 +366,9 @@ impl super::Driver for Redis {
     fn connect(
         spec: &RedisSpec,
         secrets: &ResolvedSecrets,
-        _options: &super::ConnectOptions,
+        options: &super::ConnectOptions,
     ) -> impl std::future::Future<Output = Result<Arc<dyn Backend>, BrokerError>> + Send {
-        connect(spec, secrets)
+        connect(spec, secrets, options)
     }
 }
 
@@ -389,6 +392,25 @@ mod tests {
             password_secret_ref: None,
             ca_secret_ref: None,
         }
+    }
+
+    #[tokio::test]
+    async fn the_check_waits_as_long_as_configured() {
+        let server = crate::brokers::SilentServer::start().await;
+        let options = crate::brokers::ConnectOptions {
+            check_timeout: std::time::Duration::from_millis(300),
+            ..Default::default()
+        };
+        let url = format!("redis://127.0.0.1:{}", server.port());
+        let backend = connect(&spec(&url), &ResolvedSecrets::default(), &options)
+            .await
+            .expect("lazy");
+        let err = backend
+            .check()
+            .await
+            .expect_err("a server that never answers");
+        assert_eq!(err.kind, BrokerErrorKind::Timeout, "{err}");
+        assert!(err.message.contains("0.3s"), "{}", err.message);
     }
 
     fn topic(name: &str) -> TopicSpec {
@@ -536,9 +558,13 @@ mod tests {
     async fn connect_is_lazy_but_refuses_unusable_settings() {
         // Nothing listens on port 1: connect must still succeed (the broker may come up later).
         assert!(
-            connect(&spec("redis://127.0.0.1:1"), &ResolvedSecrets::default())
-                .await
-                .is_ok()
+            connect(
+                &spec("redis://127.0.0.1:1"),
+                &ResolvedSecrets::default(),
+                &Default::default()
+            )
+            .await
+            .is_ok()
         );
 
         let err = build(&spec("http://r:6379"), &ResolvedSecrets::default()).expect_err("bad url");

@@ -61,7 +61,6 @@ const RETENTION_BOUNDS: (u64, u64) = (60, 14 * 24 * 3600);
 const DEFAULT_RETENTION: u64 = 4 * 24 * 3600;
 /// Dead letters are kept as long as SQS allows.
 const DEAD_LETTER_RETENTION: u64 = 14 * 24 * 3600;
-const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The objects the spec asks for on this broker.
@@ -368,6 +367,7 @@ pub fn connection_info(
 pub async fn connect(
     spec: &AwsSqsSpec,
     secrets: &ResolvedSecrets,
+    options: &super::ConnectOptions,
 ) -> Result<Arc<dyn Backend>, BrokerError> {
     let mut loader = aws_config::defaults(BehaviorVersion::latest())
         .region(aws_config::Region::new(spec.region.clone()))
@@ -411,6 +411,7 @@ pub async fn connect(
         sns: aws_sdk_sns::Client::new(&config),
         region: spec.region.clone(),
         account: Mutex::new(None),
+        check_timeout: options.check_timeout,
     }))
 }
 
@@ -427,6 +428,7 @@ pub struct SqsBackend {
     sns: aws_sdk_sns::Client,
     region: String,
     account: Mutex<Option<Account>>,
+    check_timeout: std::time::Duration,
 }
 
 /// Classify an SDK error from SQS or SNS.
@@ -1247,7 +1249,7 @@ impl Backend for SqsBackend {
                 })
                 .map_err(|e| classify("SNS", &e))
         };
-        let (sqs, sns) = timed(CHECK_TIMEOUT, "the connectivity check", async {
+        let (sqs, sns) = timed(self.check_timeout, "the connectivity check", async {
             futures::join!(sqs, sns)
         })
         .await?;
@@ -1331,9 +1333,9 @@ impl super::Driver for AwsSqs {
     fn connect(
         spec: &AwsSqsSpec,
         secrets: &ResolvedSecrets,
-        _options: &super::ConnectOptions,
+        options: &super::ConnectOptions,
     ) -> impl std::future::Future<Output = Result<Arc<dyn Backend>, BrokerError>> + Send {
-        connect(spec, secrets)
+        connect(spec, secrets, options)
     }
 }
 
