@@ -10,6 +10,7 @@ pub mod brokers;
 pub mod controller;
 pub mod crd;
 pub mod error;
+pub mod failure;
 pub mod leader;
 pub mod metrics;
 pub mod preview;

@@ -172,7 +172,7 @@ pub struct Problem {
 impl From<&BrokerError> for Problem {
     fn from(e: &BrokerError) -> Self {
         Problem {
-            reason: e.reason().to_string(),
+            reason: crate::failure::broker_reason(e.kind).to_string(),
             message: e.message.clone(),
         }
     }
@@ -198,7 +198,7 @@ impl Report {
                     return 1;
                 }
                 for p in e.plan.iter().chain(e.retire.iter()) {
-                    if p.refused.iter().any(|r| !r.transient) {
+                    if p.refused.iter().any(|r| !r.is_transient()) {
                         return 1;
                     }
                     changes |= !p.actions.is_empty();
@@ -287,7 +287,9 @@ fn render_plan(out: &mut String, p: &Plan) {
     for r in &p.refused {
         out.push_str(&format!(
             "    ! refused {}  {}: {}\n",
-            r.key, r.reason, r.message
+            r.key,
+            crate::failure::refusal_reason(r.kind),
+            r.message
         ));
     }
     for k in &p.retained {

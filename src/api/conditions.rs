@@ -44,6 +44,10 @@ pub mod reasons {
     pub const NOT_FOUND: &str = "NotFound";
     /// Kafka cannot shrink partitions.
     pub const PARTITION_DECREASE: &str = "PartitionDecreaseNotSupported";
+    /// Kafka cannot change a topic's replication factor through a config change.
+    pub const REPLICATION_FACTOR_CHANGE: &str = "ReplicationFactorChangeNotSupported";
+    /// Google Pub/Sub cannot turn message ordering on or off on a subscription.
+    pub const MESSAGE_ORDERING_CHANGE: &str = "MessageOrderingChangeNotSupported";
     /// RabbitMQ will not change queue arguments in place.
     pub const IMMUTABLE_QUEUE_ARGUMENTS: &str = "ImmutableQueueArguments";
     /// A broker-side object with our name exists and is not ours.

@@ -216,17 +216,57 @@ impl Action {
     }
 }
 
-/// A change the plan will not make, with the condition reason that explains it.
+/// A change the plan will not make.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Refusal {
     /// The object.
     pub key: ObjectKey,
-    /// Condition reason (see `api::conditions::reasons`).
-    pub reason: &'static str,
+    /// Why (`crate::failure` turns it into a condition reason).
+    #[serde(
+        rename = "reason",
+        serialize_with = "crate::failure::serialize_refusal_kind"
+    )]
+    pub kind: RefusalKind,
     /// Human-readable explanation.
     pub message: String,
+}
+
+impl Refusal {
     /// Whether waiting can resolve it (a draining queue) rather than a spec change.
-    pub transient: bool,
+    pub fn is_transient(&self) -> bool {
+        self.kind.is_transient()
+    }
+}
+
+/// Why a plan refuses a change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RefusalKind {
+    /// An object with the physical name exists and is not this MessageBroker's.
+    Conflict,
+    /// The spec asks for fewer partitions than the topic has.
+    PartitionDecrease,
+    /// A setting the broker fixes at creation differs.
+    Immutable(Immutable),
+    /// An object to delete still holds messages.
+    RetireBlocked,
+}
+
+impl RefusalKind {
+    /// Whether waiting can resolve it rather than a change.
+    pub fn is_transient(self) -> bool {
+        matches!(self, RefusalKind::RetireBlocked)
+    }
+}
+
+/// The settings brokers fix when an object is created.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Immutable {
+    /// Kafka's replication factor (a reassignment, not a config change).
+    ReplicationFactor,
+    /// RabbitMQ queue arguments and exchange type.
+    QueueArguments,
+    /// Pub/Sub message ordering on a subscription.
+    MessageOrdering,
 }
 
 /// What a backend can and cannot change in place.
@@ -234,8 +274,8 @@ pub struct Refusal {
 pub struct Capabilities {
     /// The broker has partitions (only Kafka).
     pub partitions: bool,
-    /// Settings that cannot change after creation, with the reason to report.
-    pub immutable_config: &'static [(&'static str, &'static str)],
+    /// Settings that cannot change after creation, and which kind of setting each is.
+    pub immutable_config: &'static [(&'static str, Immutable)],
 }
 
 /// Connection details for the binding Secret (Service Binding spec keys).
@@ -299,20 +339,6 @@ impl BrokerError {
         BrokerError {
             kind,
             message: message.into(),
-        }
-    }
-
-    /// The condition reason for this error.
-    pub fn reason(&self) -> &'static str {
-        use crate::api::conditions::reasons;
-        match self.kind {
-            BrokerErrorKind::Unreachable => reasons::UNREACHABLE,
-            BrokerErrorKind::Timeout => reasons::TIMEOUT,
-            BrokerErrorKind::Tls => reasons::TLS_FAILED,
-            BrokerErrorKind::Authentication => reasons::AUTHENTICATION_FAILED,
-            BrokerErrorKind::PermissionDenied => reasons::PERMISSION_DENIED,
-            BrokerErrorKind::NotFound => reasons::NOT_FOUND,
-            BrokerErrorKind::Rejected | BrokerErrorKind::Other => reasons::BROKER_ERROR,
         }
     }
 

@@ -7,10 +7,10 @@ use std::collections::BTreeSet;
 use serde::Serialize;
 
 use super::{
-    Action, Capabilities, ConfigChange, DesiredState, ObjectKey, Observed, Refusal, Scope,
+    Action, Capabilities, ConfigChange, DesiredState, ObjectKey, Observed, Refusal, RefusalKind,
+    Scope,
 };
 use crate::api::DeletionPolicy;
-use crate::api::conditions::reasons;
 
 /// Inputs that are not broker state.
 #[derive(Clone, Debug)]
@@ -46,7 +46,7 @@ impl Plan {
 
     /// A refusal that only a spec change can clear.
     pub fn permanent_refusal(&self) -> Option<&Refusal> {
-        self.refused.iter().find(|r| !r.transient)
+        self.refused.iter().find(|r| !r.is_transient())
     }
 }
 
@@ -70,9 +70,8 @@ pub fn plan(desired: &DesiredState, observed: &Observed, input: &PlanInput<'_>) 
                 Some(other) => {
                     out.refused.push(Refusal {
                         key: object.key.clone(),
-                        reason: reasons::CONFLICT,
+                        kind: RefusalKind::Conflict,
                         message: format!("{} already exists and belongs to {other}", object.key),
-                        transient: false,
                     });
                     continue;
                 }
@@ -82,12 +81,11 @@ pub fn plan(desired: &DesiredState, observed: &Observed, input: &PlanInput<'_>) 
                 None => {
                     out.refused.push(Refusal {
                         key: object.key.clone(),
-                        reason: reasons::CONFLICT,
+                        kind: RefusalKind::Conflict,
                         message: format!(
                             "{} already exists and was not created by this MessageBroker; set adoptExisting: true on the env to take it over",
                             object.key
                         ),
-                        transient: false,
                     });
                     continue;
                 }
@@ -106,12 +104,11 @@ pub fn plan(desired: &DesiredState, observed: &Observed, input: &PlanInput<'_>) 
             } else if want < have {
                 out.refused.push(Refusal {
                     key: object.key.clone(),
-                    reason: reasons::PARTITION_DECREASE,
+                    kind: RefusalKind::PartitionDecrease,
                     message: format!(
                         "{} has {have} partitions; the spec asks for {want}, and partitions can only grow",
                         object.key
                     ),
-                    transient: false,
                 });
             }
         }
@@ -133,15 +130,14 @@ pub fn plan(desired: &DesiredState, observed: &Observed, input: &PlanInput<'_>) 
                 .iter()
                 .find(|(k, _)| k == key)
             {
-                Some((_, reason)) => out.refused.push(Refusal {
+                Some((_, setting)) => out.refused.push(Refusal {
                     key: object.key.clone(),
-                    reason,
+                    kind: RefusalKind::Immutable(*setting),
                     message: format!(
                         "{}: {key} is {} on the broker and cannot change in place to {after}",
                         object.key,
                         change.before.as_deref().unwrap_or("unset"),
                     ),
-                    transient: false,
                 }),
                 None => mutable.push(change),
             }
@@ -168,11 +164,10 @@ pub fn plan(desired: &DesiredState, observed: &Observed, input: &PlanInput<'_>) 
                     out.retained.push(key.clone());
                     out.refused.push(Refusal {
                         key: key.clone(),
-                        reason: reasons::RETIRE_BLOCKED,
+                        kind: RefusalKind::RetireBlocked,
                         message: format!(
                             "{key} still holds {n} message(s); it is deleted once drained"
                         ),
-                        transient: true,
                     });
                 }
                 _ => out.actions.push(Action::Delete { key: key.clone() }),
@@ -228,11 +223,11 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::brokers::{ActionOutcome, DesiredObject, ObjectKind, ObservedObject};
+    use crate::brokers::{ActionOutcome, DesiredObject, Immutable, ObjectKind, ObservedObject};
 
     const KAFKA_LIKE: Capabilities = Capabilities {
         partitions: true,
-        immutable_config: &[("replication.factor", "ReplicationFactorChangeNotSupported")],
+        immutable_config: &[("replication.factor", Immutable::ReplicationFactor)],
     };
 
     fn scope() -> Scope {
@@ -361,7 +356,7 @@ mod tests {
         );
         assert!(p.actions.is_empty());
         let r = p.permanent_refusal().expect("refused");
-        assert_eq!(r.reason, reasons::PARTITION_DECREASE);
+        assert_eq!(r.kind, RefusalKind::PartitionDecrease);
         assert!(
             r.message.contains("6 partitions") && r.message.contains("3"),
             "{}",
@@ -391,7 +386,10 @@ mod tests {
         assert!(matches!(&p.actions[..], [Action::Update { changes, .. }]
             if changes.len() == 1 && changes[0].key == "retention.ms" && changes[0].before.as_deref() == Some("999")));
         assert_eq!(p.refused.len(), 1);
-        assert_eq!(p.refused[0].reason, "ReplicationFactorChangeNotSupported");
+        assert_eq!(
+            p.refused[0].kind,
+            RefusalKind::Immutable(Immutable::ReplicationFactor)
+        );
     }
 
     #[test]
@@ -446,8 +444,8 @@ mod tests {
             }]
         );
         assert_eq!(p.refused.len(), 1);
-        assert_eq!(p.refused[0].reason, reasons::RETIRE_BLOCKED);
-        assert!(p.refused[0].transient && p.refused[0].message.contains("7 message"));
+        assert_eq!(p.refused[0].kind, RefusalKind::RetireBlocked);
+        assert!(p.refused[0].is_transient() && p.refused[0].message.contains("7 message"));
     }
 
     #[test]
@@ -465,7 +463,7 @@ mod tests {
             &observed_from(&existing),
             &input(&s, &owned, DeletionPolicy::Retain),
         );
-        assert_eq!(p.refused[0].reason, reasons::CONFLICT);
+        assert_eq!(p.refused[0].kind, RefusalKind::Conflict);
         assert!(p.actions.is_empty());
 
         let mut adopting = input(&s, &owned, DeletionPolicy::Retain);
@@ -479,7 +477,7 @@ mod tests {
             o.owner = Some("other/bus".into());
         }
         let p = plan(&desired, &marked, &adopting);
-        assert_eq!(p.refused[0].reason, reasons::CONFLICT);
+        assert_eq!(p.refused[0].kind, RefusalKind::Conflict);
         assert!(p.refused[0].message.contains("other/bus"));
     }
 

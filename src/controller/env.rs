@@ -20,6 +20,7 @@ use crate::brokers::{
     Observed, Scope,
 };
 use crate::error::Error;
+use crate::failure::Failure;
 use crate::secrets::{self, ResolvedSecrets};
 
 /// What every env of one reconcile shares.
@@ -115,10 +116,12 @@ fn is_connectivity(e: &BrokerError) -> bool {
 }
 
 fn broker_failure(e: &BrokerError) -> (Desired, bool, bool) {
+    let f = Failure::from(e);
+    let transient = f.is_transient();
     (
-        Desired::new(types::CONNECTED, false, e.reason(), e.message.clone()),
-        e.is_transient(),
-        !e.is_transient(),
+        Desired::new(types::CONNECTED, false, f.reason, f.message),
+        transient,
+        !transient,
     )
 }
 
@@ -277,11 +280,14 @@ async fn prepare_stage(shared: &Shared<'_>, env: &EnvSpec, status: &mut EnvStatu
             let (c, t, s) = broker_failure(&e);
             blocked(c, t, s)
         }
-        Err(e) => connected_but(
-            e.reason(),
-            format!("observing the broker failed: {e}"),
-            e.is_transient(),
-        ),
+        Err(e) => {
+            let f = Failure::from(&e);
+            connected_but(
+                f.reason,
+                format!("observing the broker failed: {}", f.message),
+                f.is_transient(),
+            )
+        }
     }
 }
 
@@ -401,31 +407,32 @@ pub(super) async fn finish(shared: &Shared<'_>, prepared: Prepared) -> Finished 
                 .find_map(|o| o.result.as_ref().err().map(|e| (o.key.clone(), e.clone())));
             let topics_ready = match (&failed, the_plan.refused.first()) {
                 (Some((key, e)), _) => {
-                    let msg = format!("{key}: {e}");
+                    let f = Failure::from(e);
+                    let msg = format!("{key}: {}", f.message);
                     let scoped = format!("env {}: {msg}", env.slug);
-                    if e.is_transient() {
+                    if f.is_transient() {
                         out.transient = Some(scoped);
                     } else {
-                        out.stalled = Some((e.reason().to_string(), scoped));
+                        out.stalled = Some((f.reason.to_string(), scoped));
                     }
-                    conds.push(Desired::new(types::TOPICS_READY, false, e.reason(), msg));
+                    conds.push(Desired::new(types::TOPICS_READY, false, f.reason, msg));
                     false
                 }
                 (None, Some(_)) => {
                     let refusal = the_plan.permanent_refusal().or(the_plan.refused.first());
                     if let Some(r) = refusal {
-                        let msg = r.message.clone();
-                        let scoped = format!("env {}: {msg}", env.slug);
-                        if r.transient {
+                        let f = Failure::from(r);
+                        let scoped = format!("env {}: {}", env.slug, f.message);
+                        if f.is_transient() {
                             out.transient.get_or_insert(scoped);
                         } else {
-                            out.stalled = Some((r.reason.to_string(), scoped));
+                            out.stalled = Some((f.reason.to_string(), scoped));
                         }
                         conds.push(Desired::new(
                             types::TOPICS_READY,
-                            r.transient,
-                            r.reason,
-                            msg,
+                            f.is_transient(),
+                            f.reason,
+                            f.message,
                         ));
                     }
                     // A blocked retirement does not make the wanted topics less ready.
@@ -698,7 +705,7 @@ pub(super) async fn retire(
         the_plan
             .refused
             .first()
-            .map(|r| format!("{}: {}", r.reason, r.message))
+            .map(|r| format!("{}: {}", crate::failure::refusal_reason(r.kind), r.message))
     });
     Ok(Retired {
         remaining,

@@ -390,7 +390,10 @@ async fn partitions_grow_and_never_shrink() {
     );
     assert!(plan.actions.is_empty(), "{plan:?}");
     let refusal = plan.permanent_refusal().expect("decrease refused");
-    assert_eq!(refusal.reason, reasons::PARTITION_DECREASE);
+    assert_eq!(
+        switchyard::failure::refusal_reason(refusal.kind),
+        reasons::PARTITION_DECREASE
+    );
     assert_eq!(raw.partitions(&[&name]).get(&name), Some(&5));
 }
 
@@ -499,7 +502,12 @@ async fn replication_factor_change_is_refused() {
     .await;
     assert!(plan.actions.is_empty(), "{plan:?}");
     assert_eq!(plan.refused.len(), 1, "{plan:?}");
-    assert_eq!(plan.refused[0].reason, kafka::REPLICATION_FACTOR_CHANGE);
+    assert_eq!(
+        plan.refused[0].kind,
+        switchyard::brokers::RefusalKind::Immutable(
+            switchyard::brokers::Immutable::ReplicationFactor
+        )
+    );
     assert!(plan.refused[0].message.contains("replication.factor is 1"));
 
     // Creating a topic with more replicas than brokers is rejected by the broker, per topic.
@@ -648,7 +656,10 @@ async fn retain_deletes_nothing_and_delete_removes_only_owned_empty_topics() {
         .iter()
         .find(|r| r.key.name == full)
         .expect("non-empty topic kept");
-    assert_eq!(blocked.reason, reasons::RETIRE_BLOCKED);
+    assert_eq!(
+        switchyard::failure::refusal_reason(blocked.kind),
+        reasons::RETIRE_BLOCKED
+    );
     assert!(blocked.message.contains("3 message"), "{}", blocked.message);
     raw.wait_gone(&drop).await;
     let left = raw.partitions(&[&full, &foreign]);
@@ -768,7 +779,10 @@ async fn one_observation_serves_every_resource_until_something_changes() {
         observed.objects[&key(ObjectKind::Topic, &a1)].messages,
         Some(2)
     );
-    assert_eq!(plan.refused[0].reason, reasons::RETIRE_BLOCKED);
+    assert_eq!(
+        switchyard::failure::refusal_reason(plan.refused[0].kind),
+        reasons::RETIRE_BLOCKED
+    );
 
     // A change by the operator is seen by the very next pass.
     let grown = [topic("a", 3, "1h"), topic("b", 1, "1h")];
@@ -819,7 +833,10 @@ async fn foreign_topic_conflicts_unless_adopted() {
     )
     .await;
     assert!(p.plan.actions.is_empty(), "{:?}", p.plan);
-    assert_eq!(p.plan.refused[0].reason, reasons::CONFLICT);
+    assert_eq!(
+        switchyard::failure::refusal_reason(p.plan.refused[0].kind),
+        reasons::CONFLICT
+    );
     assert!(p.owned.is_empty());
 
     let adopt = reconcile(

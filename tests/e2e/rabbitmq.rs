@@ -470,7 +470,10 @@ async fn changed_retention_is_refused_and_the_pooled_connection_survives() {
         .plan
         .permanent_refusal()
         .expect("a permanent refusal");
-    assert_eq!(r.reason, reasons::IMMUTABLE_QUEUE_ARGUMENTS);
+    assert_eq!(
+        switchyard::failure::refusal_reason(r.kind),
+        reasons::IMMUTABLE_QUEUE_ARGUMENTS
+    );
     assert!(
         r.message.contains("x-message-ttl")
             && r.message.contains("3600000")
@@ -621,13 +624,16 @@ async fn retain_keeps_and_delete_removes_only_empty_objects() {
     );
     let blocked = &delete.plan.refused;
     assert_eq!(blocked.len(), 1, "{blocked:?}");
-    assert_eq!(blocked[0].reason, reasons::RETIRE_BLOCKED);
+    assert_eq!(
+        switchyard::failure::refusal_reason(blocked[0].kind),
+        reasons::RETIRE_BLOCKED
+    );
     assert_eq!(
         blocked[0].key,
         ObjectKey::new(ObjectKind::Queue, full.clone())
     );
     assert!(
-        blocked[0].transient && blocked[0].message.contains("3 message"),
+        blocked[0].is_transient() && blocked[0].message.contains("3 message"),
         "{}",
         blocked[0].message
     );

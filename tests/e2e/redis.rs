@@ -468,7 +468,7 @@ async fn retain_keeps_and_delete_waits_for_pending_entries() {
         .plan
         .refused
         .iter()
-        .filter(|r| r.reason == reasons::RETIRE_BLOCKED)
+        .filter(|r| r.kind == switchyard::brokers::RefusalKind::RetireBlocked)
         .map(|r| r.key.to_string())
         .collect();
     assert!(
@@ -477,7 +477,7 @@ async fn retain_keeps_and_delete_waits_for_pending_entries() {
         blocked.plan
     );
     assert!(blocked_keys.contains(&format!("subscription/{jobs}/workers")));
-    assert!(blocked.plan.refused.iter().all(|r| r.transient));
+    assert!(blocked.plan.refused.iter().all(|r| r.is_transient()));
     assert!(
         blocked
             .plan
@@ -564,7 +564,10 @@ async fn a_foreign_stream_conflicts_unless_adopted_and_is_never_deleted() {
     .await;
     assert!(refused.plan.actions.is_empty(), "{:?}", refused.plan);
     assert_eq!(refused.plan.refused.len(), 1);
-    assert_eq!(refused.plan.refused[0].reason, reasons::CONFLICT);
+    assert_eq!(
+        switchyard::failure::refusal_reason(refused.plan.refused[0].kind),
+        reasons::CONFLICT
+    );
 
     // Claimed in status but not recorded in the registry: Delete leaves it alone.
     let claimed = BTreeSet::from([ObjectKey::new(ObjectKind::Topic, stream.clone())]);
@@ -642,7 +645,10 @@ async fn a_foreign_stream_conflicts_unless_adopted_and_is_never_deleted() {
         .await
         .expect("observe");
     assert_eq!(p.refused.len(), 1);
-    assert_eq!(p.refused[0].reason, reasons::CONFLICT);
+    assert_eq!(
+        switchyard::failure::refusal_reason(p.refused[0].kind),
+        reasons::CONFLICT
+    );
     assert!(
         p.refused[0].message.contains("someone/else"),
         "{}",
@@ -681,7 +687,10 @@ async fn check_tells_unreachable_wrong_password_and_missing_password_apart() {
         .await
         .expect_err("wrong password");
     assert_eq!(err.kind, BrokerErrorKind::Authentication, "{}", err.message);
-    assert_eq!(err.reason(), reasons::AUTHENTICATION_FAILED);
+    assert_eq!(
+        switchyard::failure::broker_reason(err.kind),
+        reasons::AUTHENTICATION_FAILED
+    );
     assert!(!err.message.contains(wrong_password), "{}", err.message);
 
     let none = spec(&env_var("SWITCHYARD_REDIS_AUTH_URL"));
@@ -727,7 +736,10 @@ async fn an_acl_user_without_xgroup_is_permission_denied() {
         "{}",
         err.message
     );
-    assert_eq!(err.reason(), reasons::PERMISSION_DENIED);
+    assert_eq!(
+        switchyard::failure::broker_reason(err.kind),
+        reasons::PERMISSION_DENIED
+    );
     assert!(err.message.contains("XGROUP"), "{}", err.message);
     assert!(!err.message.contains(user_password), "{}", err.message);
 

@@ -476,12 +476,15 @@ async fn sqs_retain_keeps_everything_and_delete_spares_queues_holding_messages()
         .expect("send");
     let delete = h.reconcile(&[], DeletionPolicy::Delete).await;
     assert_eq!(delete.refused.len(), 1, "{delete:?}");
-    assert_eq!(delete.refused[0].reason, reasons::RETIRE_BLOCKED);
+    assert_eq!(
+        switchyard::failure::refusal_reason(delete.refused[0].kind),
+        reasons::RETIRE_BLOCKED
+    );
     assert_eq!(
         delete.refused[0].key,
         ObjectKey::new(ObjectKind::Queue, &billing)
     );
-    assert!(delete.refused[0].transient);
+    assert!(delete.refused[0].is_transient());
     assert!(
         h.queue_url(&billing).await.is_some(),
         "non-empty queue kept"
@@ -529,7 +532,10 @@ async fn sqs_foreign_queue_conflicts_unless_adopted() {
 
     let p = h.plan(&topics, DeletionPolicy::Retain).await;
     assert!(p.actions.is_empty(), "{p:?}");
-    assert_eq!(p.refused[0].reason, reasons::CONFLICT);
+    assert_eq!(
+        switchyard::failure::refusal_reason(p.refused[0].kind),
+        reasons::CONFLICT
+    );
 
     h.env.adopt_existing = true;
     let adopt = h.reconcile(&topics, DeletionPolicy::Retain).await;
@@ -564,7 +570,10 @@ async fn sqs_unreachable_endpoint_is_reported_as_unreachable() {
     let started = Instant::now();
     let err = backend.check().await.expect_err("nothing listens there");
     assert_eq!(err.kind, BrokerErrorKind::Unreachable, "{err:?}");
-    assert_eq!(err.reason(), reasons::UNREACHABLE);
+    assert_eq!(
+        switchyard::failure::broker_reason(err.kind),
+        reasons::UNREACHABLE
+    );
     assert!(started.elapsed() < Duration::from_secs(8));
 }
 

@@ -34,9 +34,6 @@ mod snapshot;
 
 pub use client::KafkaBackend;
 
-/// Condition reason when the spec asks for a replication factor other than the topic's.
-pub const REPLICATION_FACTOR_CHANGE: &str = "ReplicationFactorChangeNotSupported";
-
 /// Topic config key of the retention.
 pub const RETENTION_MS: &str = "retention.ms";
 
@@ -57,7 +54,7 @@ const DLQ_SUFFIX: &str = ".dlq";
 /// What this broker can change in place.
 pub const CAPABILITIES: Capabilities = Capabilities {
     partitions: true,
-    immutable_config: &[(REPLICATION_FACTOR, REPLICATION_FACTOR_CHANGE)],
+    immutable_config: &[(REPLICATION_FACTOR, super::Immutable::ReplicationFactor)],
 };
 
 /// The physical name of a topic: the prefix (default `<namespace>.<name>.`) plus the topic,

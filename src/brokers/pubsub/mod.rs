@@ -39,13 +39,10 @@ pub const KEY_DEAD_LETTER: &str = "deadLetterPolicy";
 /// Subscription ordering (`true`/`false`); Pub/Sub cannot change it after creation.
 pub const KEY_ORDERING: &str = "enableMessageOrdering";
 
-/// Condition reason when `ordered` changes on a topic whose subscriptions already exist.
-pub const REASON_ORDERING_IMMUTABLE: &str = "MessageOrderingChangeNotSupported";
-
 /// What this broker can change in place.
 pub const CAPABILITIES: Capabilities = Capabilities {
     partitions: false,
-    immutable_config: &[(KEY_ORDERING, REASON_ORDERING_IMMUTABLE)],
+    immutable_config: &[(KEY_ORDERING, super::Immutable::MessageOrdering)],
 };
 
 /// Pub/Sub's bounds on topic retention: 10 minutes to 31 days.

@@ -17,7 +17,6 @@ use super::{
     DesiredState, ObjectKey, ObjectKind, Scope, naming,
 };
 use crate::Error;
-use crate::api::conditions::reasons;
 use crate::api::{QueueType, RabbitMqSpec, TopicSpec};
 use crate::secrets::ResolvedSecrets;
 
@@ -69,12 +68,12 @@ const DLQ_SUFFIX: &str = ".dlq";
 pub const CAPABILITIES: Capabilities = Capabilities {
     partitions: false,
     immutable_config: &[
-        (ARG_QUEUE_TYPE, reasons::IMMUTABLE_QUEUE_ARGUMENTS),
-        (ARG_MESSAGE_TTL, reasons::IMMUTABLE_QUEUE_ARGUMENTS),
-        (ARG_DEAD_LETTER_EXCHANGE, reasons::IMMUTABLE_QUEUE_ARGUMENTS),
-        (ARG_DELIVERY_LIMIT, reasons::IMMUTABLE_QUEUE_ARGUMENTS),
-        (CFG_EXCHANGE_TYPE, reasons::IMMUTABLE_QUEUE_ARGUMENTS),
-        (CFG_DURABLE, reasons::IMMUTABLE_QUEUE_ARGUMENTS),
+        (ARG_QUEUE_TYPE, super::Immutable::QueueArguments),
+        (ARG_MESSAGE_TTL, super::Immutable::QueueArguments),
+        (ARG_DEAD_LETTER_EXCHANGE, super::Immutable::QueueArguments),
+        (ARG_DELIVERY_LIMIT, super::Immutable::QueueArguments),
+        (CFG_EXCHANGE_TYPE, super::Immutable::QueueArguments),
+        (CFG_DURABLE, super::Immutable::QueueArguments),
     ],
 };
 

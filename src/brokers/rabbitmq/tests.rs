@@ -126,7 +126,7 @@ fn every_converged_setting_is_immutable() {
                 CAPABILITIES
                     .immutable_config
                     .iter()
-                    .any(|(k, r)| k == key && *r == reasons::IMMUTABLE_QUEUE_ARGUMENTS),
+                    .any(|(k, r)| k == key && *r == crate::brokers::Immutable::QueueArguments),
                 "{key} must be immutable"
             );
         }
