@@ -20,6 +20,8 @@ pub struct FakeBackend {
     broker_type: BrokerType,
     objects: Mutex<BTreeMap<ObjectKey, ObservedObject>>,
     unreachable: AtomicBool,
+    /// Milliseconds each `observe` takes, as a slow broker would.
+    observe_delay_ms: AtomicUsize,
     /// Number of `apply` calls.
     pub apply_calls: AtomicUsize,
     /// Number of `observe` calls.
@@ -33,6 +35,7 @@ impl FakeBackend {
             broker_type,
             objects: Mutex::new(BTreeMap::new()),
             unreachable: AtomicBool::new(false),
+            observe_delay_ms: AtomicUsize::new(0),
             apply_calls: AtomicUsize::new(0),
             observe_calls: AtomicUsize::new(0),
         })
@@ -41,6 +44,12 @@ impl FakeBackend {
     /// Make every call fail as unreachable (or recover).
     pub fn set_unreachable(&self, down: bool) {
         self.unreachable.store(down, Ordering::SeqCst);
+    }
+
+    /// Make every observation take this long (or, with zero, answer at once).
+    pub fn set_observe_delay(&self, delay: std::time::Duration) {
+        let ms = usize::try_from(delay.as_millis()).unwrap_or(usize::MAX);
+        self.observe_delay_ms.store(ms, Ordering::SeqCst);
     }
 
     /// A copy of the current objects.
@@ -86,6 +95,10 @@ impl Backend for FakeBackend {
 
     async fn observe(&self, _scope: &Scope, keys: &[ObjectKey]) -> Result<Observed, BrokerError> {
         self.down()?;
+        let delay = self.observe_delay_ms.load(Ordering::SeqCst);
+        if delay > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(delay as u64)).await;
+        }
         self.observe_calls.fetch_add(1, Ordering::SeqCst);
         let objects = self
             .objects

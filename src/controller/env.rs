@@ -7,11 +7,10 @@ use std::sync::Arc;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
 use kube::runtime::events::EventType;
 
-use super::Context;
+use super::{Context, swap};
 use crate::api::conditions::{self, Desired, reasons, types};
 use crate::api::{
-    BindingStatus, DeletionPolicy, EnvSpec, EnvStatus, SubscriptionStatus, SwapPhase, SwapStatus,
-    TopicSpec, TopicStatus,
+    BindingStatus, DeletionPolicy, EnvSpec, EnvStatus, SubscriptionStatus, TopicSpec, TopicStatus,
 };
 use crate::binding;
 use crate::brokers::plan::{Plan, PlanInput, owned_after};
@@ -39,6 +38,8 @@ pub(super) struct Prepared {
     pub env: EnvSpec,
     pub status: EnvStatus,
     pub stage: Stage,
+    /// A swap that started or was cancelled before observing.
+    pub announcement: Option<swap::Announcement>,
 }
 
 pub(super) enum Stage {
@@ -135,11 +136,19 @@ pub(super) async fn prepare(
         slug: env.slug.clone(),
         ..Default::default()
     });
+    // A changed endpoint starts a swap; a swap in progress resumes from status.
+    let announcement = swap::on_spec(
+        &mut status,
+        env,
+        endpoint_identity,
+        &shared.now.0.to_string(),
+    );
     let stage = prepare_stage(shared, env, &mut status).await;
     Prepared {
         env: env.clone(),
         status,
         stage,
+        announcement,
     }
 }
 
@@ -149,44 +158,6 @@ async fn prepare_stage(shared: &Shared<'_>, env: &EnvSpec, status: &mut EnvStatu
         transient,
         stalled,
     };
-
-    // A changed endpoint starts a swap; a swap in progress resumes from status.
-    let active: Option<EnvSpec> = status
-        .active
-        .clone()
-        .and_then(|v| serde_json::from_value(v).ok());
-    let swapping = status
-        .swap
-        .as_ref()
-        .is_some_and(|s| s.phase != SwapPhase::Complete);
-    if let Some(active) = &active
-        && !swapping
-        && endpoint_identity(active) != endpoint_identity(env)
-    {
-        status.swap = Some(SwapStatus {
-            from: active.broker_type,
-            to: env.broker_type,
-            phase: SwapPhase::Provisioning,
-            started_at: shared.now.0.to_string(),
-            switched_at: None,
-            message: None,
-            old: status.active.clone(),
-            old_owned: std::mem::take(&mut status.owned),
-        });
-    } else if let Some(swap) = &mut status.swap
-        && swap.phase == SwapPhase::Provisioning
-        && let Some(old) = swap
-            .old
-            .as_ref()
-            .and_then(|v| serde_json::from_value::<EnvSpec>(v.clone()).ok())
-        && endpoint_identity(&old) == endpoint_identity(env)
-    {
-        // Swapped back before the flip: the old side never stopped serving. What the new side
-        // created stays listed as retained.
-        status.retained.extend(std::mem::take(&mut status.owned));
-        status.owned = std::mem::take(&mut swap.old_owned);
-        status.swap = None;
-    }
 
     let secrets = match secrets::resolve(&shared.ctx.client, &shared.scope.namespace, env).await {
         Ok(s) => s,
@@ -314,12 +285,16 @@ pub(super) async fn finish(shared: &Shared<'_>, prepared: Prepared) -> Finished 
         env,
         mut status,
         stage,
+        announcement,
     } = prepared;
     let mut out = Finished {
         status: EnvStatus::default(),
         transient: None,
         stalled: None,
-        events: Vec::new(),
+        events: announcement
+            .map(|a| (EventType::Normal, a.reason.to_string(), a.note))
+            .into_iter()
+            .collect(),
     };
     let mut conds: Vec<Desired> = Vec::new();
 
@@ -450,12 +425,7 @@ pub(super) async fn finish(shared: &Shared<'_>, prepared: Prepared) -> Finished 
             };
 
             // Bind: always in steady state; during a swap only once the new side is ready.
-            let in_swap = status
-                .swap
-                .as_ref()
-                .is_some_and(|s| s.phase == SwapPhase::Provisioning);
-            let bind_now = !in_swap || topics_ready;
-            if bind_now {
+            if swap::may_bind(&mut status, topics_ready) {
                 match write_binding(shared, &env, &secrets, &desired, &status).await {
                     Ok(b) => {
                         status.binding = Some(b);
@@ -467,23 +437,16 @@ pub(super) async fn finish(shared: &Shared<'_>, prepared: Prepared) -> Finished 
                             reasons::RECONCILED,
                             "connection Secret is current",
                         ));
-                        if let Some(swap) = status
-                            .swap
-                            .as_mut()
-                            .filter(|s| s.phase == SwapPhase::Provisioning)
+                        if let Some(a) =
+                            swap::bound(&mut status, &env.slug, &shared.now.0.to_string())
                         {
-                            swap.phase = SwapPhase::Retiring;
-                            swap.switched_at = Some(shared.now.0.to_string());
-                            swap.message = None;
-                            out.events.push((
-                                EventType::Normal,
-                                "Switched".into(),
-                                format!("env {}: binding now points at {}", env.slug, swap.to),
-                            ));
+                            out.events
+                                .push((EventType::Normal, a.reason.into(), a.note));
                         }
                     }
                     Err(e) => {
                         let msg = format!("writing the connection Secret failed: {e}");
+                        swap::bind_failed(&mut status, &msg);
                         out.transient = Some(format!("env {}: {msg}", env.slug));
                         conds.push(Desired::new(
                             types::BINDING_READY,
@@ -494,9 +457,6 @@ pub(super) async fn finish(shared: &Shared<'_>, prepared: Prepared) -> Finished 
                     }
                 }
             } else {
-                if let Some(swap) = status.swap.as_mut() {
-                    swap.message = Some("waiting for the new broker to become ready; the binding still points at the old one".into());
-                }
                 conds.push(Desired::new(
                     types::BINDING_READY,
                     status.binding.is_some(),
@@ -526,12 +486,16 @@ pub(super) async fn finish(shared: &Shared<'_>, prepared: Prepared) -> Finished 
     }
 
     // Retire the old side of a swap whose binding has flipped.
-    if status
-        .swap
-        .as_ref()
-        .is_some_and(|s| s.phase == SwapPhase::Retiring)
-    {
-        retire_old_side(shared, &env, &mut status, &mut out).await;
+    if swap::retiring(&status) {
+        let outcome = retire_old_side(shared, &status).await;
+        if let Some(a) = swap::retired(&mut status, &env.slug, outcome) {
+            out.events
+                .push((EventType::Normal, a.reason.into(), a.note));
+        }
+        if let Some(msg) = status.swap.as_ref().and_then(|s| s.message.as_ref()) {
+            out.transient
+                .get_or_insert(format!("env {}: {msg}", env.slug));
+        }
     }
 
     status.conditions =
@@ -593,60 +557,27 @@ async fn write_binding(
 }
 
 /// Retire what a swap left on the old broker, by the deletion policy.
-async fn retire_old_side(
-    shared: &Shared<'_>,
-    env: &EnvSpec,
-    status: &mut EnvStatus,
-    out: &mut Finished,
-) {
-    let Some(swap) = status.swap.as_mut() else {
-        return;
+async fn retire_old_side(shared: &Shared<'_>, status: &EnvStatus) -> swap::Retirement {
+    let Some(w) = status.swap.as_ref() else {
+        return swap::Retirement::Unknown;
     };
-    let Some(old) = swap
-        .old
-        .as_ref()
-        .and_then(|v| serde_json::from_value::<EnvSpec>(v.clone()).ok())
-    else {
-        swap.phase = SwapPhase::Complete;
-        return;
+    let Some(old) = swap::old_side(w) else {
+        return swap::Retirement::Unknown;
     };
-    let owned = owned_set(&swap.old_owned);
+    let owned = owned_set(&w.old_owned);
     match retire(shared.ctx, shared.scope, &old, &owned, shared.policy).await {
         Ok(r) => {
-            for k in &r.retained {
-                let s = k.to_string();
-                if !status.retained.contains(&s) {
-                    status.retained.push(s);
-                }
-            }
-            swap.old_owned = owned_list(&r.remaining);
+            let retained = r.retained.iter().map(ToString::to_string).collect();
             match r.blocked {
-                Some(msg) => {
-                    swap.message = Some(msg.clone());
-                    out.transient
-                        .get_or_insert(format!("env {}: {msg}", env.slug));
-                }
-                None => {
-                    swap.phase = SwapPhase::Complete;
-                    swap.message = None;
-                    swap.old_owned.clear();
-                    out.events.push((
-                        EventType::Normal,
-                        "SwapComplete".into(),
-                        format!(
-                            "env {}: swap from {} to {} complete",
-                            env.slug, swap.from, swap.to
-                        ),
-                    ));
-                }
+                Some(message) => swap::Retirement::Waiting {
+                    remaining: owned_list(&r.remaining),
+                    retained,
+                    message,
+                },
+                None => swap::Retirement::Done { retained },
             }
         }
-        Err(e) => {
-            let msg = format!("retiring the old {} side failed: {e}", swap.from);
-            swap.message = Some(msg.clone());
-            out.transient
-                .get_or_insert(format!("env {}: {msg}", env.slug));
-        }
+        Err(e) => swap::Retirement::Failed(e.to_string()),
     }
 }
 

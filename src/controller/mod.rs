@@ -29,6 +29,7 @@ pub mod finalizer;
 mod reconcile;
 mod secret_index;
 mod status;
+mod swap;
 
 pub use env::endpoint_identity;
 pub use reconcile::{reconcile, validate};

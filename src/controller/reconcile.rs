@@ -167,10 +167,6 @@ async fn stall(
     Ok(Action::await_change())
 }
 
-/// How long observing may take before a new generation's Progressing status is written on its
-/// own (otherwise it goes out together with the ownership intents).
-const EARLY_STATUS_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
-
 async fn apply(raw: Arc<RawMessageBroker>, ctx: &Context) -> Result<Action, Error> {
     let prev = ctx.previous_status(&raw);
     let spec: MessageBrokerSpec = match raw.spec() {
@@ -187,8 +183,10 @@ async fn apply(raw: Arc<RawMessageBroker>, ctx: &Context) -> Result<Action, Erro
     };
     let now = now();
     // A new spec: say so before changing anything on a broker, so GitOps tools never read a
-    // missing or old status as the verdict on this generation. When observing is quick the
-    // word goes out with the intents below in one write; otherwise after EARLY_STATUS_AFTER.
+    // missing or old status as the verdict on this generation. The word goes out with the
+    // intents below in one write; while observing, observedGeneration lags the generation,
+    // which kstatus, Argo CD and Flux already read as in progress. So a generation costs at
+    // most two status writes: the intents, and the result.
     let mut prev = prev;
     let mut early = None;
     if prev.observed_generation != raw.metadata.generation {
@@ -221,25 +219,11 @@ async fn apply(raw: Arc<RawMessageBroker>, ctx: &Context) -> Result<Action, Erro
         .filter(|e| ctx.config.manages(&e.slug))
         .collect();
     let prev_envs = prev.envs.clone();
-    let prepare = futures::future::join_all(managed.iter().map(|e| {
+    let prepared = futures::future::join_all(managed.iter().map(|e| {
         env::prepare(&shared, e, prev_envs.iter().find(|s| s.slug == e.slug))
             .instrument(info_span!("env", env = %e.slug, phase = "observe"))
-    }));
-    tokio::pin!(prepare);
-    let prepared = match early.take() {
-        None => prepare.await,
-        Some(e) => match tokio::time::timeout(EARLY_STATUS_AFTER, &mut prepare).await {
-            Ok(p) => {
-                early = Some(e);
-                p
-            }
-            Err(_) => {
-                status::write_if_changed(ctx, &raw, &prev, &e).await?;
-                prev = e;
-                prepare.await
-            }
-        },
-    };
+    }))
+    .await;
 
     // Record what is about to be created (and a swap that starts) before touching the broker.
     if early.is_some()

@@ -60,14 +60,10 @@ pub fn verdict(
                 }
             }
         }
-        if let Some(swap) = s
-            .swap
-            .as_ref()
-            .filter(|s| s.phase == crate::api::SwapPhase::Provisioning)
-        {
+        if let Some(why) = super::swap::holds_ready(s) {
             not_ready.get_or_insert((
                 reasons::SWAPPING.to_string(),
-                format!("env {}: swapping from {} to {}", e.slug, swap.from, swap.to),
+                format!("env {}: {why}", e.slug),
             ));
         }
     }

@@ -503,3 +503,47 @@ async fn split_instances_share_one_finalizer_and_each_clean_their_envs() {
     prd.stop().await;
     dev.stop().await;
 }
+
+/// A generation costs at most two status writes (the record of what is about to be created,
+/// and the result), even when the broker is slow to answer.
+#[tokio::test]
+async fn a_generation_writes_status_at_most_twice() {
+    let client = client().await;
+    ensure_crd(&client).await;
+    let ns = namespace(&client, "ctl-writes").await;
+    let connector = Arc::new(FakeConnector::default());
+    for (slug, t) in [("prd", BrokerType::Kafka), ("dev", BrokerType::Redis)] {
+        connector
+            .backend(slug, t)
+            .set_observe_delay(Duration::from_millis(1500));
+    }
+    let ctl = start_controller(client.clone(), &ns, connector.clone(), fast_config());
+    let api: Api<MessageBroker> = Api::namespaced(client.clone(), &ns);
+    let ready_at = |generation: i64| {
+        move |m: &MessageBroker| {
+            condition_true(m, "Ready")
+                && m.status.as_ref().and_then(|s| s.observed_generation) == Some(generation)
+        }
+    };
+
+    let before = ctl.metrics.status_writes.get();
+    apply_mb(&client, &ns, &two_env_manifest("writes")).await;
+    wait_for_mb(&client, &ns, "writes", TIMEOUT, "Ready at 1", ready_at(1)).await;
+    let first = ctl.metrics.status_writes.get() - before;
+
+    let before = ctl.metrics.status_writes.get();
+    let manifest = two_env_manifest("writes").replace(
+        "    - name: order-paid\n",
+        "    - name: order-paid\n    - name: order-shipped\n",
+    );
+    apply_mb(&client, &ns, &manifest).await;
+    let generation = api.get("writes").await.expect("get").metadata.generation;
+    assert_eq!(generation, Some(2), "the new topic is a new generation");
+    wait_for_mb(&client, &ns, "writes", TIMEOUT, "Ready at 2", ready_at(2)).await;
+    let second = ctl.metrics.status_writes.get() - before;
+    eprintln!("status writes: generation 1: {first}, generation 2: {second}");
+    assert!(first <= 2, "generation 1 wrote status {first} times");
+    assert!(second <= 2, "generation 2 wrote status {second} times");
+    assert!(second >= 1, "the result is written");
+    ctl.stop().await;
+}
