@@ -419,6 +419,11 @@ fn check_plan(t: BrokerType, desired: &brokers::DesiredState, w: &World) {
                 assert_eq!(policy, DeletionPolicy::Delete, "Retain deleted {key}");
                 assert!(owned.contains(key), "deleted {key}, which is not owned");
                 assert!(!wanted.contains(key), "deleted {key}, which the spec wants");
+                let held = observed.objects.get(key).and_then(|o| o.messages);
+                assert!(
+                    held.unwrap_or(0) == 0,
+                    "deleted {key}, which holds {held:?} message(s)"
+                );
             }
             Action::Create { object } => {
                 assert!(
@@ -528,5 +533,48 @@ proptest! {
             "metadata": {"name": name}, "spec": spec,
         });
         let _ = crate::validation::validate(&manifest);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 4_000, failure_persistence: None, ..ProptestConfig::default() })]
+
+    /// Retiring a side (a swap's old broker, a removed env, a deletion) under Delete never
+    /// deletes an object that holds messages: it is kept, owned, and reported as blocked.
+    #[test]
+    fn retirement_never_deletes_what_holds_messages(
+        objects in prop::collection::vec((0usize..5, text(), observed_object()), 0..12),
+    ) {
+        let mut observed = Observed::default();
+        let mut owned = BTreeSet::new();
+        for (kind, name, obj) in objects {
+            let key = ObjectKey::new(KINDS[kind], name);
+            observed.objects.insert(key.clone(), obj);
+            owned.insert(key);
+        }
+        let s = scope();
+        for t in BrokerType::ALL {
+            let input = PlanInput {
+                scope: &s,
+                owned: &owned,
+                deletion_policy: DeletionPolicy::Delete,
+                adopt_existing: false,
+                capabilities: brokers::capabilities(t),
+            };
+            let p = plan(&brokers::DesiredState::default(), &observed, &input);
+            for (key, obj) in &observed.objects {
+                let deleted = p.actions.iter().any(|a| matches!(a, Action::Delete { key: k } if k == key));
+                if obj.messages.unwrap_or(0) > 0 {
+                    prop_assert!(!deleted, "{key} holds {:?} message(s) and was deleted", obj.messages);
+                    prop_assert!(p.retained.contains(key), "{key} is not kept");
+                    prop_assert!(
+                        p.refused.iter().any(|r| &r.key == key && r.kind == brokers::RefusalKind::RetireBlocked),
+                        "{key} is not reported as blocking retirement"
+                    );
+                } else {
+                    prop_assert!(deleted, "{key} is empty and owned but was not deleted");
+                }
+            }
+        }
     }
 }
