@@ -501,13 +501,22 @@ pub async fn observe_and_plan(
     desired: &DesiredState,
     input: &plan::PlanInput<'_>,
 ) -> Result<(Observed, plan::Plan), BrokerError> {
+    let observed = observe_wanted(backend, desired, input).await?;
+    let plan = plan::plan(desired, &observed, input);
+    Ok((observed, plan))
+}
+
+/// Observe what a plan needs: the desired objects and the owned ones.
+pub async fn observe_wanted(
+    backend: &dyn Backend,
+    desired: &DesiredState,
+    input: &plan::PlanInput<'_>,
+) -> Result<Observed, BrokerError> {
     let mut keys: std::collections::BTreeSet<ObjectKey> =
         desired.objects.iter().map(|o| o.key.clone()).collect();
     keys.extend(input.owned.iter().cloned());
     let keys: Vec<ObjectKey> = keys.into_iter().collect();
-    let observed = backend.observe(input.scope, &keys).await?;
-    let plan = plan::plan(desired, &observed, input);
-    Ok((observed, plan))
+    backend.observe(input.scope, &keys).await
 }
 
 /// The result of one converge pass on one broker.

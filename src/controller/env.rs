@@ -228,7 +228,19 @@ async fn prepare_stage(shared: &Shared<'_>, env: &EnvSpec, status: &mut EnvStatu
         adopt_existing: env.adopt_existing,
         capabilities: brokers::capabilities(env.broker_type),
     };
-    let observed = brokers::observe_and_plan(backend.as_ref(), &desired, &input).await;
+    let observed = brokers::observe_wanted(backend.as_ref(), &desired, &input)
+        .await
+        .map(|mut observed| {
+            // Kafka topics carry no owner marker: the other MessageBrokers' status says whose
+            // they are (see owner_index).
+            shared.ctx.owners.mark(
+                &endpoint_identity(env),
+                &shared.scope.owner(),
+                &mut observed,
+            );
+            let plan = brokers::plan::plan(&desired, &observed, &input);
+            (observed, plan)
+        });
     shared
         .ctx
         .metrics

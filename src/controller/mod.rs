@@ -26,6 +26,7 @@ use crate::metrics::Metrics;
 
 mod env;
 pub mod finalizer;
+mod owner_index;
 mod reconcile;
 mod secret_index;
 mod status;
@@ -116,6 +117,8 @@ pub struct Context {
     pub recorder: Recorder,
     /// Binding Secrets Switchyard manages (metadata only), to skip writes that change nothing.
     pub bindings: Option<Store<kube::core::PartialObjectMeta<Secret>>>,
+    /// Which MessageBroker owns which broker object, for brokers without an owner marker.
+    pub(crate) owners: owner_index::OwnerIndex,
     failures: Mutex<HashMap<String, u32>>,
     /// The last status written per object, with the resourceVersion it was based on.
     written: Mutex<HashMap<String, (Option<String>, crate::api::MessageBrokerStatus)>>,
@@ -147,6 +150,7 @@ impl Context {
             metrics,
             recorder,
             bindings,
+            owners: owner_index::OwnerIndex::default(),
             failures: Mutex::new(HashMap::new()),
             written: Mutex::new(HashMap::new()),
             binding_hashes: Mutex::new(HashMap::new()),
@@ -297,6 +301,10 @@ fn watch_backoff()
 }
 
 /// The Secrets a MessageBroker references, read from its raw spec.
+fn owner_key(raw: &RawMessageBroker) -> String {
+    format!("{}/{}", raw.namespace().unwrap_or_default(), raw.name_any())
+}
+
 fn referenced_secrets(raw: &RawMessageBroker) -> Vec<String> {
     raw.spec()
         .map(|s| {
@@ -373,9 +381,22 @@ pub async fn run(
         .backoff(watch_backoff())
         .modify(|mb: &mut RawMessageBroker| mb.metadata.managed_fields = None)
         .reflect(writer)
+        .inspect_ok({
+            let ctx = ctx.clone();
+            move |event| {
+                if let watcher::Event::Delete(mb) = event {
+                    ctx.owners.remove(&owner_key(mb));
+                }
+            }
+        })
         .applied_objects()
         .inspect_ok(move |mb| {
             cache_ctx.caught_up(mb);
+            if let Some(status) = mb.status() {
+                cache_ctx
+                    .owners
+                    .update(&owner_key(mb), owner_index::claims(&status));
+            }
             // One parse per MessageBroker event, so a Secret event is a lookup.
             index_writer.update(
                 mb.namespace().as_deref().unwrap_or_default(),

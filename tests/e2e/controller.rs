@@ -547,3 +547,65 @@ async fn a_generation_writes_status_at_most_twice() {
     assert!(second >= 1, "the result is written");
     ctl.stop().await;
 }
+
+/// Kafka topics carry no owner marker, so ownership is read from the MessageBroker that lists
+/// the topic in its status: another MessageBroker mapping onto the same topic is refused as a
+/// Conflict even with adoptExisting, and may adopt it once the owner is gone (Retain).
+#[tokio::test]
+async fn adopt_existing_never_takes_a_kafka_topic_another_messagebroker_owns() {
+    let client = client().await;
+    ensure_crd(&client).await;
+    let ns = namespace(&client, "ctl-owner").await;
+    let ctl = start_controller(
+        client.clone(),
+        &ns,
+        Arc::new(switchyard::brokers::RealConnector::default()),
+        fast_config(),
+    );
+    let prefix = format!("{}.", unique("owned"));
+    let manifest = |name: &str, adopt: bool| {
+        format!(
+            "apiVersion: switchyard.dev/v1alpha1\nkind: MessageBroker\nmetadata: {{name: {name}}}\nspec:\n  topics: [{{name: events}}]\n  envs:\n    - {{slug: prd, type: Kafka, adoptExisting: {adopt}, kafka: {{bootstrapServers: [\"{}\"], topicPrefix: \"{prefix}\"}}}}\n",
+            env_var("SWITCHYARD_KAFKA_BOOTSTRAP")
+        )
+    };
+    let long = Duration::from_secs(60);
+    apply_mb(&client, &ns, &manifest("orders", false)).await;
+    wait_for_mb(&client, &ns, "orders", long, "Ready", |m| {
+        condition_true(m, "Ready")
+    })
+    .await;
+
+    apply_mb(&client, &ns, &manifest("thief", true)).await;
+    let mb = wait_for_mb(&client, &ns, "thief", long, "refused as a Conflict", |m| {
+        env_condition(m, "prd", "TopicsReady").is_some_and(|(s, r)| s == "False" && r == "Conflict")
+    })
+    .await;
+    let env = &mb.status.as_ref().expect("status").envs[0];
+    let message = &switchyard::api::conditions::find(&env.conditions, "TopicsReady")
+        .expect("TopicsReady")
+        .message;
+    assert!(
+        message.contains(&format!("{ns}/orders")),
+        "the message names the owner: {message}"
+    );
+    assert!(env.owned.is_empty(), "nothing was taken: {:?}", env.owned);
+
+    // The owner goes (Retain: the topic stays, released): now it can be adopted.
+    let api: Api<MessageBroker> = Api::namespaced(client.clone(), &ns);
+    api.delete("orders", &DeleteParams::default())
+        .await
+        .expect("delete");
+    let mb = wait_for_mb(&client, &ns, "thief", long, "adopted once released", |m| {
+        condition_true(m, "Ready")
+    })
+    .await;
+    let owned = &mb.status.as_ref().expect("status").envs[0].owned;
+    assert!(
+        owned
+            .iter()
+            .any(|k| k.ends_with(&format!("{prefix}events"))),
+        "{owned:?}"
+    );
+    ctl.stop().await;
+}

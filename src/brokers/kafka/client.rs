@@ -1167,7 +1167,7 @@ impl Backend for KafkaBackend {
                             .collect(),
                     },
                 )),
-                // Kafka topics hold no ownership marker; the owned set records the adoption.
+                // No marker on the topic: the owned set in status records the adoption.
                 Action::Adopt { .. } => results[i] = Some(Ok(())),
                 Action::AddPartitions { object, to, .. } => match usize::try_from(*to) {
                     Ok(count) => grows.push((

@@ -13,8 +13,9 @@
 //! - retention is `retention.ms`; the env's `topicConfig` entries are converged on every topic;
 //!   `replication.factor` is reported and compared but never changed in place.
 //!
-//! Kafka topics cannot carry labels, so objects have no ownership marker: the controller's owned
-//! set alone decides what is ours.
+//! Kafka topics cannot carry an ownership marker (configs are a closed set the broker validates;
+//! there are no labels). Observations report no owner; the controller fills it in from the
+//! `status.owned` lists of the MessageBrokers it watches (`controller::owner_index`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
