@@ -66,6 +66,49 @@ pub trait Driver: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Arc<dyn Backend>, BrokerError>> + Send;
 }
 
+/// What every backend's [`Driver`] impl shares: its settings block (`$spec` in the env's
+/// `$field`), and `CAPABILITIES`, `desired`, `connection_info` and `connect` as the folder
+/// defines them under those names. A driver's impl then holds only what is particular to it.
+macro_rules! forward_to_folder {
+    ($spec:ty, $field:ident) => {
+        type Spec = $spec;
+        const CAPABILITIES: $crate::brokers::Capabilities = CAPABILITIES;
+
+        fn settings(env: &$crate::api::EnvSpec) -> Option<&$spec> {
+            env.$field.as_ref()
+        }
+
+        fn desired(
+            scope: &$crate::brokers::Scope,
+            spec: &$spec,
+            topics: &[$crate::api::TopicSpec],
+        ) -> Result<$crate::brokers::DesiredState, $crate::Error> {
+            desired(scope, spec, topics)
+        }
+
+        fn connection_info(
+            spec: &$spec,
+            secrets: &$crate::secrets::ResolvedSecrets,
+        ) -> Result<$crate::brokers::ConnectionInfo, $crate::Error> {
+            connection_info(spec, secrets)
+        }
+
+        fn connect(
+            spec: &$spec,
+            secrets: &$crate::secrets::ResolvedSecrets,
+            options: &$crate::brokers::ConnectOptions,
+        ) -> impl std::future::Future<
+            Output = Result<
+                std::sync::Arc<dyn $crate::brokers::Backend>,
+                $crate::brokers::BrokerError,
+            >,
+        > + Send {
+            connect(spec, secrets, options)
+        }
+    };
+}
+pub(crate) use forward_to_folder;
+
 /// The driver of a broker type, for code that holds an [`EnvSpec`].
 #[async_trait]
 pub trait EnvDriver: Send + Sync {

@@ -251,29 +251,10 @@ pub async fn connect(
 pub struct Kafka;
 
 impl super::Driver for Kafka {
-    type Spec = KafkaSpec;
     const TYPE: crate::api::BrokerType = crate::api::BrokerType::Kafka;
     const BINDING_TYPE: &'static str = "kafka";
-    const CAPABILITIES: Capabilities = CAPABILITIES;
 
-    fn settings(env: &crate::api::EnvSpec) -> Option<&KafkaSpec> {
-        env.kafka.as_ref()
-    }
-
-    fn desired(
-        scope: &Scope,
-        spec: &KafkaSpec,
-        topics: &[TopicSpec],
-    ) -> Result<DesiredState, Error> {
-        desired(scope, spec, topics)
-    }
-
-    fn connection_info(
-        spec: &KafkaSpec,
-        secrets: &ResolvedSecrets,
-    ) -> Result<ConnectionInfo, Error> {
-        connection_info(spec, secrets)
-    }
+    super::driver::forward_to_folder!(KafkaSpec, kafka);
 
     fn endpoint(spec: &KafkaSpec) -> serde_json::Value {
         serde_json::json!(spec.bootstrap_servers)
@@ -288,14 +269,6 @@ impl super::Driver for Kafka {
                 .flat_map(|s| s.credentials_secret_ref.secret_keys()),
         );
         keys
-    }
-
-    fn connect(
-        spec: &KafkaSpec,
-        secrets: &ResolvedSecrets,
-        options: &super::ConnectOptions,
-    ) -> impl std::future::Future<Output = Result<Arc<dyn Backend>, BrokerError>> + Send {
-        connect(spec, secrets, options)
     }
 }
 

@@ -836,29 +836,10 @@ impl Backend for PubSubBackend {
 pub struct GooglePubSub;
 
 impl super::Driver for GooglePubSub {
-    type Spec = GooglePubSubSpec;
     const TYPE: crate::api::BrokerType = crate::api::BrokerType::GooglePubSub;
     const BINDING_TYPE: &'static str = "google-pubsub";
-    const CAPABILITIES: Capabilities = CAPABILITIES;
 
-    fn settings(env: &crate::api::EnvSpec) -> Option<&GooglePubSubSpec> {
-        env.google_pub_sub.as_ref()
-    }
-
-    fn desired(
-        scope: &Scope,
-        spec: &GooglePubSubSpec,
-        topics: &[TopicSpec],
-    ) -> Result<DesiredState, Error> {
-        desired(scope, spec, topics)
-    }
-
-    fn connection_info(
-        spec: &GooglePubSubSpec,
-        secrets: &ResolvedSecrets,
-    ) -> Result<ConnectionInfo, Error> {
-        connection_info(spec, secrets)
-    }
+    super::driver::forward_to_folder!(GooglePubSubSpec, google_pub_sub);
 
     fn endpoint(spec: &GooglePubSubSpec) -> serde_json::Value {
         serde_json::json!((&spec.project_id, &spec.endpoint))
@@ -869,14 +850,6 @@ impl super::Driver for GooglePubSub {
             .iter()
             .map(|r| r.secret_key())
             .collect()
-    }
-
-    fn connect(
-        spec: &GooglePubSubSpec,
-        secrets: &ResolvedSecrets,
-        options: &super::ConnectOptions,
-    ) -> impl std::future::Future<Output = Result<Arc<dyn Backend>, BrokerError>> + Send {
-        connect(spec, secrets, options)
     }
 }
 

@@ -343,29 +343,10 @@ fn rejected(message: impl Into<String>) -> BrokerError {
 pub struct RabbitMq;
 
 impl super::Driver for RabbitMq {
-    type Spec = RabbitMqSpec;
     const TYPE: crate::api::BrokerType = crate::api::BrokerType::RabbitMQ;
     const BINDING_TYPE: &'static str = "rabbitmq";
-    const CAPABILITIES: Capabilities = CAPABILITIES;
 
-    fn settings(env: &crate::api::EnvSpec) -> Option<&RabbitMqSpec> {
-        env.rabbitmq.as_ref()
-    }
-
-    fn desired(
-        scope: &Scope,
-        spec: &RabbitMqSpec,
-        topics: &[TopicSpec],
-    ) -> Result<DesiredState, Error> {
-        desired(scope, spec, topics)
-    }
-
-    fn connection_info(
-        spec: &RabbitMqSpec,
-        secrets: &ResolvedSecrets,
-    ) -> Result<ConnectionInfo, Error> {
-        connection_info(spec, secrets)
-    }
+    super::driver::forward_to_folder!(RabbitMqSpec, rabbitmq);
 
     fn endpoint(spec: &RabbitMqSpec) -> serde_json::Value {
         serde_json::json!((&spec.url, &spec.host, spec.port, &spec.vhost))
@@ -380,14 +361,6 @@ impl super::Driver for RabbitMq {
                 .flat_map(|c| c.secret_keys()),
         );
         keys
-    }
-
-    fn connect(
-        spec: &RabbitMqSpec,
-        secrets: &ResolvedSecrets,
-        options: &super::ConnectOptions,
-    ) -> impl std::future::Future<Output = Result<Arc<dyn Backend>, BrokerError>> + Send {
-        connect(spec, secrets, options)
     }
 }
 

@@ -323,29 +323,10 @@ fn build(spec: &RedisSpec, secrets: &ResolvedSecrets) -> Result<RedisBackend, Br
 pub struct Redis;
 
 impl super::Driver for Redis {
-    type Spec = RedisSpec;
     const TYPE: crate::api::BrokerType = crate::api::BrokerType::Redis;
     const BINDING_TYPE: &'static str = "redis";
-    const CAPABILITIES: Capabilities = CAPABILITIES;
 
-    fn settings(env: &crate::api::EnvSpec) -> Option<&RedisSpec> {
-        env.redis.as_ref()
-    }
-
-    fn desired(
-        scope: &Scope,
-        spec: &RedisSpec,
-        topics: &[TopicSpec],
-    ) -> Result<DesiredState, Error> {
-        desired(scope, spec, topics)
-    }
-
-    fn connection_info(
-        spec: &RedisSpec,
-        secrets: &ResolvedSecrets,
-    ) -> Result<ConnectionInfo, Error> {
-        connection_info(spec, secrets)
-    }
+    super::driver::forward_to_folder!(RedisSpec, redis);
 
     fn endpoint(spec: &RedisSpec) -> serde_json::Value {
         serde_json::json!((&spec.url, spec.database))
@@ -361,14 +342,6 @@ impl super::Driver for Redis {
         .flatten()
         .map(|r| r.secret_key())
         .collect()
-    }
-
-    fn connect(
-        spec: &RedisSpec,
-        secrets: &ResolvedSecrets,
-        options: &super::ConnectOptions,
-    ) -> impl std::future::Future<Output = Result<Arc<dyn Backend>, BrokerError>> + Send {
-        connect(spec, secrets, options)
     }
 }
 

@@ -1295,29 +1295,10 @@ impl Backend for SqsBackend {
 pub struct AwsSqs;
 
 impl super::Driver for AwsSqs {
-    type Spec = AwsSqsSpec;
     const TYPE: crate::api::BrokerType = crate::api::BrokerType::AwsSqs;
     const BINDING_TYPE: &'static str = "aws-sqs";
-    const CAPABILITIES: Capabilities = CAPABILITIES;
 
-    fn settings(env: &crate::api::EnvSpec) -> Option<&AwsSqsSpec> {
-        env.aws_sqs.as_ref()
-    }
-
-    fn desired(
-        scope: &Scope,
-        spec: &AwsSqsSpec,
-        topics: &[TopicSpec],
-    ) -> Result<DesiredState, Error> {
-        desired(scope, spec, topics)
-    }
-
-    fn connection_info(
-        spec: &AwsSqsSpec,
-        secrets: &ResolvedSecrets,
-    ) -> Result<ConnectionInfo, Error> {
-        connection_info(spec, secrets)
-    }
+    super::driver::forward_to_folder!(AwsSqsSpec, aws_sqs);
 
     fn endpoint(spec: &AwsSqsSpec) -> serde_json::Value {
         serde_json::json!((&spec.region, &spec.endpoint))
@@ -1328,14 +1309,6 @@ impl super::Driver for AwsSqs {
             .iter()
             .flat_map(|c| c.secret_keys())
             .collect()
-    }
-
-    fn connect(
-        spec: &AwsSqsSpec,
-        secrets: &ResolvedSecrets,
-        options: &super::ConnectOptions,
-    ) -> impl std::future::Future<Output = Result<Arc<dyn Backend>, BrokerError>> + Send {
-        connect(spec, secrets, options)
     }
 }
 
