@@ -248,6 +248,19 @@ mod tests {
     }
 
     #[test]
+    fn replication_factor_is_not_a_topic_config() {
+        let mut v = valid();
+        v["spec"]["envs"][0]["kafka"]["topicConfig"] = json!({"replication.factor": "3"});
+        let errors = validate(&v);
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.contains("replication.factor is not a topic config")),
+            "{errors:?}"
+        );
+    }
+
+    #[test]
     fn cel_rules_give_the_same_messages_as_the_api_server() {
         let mut v = valid();
         v["spec"]["envs"][0] = json!({"slug": "prd", "type": "Redis"});

@@ -97,12 +97,8 @@ pub fn desired(
     spec: &KafkaSpec,
     topics: &[TopicSpec],
 ) -> Result<DesiredState, Error> {
-    if spec.topic_config.contains_key(REPLICATION_FACTOR) {
-        return Err(Error::InvalidSpec(
-            "kafka.topicConfig: replication.factor is not a topic config; set kafka.replicationFactor"
-                .into(),
-        ));
-    }
+    // `replication.factor` in topicConfig is refused by the schema (CEL) at `kubectl apply` and
+    // in `switchyard plan`; only `replicationFactor` sets it.
     let mut state = DesiredState::default();
     let mut dlq_topics = Vec::new();
     for t in topics {
@@ -110,6 +106,7 @@ pub fn desired(
             .topic_config
             .iter()
             .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+            .filter(|(k, _)| k != REPLICATION_FACTOR)
             .collect();
         if let Some(retention) = t
             .retention_duration()
@@ -391,11 +388,22 @@ mod tests {
     }
 
     #[test]
-    fn replication_factor_in_topic_config_is_refused() {
+    fn replication_factor_comes_only_from_replication_factor() {
         let mut s = spec();
+        s.replication_factor = None;
         s.topic_config
             .insert("replication.factor".into(), "3".into());
-        assert!(desired(&scope(), &s, &[topic("a")]).is_err());
+        let d = desired(&scope(), &s, &[topic("a")]).expect("desired");
+        assert_eq!(d.objects[0].config.get(REPLICATION_FACTOR), None);
+        s.replication_factor = Some(2);
+        let d = desired(&scope(), &s, &[topic("a")]).expect("desired");
+        assert_eq!(
+            d.objects[0]
+                .config
+                .get(REPLICATION_FACTOR)
+                .map(String::as_str),
+            Some("2")
+        );
     }
 
     #[tokio::test]
