@@ -261,6 +261,17 @@ mod tests {
     }
 
     #[test]
+    fn a_redis_ca_needs_a_tls_url() {
+        let mut v = valid();
+        v["spec"]["envs"][0] = json!({"slug": "prd", "type": "Redis",
+            "redis": {"url": "redis://r:6379", "caSecretRef": {"name": "ca", "key": "ca.crt"}}});
+        let errors = validate(&v);
+        assert!(errors.iter().any(|e| e.contains("rediss://")), "{errors:?}");
+        v["spec"]["envs"][0]["redis"]["url"] = json!("rediss://r:6379");
+        assert_eq!(validate(&v), Vec::<String>::new());
+    }
+
+    #[test]
     fn cel_rules_give_the_same_messages_as_the_api_server() {
         let mut v = valid();
         v["spec"]["envs"][0] = json!({"slug": "prd", "type": "Redis"});
