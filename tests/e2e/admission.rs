@@ -51,9 +51,7 @@ async fn dry_run_apply(client: &kube::Client, ns: &str, obj: &Value) -> Result<(
 
 #[tokio::test]
 async fn invalid_manifests_are_refused_with_clear_messages() {
-    let client = client().await;
-    ensure_crd(&client).await;
-    let ns = namespace(&client, "admission").await;
+    let (client, ns) = setup("admission").await;
 
     dry_run_apply(&client, &ns, &valid())
         .await

@@ -18,12 +18,9 @@ use crate::support::*;
 const TIMEOUT: Duration = Duration::from_secs(30);
 
 fn two_env_manifest(name: &str) -> String {
+    let header = mb_header(name);
     format!(
-        r#"
-apiVersion: switchyard.dev/v1alpha1
-kind: MessageBroker
-metadata: {{name: {name}}}
-spec:
+        r#"{header}spec:
   displayName: Message Bus
   topics:
     - name: order-created
@@ -50,17 +47,12 @@ fn env_condition(mb: &MessageBroker, slug: &str, type_: &str) -> Option<(String,
 
 #[tokio::test]
 async fn reconciles_to_ready_with_status_binding_events_and_finalizer() {
-    let client = client().await;
-    ensure_crd(&client).await;
-    let ns = namespace(&client, "ctl-ready").await;
+    let (client, ns) = setup("ctl-ready").await;
     let connector = Arc::new(FakeConnector::default());
     let ctl = start_controller(client.clone(), &ns, connector.clone(), fast_config());
 
     apply_mb(&client, &ns, &two_env_manifest("bus")).await;
-    let mb = wait_for_mb(&client, &ns, "bus", TIMEOUT, "Ready", |m| {
-        condition_true(m, "Ready")
-    })
-    .await;
+    let mb = wait_ready(&client, &ns, "bus", TIMEOUT).await;
     let status = mb.status.clone().expect("status");
     assert_eq!(status.observed_generation, mb.metadata.generation);
     assert_eq!(status.env_summary, "prd:Kafka dev:Redis");
@@ -109,22 +101,13 @@ async fn reconciles_to_ready_with_status_binding_events_and_finalizer() {
 
     // Events were recorded against the object.
     let events: Api<Event> = Api::namespaced(client.clone(), &ns);
-    let deadline = tokio::time::Instant::now() + TIMEOUT;
-    loop {
+    wait_until(TIMEOUT, "no Created event", async || {
         let list = events.list(&ListParams::default()).await.expect("events");
-        if list
-            .items
+        list.items
             .iter()
             .any(|e| e.reason.as_deref() == Some("Created"))
-        {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no Created event within {TIMEOUT:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    })
+    .await;
 
     // Delete: the finalizer runs (Retain: nothing deleted on the broker) and is removed.
     let before = broker.objects().len();
@@ -132,14 +115,13 @@ async fn reconciles_to_ready_with_status_binding_events_and_finalizer() {
     api.delete("bus", &DeleteParams::default())
         .await
         .expect("delete");
-    let deadline = tokio::time::Instant::now() + TIMEOUT;
-    while api.get_opt("bus").await.expect("get").is_some() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "MessageBroker still present: finalizer not removed"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_gone(
+        &api,
+        "bus",
+        TIMEOUT,
+        "MessageBroker still present: finalizer not removed",
+    )
+    .await;
     assert_eq!(
         broker.objects().len(),
         before,
@@ -150,42 +132,29 @@ async fn reconciles_to_ready_with_status_binding_events_and_finalizer() {
 
 #[tokio::test]
 async fn idle_resyncs_write_nothing() {
-    let client = client().await;
-    ensure_crd(&client).await;
-    let ns = namespace(&client, "ctl-idle").await;
+    let (client, ns) = setup("ctl-idle").await;
     let connector = Arc::new(FakeConnector::default());
     let ctl = start_controller(client.clone(), &ns, connector.clone(), fast_config());
     apply_mb(&client, &ns, &two_env_manifest("idle")).await;
-    wait_for_mb(&client, &ns, "idle", TIMEOUT, "Ready", |m| {
-        condition_true(m, "Ready")
-    })
-    .await;
+    wait_ready(&client, &ns, "idle", TIMEOUT).await;
 
     // Let the pass triggered by the binding Secret's creation finish, then take the baseline.
     let broker = connector.backend("prd", BrokerType::Kafka);
     let first = broker.observe_calls.load(Ordering::SeqCst);
-    let deadline = tokio::time::Instant::now() + TIMEOUT;
-    while broker.observe_calls.load(Ordering::SeqCst) < first + 1 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no resync pass happened"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_until(TIMEOUT, "no resync pass happened", async || {
+        broker.observe_calls.load(Ordering::SeqCst) > first
+    })
+    .await;
     let api: Api<MessageBroker> = Api::namespaced(client.clone(), &ns);
     let ready = api.get("idle").await.expect("get");
     let writes = ctl.metrics.status_writes.get();
     let bindings = ctl.metrics.binding_writes.get();
     let observed = broker.observe_calls.load(Ordering::SeqCst);
     // Wait for three more resync passes (observations), then compare.
-    let deadline = tokio::time::Instant::now() + TIMEOUT;
-    while broker.observe_calls.load(Ordering::SeqCst) < observed + 3 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no resync passes happened"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_until(TIMEOUT, "no resync passes happened", async || {
+        broker.observe_calls.load(Ordering::SeqCst) >= observed + 3
+    })
+    .await;
     assert_eq!(
         ctl.metrics.status_writes.get(),
         writes,
@@ -206,16 +175,11 @@ async fn idle_resyncs_write_nothing() {
 
 #[tokio::test]
 async fn drift_is_repaired_on_resync() {
-    let client = client().await;
-    ensure_crd(&client).await;
-    let ns = namespace(&client, "ctl-drift").await;
+    let (client, ns) = setup("ctl-drift").await;
     let connector = Arc::new(FakeConnector::default());
     let ctl = start_controller(client.clone(), &ns, connector.clone(), fast_config());
     apply_mb(&client, &ns, &two_env_manifest("drift")).await;
-    wait_for_mb(&client, &ns, "drift", TIMEOUT, "Ready", |m| {
-        condition_true(m, "Ready")
-    })
-    .await;
+    wait_ready(&client, &ns, "drift", TIMEOUT).await;
 
     let broker = connector.backend("dev", BrokerType::Redis);
     let objects = broker.objects();
@@ -225,22 +189,18 @@ async fn drift_is_repaired_on_resync() {
         .expect("something provisioned")
         .clone();
     broker.remove(&victim);
-    let deadline = tokio::time::Instant::now() + TIMEOUT;
-    while !broker.objects().contains_key(&victim) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{victim} was not re-created"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_until(
+        TIMEOUT,
+        &format!("{victim} was not re-created"),
+        async || broker.objects().contains_key(&victim),
+    )
+    .await;
     ctl.stop().await;
 }
 
 #[tokio::test]
 async fn one_failing_env_does_not_block_another() {
-    let client = client().await;
-    ensure_crd(&client).await;
-    let ns = namespace(&client, "ctl-isolation").await;
+    let (client, ns) = setup("ctl-isolation").await;
     let connector = Arc::new(FakeConnector::default());
     connector
         .backend("dev", BrokerType::Redis)
@@ -354,21 +314,13 @@ pub async fn apply_rbac(client: &kube::Client) {
             None => Api::all_with(client.clone(), &ar),
         };
         let name = obj.metadata.name.clone().expect("name");
-        api.patch(
-            &name,
-            &PatchParams::apply("switchyard-tests").force(),
-            &Patch::Apply(&obj),
-        )
-        .await
-        .expect("rbac applies");
+        server_side_apply(&api, &name, &obj, "rbac applies").await;
     }
 }
 
 #[tokio::test]
 async fn a_partition_decrease_on_real_kafka_stalls_without_a_hot_loop() {
-    let client = client().await;
-    ensure_crd(&client).await;
-    let ns = namespace(&client, "ctl-stall").await;
+    let (client, ns) = setup("ctl-stall").await;
     let ctl = start_controller(
         client.clone(),
         &ns,
@@ -385,15 +337,7 @@ async fn a_partition_decrease_on_real_kafka_stalls_without_a_hot_loop() {
         )
     };
     apply_mb(&client, &ns, &manifest(3)).await;
-    wait_for_mb(
-        &client,
-        &ns,
-        "stall",
-        Duration::from_secs(60),
-        "Ready",
-        |m| condition_true(m, "Ready"),
-    )
-    .await;
+    wait_ready(&client, &ns, "stall", Duration::from_secs(60)).await;
 
     apply_mb(&client, &ns, &manifest(2)).await;
     let mb = wait_for_mb(
@@ -446,9 +390,7 @@ async fn a_partition_decrease_on_real_kafka_stalls_without_a_hot_loop() {
 /// each retires its own env; whichever finishes last releases the object.
 #[tokio::test]
 async fn split_instances_share_one_finalizer_and_each_clean_their_envs() {
-    let client = client().await;
-    ensure_crd(&client).await;
-    let ns = namespace(&client, "ctl-split").await;
+    let (client, ns) = setup("ctl-split").await;
     let connector = Arc::new(FakeConnector::default());
     let only = |slug: &str| switchyard::controller::Config {
         envs: Some([slug.to_string()].into()),
@@ -465,10 +407,7 @@ async fn split_instances_share_one_finalizer_and_each_clean_their_envs() {
             "metadata: {name: split, finalizers: [switchyard.dev/cleanup.dev.prd]}",
         );
     apply_mb(&client, &ns, &manifest).await;
-    let mb = wait_for_mb(&client, &ns, "split", TIMEOUT, "Ready", |m| {
-        condition_true(m, "Ready")
-    })
-    .await;
+    let mb = wait_ready(&client, &ns, "split", TIMEOUT).await;
     assert_eq!(
         mb.metadata.finalizers.unwrap_or_default(),
         vec!["switchyard.dev/cleanup".to_string()],
@@ -482,14 +421,13 @@ async fn split_instances_share_one_finalizer_and_each_clean_their_envs() {
     api.delete("split", &DeleteParams::default())
         .await
         .expect("delete");
-    let deadline = tokio::time::Instant::now() + TIMEOUT;
-    while api.get_opt("split").await.expect("get").is_some() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "MessageBroker still present: the shared finalizer was not removed"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_gone(
+        &api,
+        "split",
+        TIMEOUT,
+        "MessageBroker still present: the shared finalizer was not removed",
+    )
+    .await;
     assert!(
         kafka.objects().is_empty(),
         "prd's instance retired its env: {:?}",
@@ -508,9 +446,7 @@ async fn split_instances_share_one_finalizer_and_each_clean_their_envs() {
 /// and the result), even when the broker is slow to answer.
 #[tokio::test]
 async fn a_generation_writes_status_at_most_twice() {
-    let client = client().await;
-    ensure_crd(&client).await;
-    let ns = namespace(&client, "ctl-writes").await;
+    let (client, ns) = setup("ctl-writes").await;
     let connector = Arc::new(FakeConnector::default());
     for (slug, t) in [("prd", BrokerType::Kafka), ("dev", BrokerType::Redis)] {
         connector
@@ -553,9 +489,7 @@ async fn a_generation_writes_status_at_most_twice() {
 /// Conflict even with adoptExisting, and may adopt it once the owner is gone (Retain).
 #[tokio::test]
 async fn adopt_existing_never_takes_a_kafka_topic_another_messagebroker_owns() {
-    let client = client().await;
-    ensure_crd(&client).await;
-    let ns = namespace(&client, "ctl-owner").await;
+    let (client, ns) = setup("ctl-owner").await;
     let ctl = start_controller(
         client.clone(),
         &ns,
@@ -571,10 +505,7 @@ async fn adopt_existing_never_takes_a_kafka_topic_another_messagebroker_owns() {
     };
     let long = Duration::from_secs(60);
     apply_mb(&client, &ns, &manifest("orders", false)).await;
-    wait_for_mb(&client, &ns, "orders", long, "Ready", |m| {
-        condition_true(m, "Ready")
-    })
-    .await;
+    wait_ready(&client, &ns, "orders", long).await;
 
     apply_mb(&client, &ns, &manifest("thief", true)).await;
     let mb = wait_for_mb(&client, &ns, "thief", long, "refused as a Conflict", |m| {

@@ -113,12 +113,9 @@ fn bus_manifest(name: &str, topics: &[&str]) -> String {
         .iter()
         .map(|t| format!("    - name: {t}\n"))
         .collect::<String>();
+    let header = mb_header(name);
     format!(
-        r#"
-apiVersion: switchyard.dev/v1alpha1
-kind: MessageBroker
-metadata: {{name: {name}}}
-spec:
+        r#"{header}spec:
   topics:
 {topics}  envs:
     - slug: prd
@@ -220,9 +217,7 @@ async fn chart_lints_clean_and_its_rbac_equals_config_rbac() {
 
 #[tokio::test]
 async fn rendered_chart_kustomize_and_samples_pass_server_side_dry_run() {
-    let client = client().await;
-    ensure_crd(&client).await;
-    let ns = namespace(&client, "deploy-dry").await;
+    let (client, ns) = setup("deploy-dry").await;
     let apply = [
         "apply",
         "--server-side",
@@ -302,9 +297,7 @@ async fn rendered_chart_kustomize_and_samples_pass_server_side_dry_run() {
 
 #[tokio::test]
 async fn helm_install_creates_a_hardened_deployment_and_the_reference_rbac() {
-    let client = client().await;
-    ensure_crd(&client).await;
-    let ns = namespace(&client, "deploy-helm").await;
+    let (client, ns) = setup("deploy-helm").await;
     let release = unique("sy");
     helm(&[
         "install",
@@ -460,10 +453,7 @@ async fn operator_reconciles_under_the_chart_rbac() {
         fast_config(),
     );
     apply_mb(&admin, &ns, &bus_manifest("bus", &["order-created"])).await;
-    wait_for_mb(&admin, &ns, "bus", TIMEOUT, "Ready", |m| {
-        condition_true(m, "Ready")
-    })
-    .await;
+    wait_ready(&admin, &ns, "bus", TIMEOUT).await;
     ctl.stop().await;
 }
 
@@ -471,9 +461,7 @@ async fn operator_reconciles_under_the_chart_rbac() {
 /// cluster-wide, yet the operator reconciles there and can hold its Lease.
 #[tokio::test]
 async fn namespaced_install_reconciles_without_cluster_wide_secret_access() {
-    let admin = client().await;
-    ensure_crd(&admin).await;
-    let ops = namespace(&admin, "deploy-ops").await;
+    let (admin, ops) = setup("deploy-ops").await;
     let apps = namespace(&admin, "deploy-apps").await;
     let other = namespace(&admin, "deploy-other").await;
     let release = unique("sy");
@@ -520,10 +508,7 @@ async fn namespaced_install_reconciles_without_cluster_wide_secret_access() {
     let task =
         tokio::spawn(async move { leader::run_when_leader(operator, lease, &m, work).await });
     apply_mb(&admin, &apps, &bus_manifest("bus", &["order-created"])).await;
-    wait_for_mb(&admin, &apps, "bus", TIMEOUT, "Ready", |m| {
-        condition_true(m, "Ready")
-    })
-    .await;
+    wait_ready(&admin, &apps, "bus", TIMEOUT).await;
     assert_eq!(metrics.leader.get(), 1);
     let _ = stop.send(());
     let result = tokio::time::timeout(TIMEOUT, task)
@@ -596,9 +581,7 @@ async fn wait_for_holder(client: &Client, ns: &str, name: &str, who: &str, timeo
 /// graceful stop releases the Lease.
 #[tokio::test]
 async fn one_of_two_instances_reconciles_and_the_other_takes_over() {
-    let client = client().await;
-    ensure_crd(&client).await;
-    let ns = namespace(&client, "deploy-leader").await;
+    let (client, ns) = setup("deploy-leader").await;
     let duration = Duration::from_secs(3);
     let lease = |who: &str| LeaseConfig::new(&ns, "switchyard", who, duration);
 
@@ -606,10 +589,7 @@ async fn one_of_two_instances_reconciles_and_the_other_takes_over() {
     wait_for_holder(&client, &ns, "switchyard", "a", TIMEOUT).await;
     let b = start_instance(&client, &ns, lease("b"));
     apply_mb(&client, &ns, &bus_manifest("bus", &["order-created"])).await;
-    wait_for_mb(&client, &ns, "bus", TIMEOUT, "Ready", |m| {
-        condition_true(m, "Ready")
-    })
-    .await;
+    wait_ready(&client, &ns, "bus", TIMEOUT).await;
     // Let the standby run a few renew periods: it must neither lead nor reconcile.
     tokio::time::sleep(duration).await;
     assert_eq!(

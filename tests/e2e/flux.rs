@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use kube::api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
+use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
 use kube::{Api, Client};
 use switchyard::api::{BrokerType, MessageBroker};
 use switchyard::brokers::fake::FakeConnector;
@@ -132,13 +132,7 @@ fn flux_api(
 async fn apply(api: &Api<DynamicObject>, obj: serde_json::Value) {
     let name = obj["metadata"]["name"].as_str().expect("name").to_string();
     let obj: DynamicObject = serde_json::from_value(obj).expect("object");
-    api.patch(
-        &name,
-        &PatchParams::apply("switchyard-tests").force(),
-        &Patch::Apply(&obj),
-    )
-    .await
-    .expect("Flux object applies");
+    server_side_apply(api, &name, &obj, "Flux object applies").await;
 }
 
 /// The Kustomization's Ready condition: (status, reason, message), and its last applied revision.
@@ -213,9 +207,7 @@ async fn all_brokers_ready(client: &Client, ns: &str) -> Vec<String> {
 
 #[tokio::test]
 async fn flux_kustomization_waits_for_brokers_reports_failures_and_converges_a_swap() {
-    let client = client().await;
-    ensure_crd(&client).await;
-    let ns = namespace(&client, "flux").await;
+    let (client, ns) = setup("flux").await;
     let connector = Arc::new(FakeConnector::default());
     // The `stg` broker is down at first, so `orders` cannot become Ready.
     connector

@@ -26,7 +26,7 @@ use switchyard::brokers::{
 use switchyard::metrics::BrokerRequests;
 use switchyard::secrets::ResolvedSecrets;
 
-use crate::support::{env_var, unique};
+use crate::support::{converge, env_var, scope};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -69,33 +69,10 @@ fn topic(name: &str, partitions: i32, retention: &str) -> TopicSpec {
     }
 }
 
-fn scope(prefix: &str) -> Scope {
-    Scope {
-        namespace: unique(prefix),
-        name: "bus".into(),
-    }
-}
-
 async fn backend(spec: &KafkaSpec, secrets: &ResolvedSecrets) -> Arc<dyn Backend> {
     kafka::connect(spec, secrets, &ConnectOptions::default())
         .await
         .expect("connect")
-}
-
-/// One reconcile pass for one env, the way the controller runs it.
-type Pass = brokers::Converged;
-
-async fn reconcile(
-    backend: &dyn Backend,
-    scope: &Scope,
-    env: &EnvSpec,
-    topics: &[TopicSpec],
-    owned: &BTreeSet<ObjectKey>,
-    policy: DeletionPolicy,
-) -> Pass {
-    brokers::converge(backend, scope, env, topics, owned, policy)
-        .await
-        .expect("converge")
 }
 
 fn assert_all_ok(outcomes: &[ActionOutcome]) {
@@ -282,7 +259,7 @@ async fn creates_topics_dead_letters_and_groups_then_is_a_noop() {
     let b = backend(&kspec, &ResolvedSecrets::default()).await;
     b.check().await.expect("check");
 
-    let pass = reconcile(
+    let pass = converge(
         b.as_ref(),
         &s,
         &env,
@@ -343,7 +320,7 @@ async fn partitions_grow_and_never_shrink() {
     let kspec = spec(&bootstrap());
     let env = env(kspec.clone(), false);
     let b = backend(&kspec, &ResolvedSecrets::default()).await;
-    let p1 = reconcile(
+    let p1 = converge(
         b.as_ref(),
         &s,
         &env,
@@ -355,7 +332,7 @@ async fn partitions_grow_and_never_shrink() {
     assert_all_ok(&p1.outcomes);
     let name = p1.desired.names["t"].clone();
 
-    let p2 = reconcile(
+    let p2 = converge(
         b.as_ref(),
         &s,
         &env,
@@ -408,7 +385,7 @@ async fn config_drift_is_reverted_and_foreign_configs_kept() {
     let env = env(kspec.clone(), false);
     let topics = [topic("t", 1, "2h")];
     let b = backend(&kspec, &ResolvedSecrets::default()).await;
-    let p1 = reconcile(
+    let p1 = converge(
         b.as_ref(),
         &s,
         &env,
@@ -430,7 +407,7 @@ async fn config_drift_is_reverted_and_foreign_configs_kept() {
     raw.wait_config(&name, "retention.ms", "1234").await;
     raw.wait_config(&name, "max.message.bytes", "1048588").await;
 
-    let p2 = reconcile(
+    let p2 = converge(
         b.as_ref(),
         &s,
         &env,
@@ -479,7 +456,7 @@ async fn replication_factor_change_is_refused() {
     let mut kspec = spec(&bootstrap());
     kspec.replication_factor = Some(1);
     let b = backend(&kspec, &ResolvedSecrets::default()).await;
-    let p1 = reconcile(
+    let p1 = converge(
         b.as_ref(),
         &s,
         &env(kspec.clone(), false),
@@ -511,7 +488,7 @@ async fn replication_factor_change_is_refused() {
     assert!(plan.refused[0].message.contains("replication.factor is 1"));
 
     // Creating a topic with more replicas than brokers is rejected by the broker, per topic.
-    let p3 = reconcile(
+    let p3 = converge(
         b.as_ref(),
         &s,
         &env(kspec, false),
@@ -537,7 +514,7 @@ async fn topic_deleted_behind_our_back_is_recreated() {
     let env = env(kspec.clone(), false);
     let topics = [topic("t", 2, "1h")];
     let b = backend(&kspec, &ResolvedSecrets::default()).await;
-    let p1 = reconcile(
+    let p1 = converge(
         b.as_ref(),
         &s,
         &env,
@@ -558,7 +535,7 @@ async fn topic_deleted_behind_our_back_is_recreated() {
     let mut owned = p1.owned.clone();
     let mut saw_create = false;
     loop {
-        let p = reconcile(
+        let p = converge(
             b.as_ref(),
             &s,
             &env,
@@ -601,7 +578,7 @@ async fn retain_deletes_nothing_and_delete_removes_only_owned_empty_topics() {
         topic("full", 1, "1h"),
     ];
     let b = backend(&kspec, &ResolvedSecrets::default()).await;
-    let p1 = reconcile(
+    let p1 = converge(
         b.as_ref(),
         &s,
         &env,
@@ -621,7 +598,7 @@ async fn retain_deletes_nothing_and_delete_removes_only_owned_empty_topics() {
     raw.create(&foreign, 1).await;
 
     let remaining = [topic("keep", 1, "1h")];
-    let retain = reconcile(
+    let retain = converge(
         b.as_ref(),
         &s,
         &env,
@@ -634,7 +611,7 @@ async fn retain_deletes_nothing_and_delete_removes_only_owned_empty_topics() {
     assert_eq!(retain.plan.retained.len(), 2);
     assert_eq!(raw.partitions(&[&drop, &full]).len(), 2);
 
-    let del = reconcile(
+    let del = converge(
         b.as_ref(),
         &s,
         &env,
@@ -698,7 +675,7 @@ async fn one_observation_serves_every_resource_until_something_changes() {
     let (s1, s2) = (scope("kshare"), scope("kshare"));
     let mut owned = HashMap::new();
     for s in [&s1, &s2] {
-        let p = reconcile(
+        let p = converge(
             b.as_ref(),
             s,
             &env,
@@ -747,7 +724,7 @@ async fn one_observation_serves_every_resource_until_something_changes() {
     let a1 = brokers::desired(&s1, &env, &topics).expect("desired").names["a"].clone();
     raw.produce(&a1, 2);
     let only_b = [topic("b", 1, "1h")];
-    let del = reconcile(
+    let del = converge(
         b.as_ref(),
         &s1,
         &env,
@@ -786,7 +763,7 @@ async fn one_observation_serves_every_resource_until_something_changes() {
 
     // A change by the operator is seen by the very next pass.
     let grown = [topic("a", 3, "1h"), topic("b", 1, "1h")];
-    let g = reconcile(
+    let g = converge(
         b.as_ref(),
         &s2,
         &env,
@@ -823,7 +800,7 @@ async fn foreign_topic_conflicts_unless_adopted() {
     raw.create(&name, 1).await;
     let b = backend(&kspec, &ResolvedSecrets::default()).await;
 
-    let p = reconcile(
+    let p = converge(
         b.as_ref(),
         &s,
         &env(kspec.clone(), false),
@@ -839,7 +816,7 @@ async fn foreign_topic_conflicts_unless_adopted() {
     );
     assert!(p.owned.is_empty());
 
-    let adopt = reconcile(
+    let adopt = converge(
         b.as_ref(),
         &s,
         &env(kspec.clone(), true),
@@ -894,7 +871,7 @@ async fn scram_credentials_work_and_a_wrong_password_is_an_authentication_error(
         let b = backend(&kspec, &sasl_secrets(&password)).await;
         b.check().await.expect("SCRAM login works");
         let s = scope("ksasl");
-        let p = reconcile(
+        let p = converge(
             b.as_ref(),
             &s,
             &env(kspec.clone(), false),
@@ -956,7 +933,7 @@ async fn concurrent_applies_from_two_resources_share_the_backend() {
     let topics = [topic("a", 1, "1h"), topic("b", 2, "1h")];
     let none = BTreeSet::new();
     let (p1, p2) = tokio::join!(
-        reconcile(
+        converge(
             b.as_ref(),
             &s1,
             &env,
@@ -964,7 +941,7 @@ async fn concurrent_applies_from_two_resources_share_the_backend() {
             &none,
             DeletionPolicy::Retain
         ),
-        reconcile(
+        converge(
             b.as_ref(),
             &s2,
             &env,
@@ -1032,7 +1009,7 @@ async fn provision_1000_topics_measurement() {
 
     let s = scope("kbench");
     let started = Instant::now();
-    let p = reconcile(
+    let p = converge(
         b.as_ref(),
         &s,
         &env,

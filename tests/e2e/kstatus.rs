@@ -116,12 +116,9 @@ fn manifest(name: &str, policy: &str, extra_topic: bool, sasl_secret: Option<&st
             format!(", sasl: {{mechanism: SCRAM-SHA-512, credentialsSecretRef: {{name: {s}}}}}")
         })
         .unwrap_or_default();
+    let header = mb_header(name);
     format!(
-        r#"
-apiVersion: switchyard.dev/v1alpha1
-kind: MessageBroker
-metadata: {{name: {name}}}
-spec:
+        r#"{header}spec:
   deletionPolicy: {policy}
   topics:
     - name: order-created
@@ -143,9 +140,7 @@ fn generations(obj: &serde_json::Value) -> (i64, Option<i64>) {
 
 #[tokio::test]
 async fn kstatus_and_argo_health_agree_with_every_phase_of_a_live_object() {
-    let client = client().await;
-    ensure_crd(&client).await;
-    let ns = namespace(&client, "kstatus").await;
+    let (client, ns) = setup("kstatus").await;
     let name = "bus";
     let connector = Arc::new(FakeConnector::default());
     let broker = connector.backend("prd", BrokerType::Kafka);
@@ -180,10 +175,7 @@ async fn kstatus_and_argo_health_agree_with_every_phase_of_a_live_object() {
 
     // The broker is back: Ready.
     broker.set_unreachable(false);
-    wait_for_mb(&client, &ns, name, TIMEOUT, "Ready", |m| {
-        condition_true(m, "Ready")
-    })
-    .await;
+    wait_ready(&client, &ns, name, TIMEOUT).await;
     judge(
         "healthy",
         &live(&client, &ns, name).await,
@@ -273,14 +265,13 @@ async fn kstatus_and_argo_health_agree_with_every_phase_of_a_live_object() {
     )
     .await
     .expect("abandon annotation");
-    let deadline = tokio::time::Instant::now() + TIMEOUT;
-    while api.get_opt(name).await.expect("get").is_some() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "still present after the abandon annotation"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_gone(
+        &api,
+        name,
+        TIMEOUT,
+        "still present after the abandon annotation",
+    )
+    .await;
     ctl.stop().await;
 }
 

@@ -93,9 +93,7 @@ async fn offline_plan_validates_with_the_api_servers_rules() {
 
 #[tokio::test]
 async fn plan_create_apply_noop_change_and_swap_against_real_brokers() {
-    let client = client().await;
-    ensure_crd(&client).await;
-    let ns = namespace(&client, "plan").await;
+    let (client, ns) = setup("plan").await;
     let m1 = write_manifest(&manifest("bus", "168h", &redis_env()));
     let path = m1.0.to_str().expect("path").to_string();
 
@@ -123,10 +121,7 @@ async fn plan_create_apply_noop_change_and_swap_against_real_brokers() {
     );
     let yaml = std::fs::read_to_string(&path).expect("read");
     apply_mb(&client, &ns, &yaml).await;
-    wait_for_mb(&client, &ns, "bus", Duration::from_secs(30), "Ready", |m| {
-        condition_true(m, "Ready")
-    })
-    .await;
+    wait_ready(&client, &ns, "bus", Duration::from_secs(30)).await;
     let out = switchyard(&["plan", "-n", &ns, "-f", &path]).await;
     assert_eq!(
         out.status.code(),

@@ -8,10 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use switchyard::api::conditions::reasons;
-use switchyard::api::{
-    BrokerType, DeadLetterSpec, DeletionPolicy, EnvSpec, GooglePubSubSpec, SubscriptionSpec,
-    TopicSpec,
-};
+use switchyard::api::{BrokerType, DeletionPolicy, EnvSpec, GooglePubSubSpec, TopicSpec};
 use switchyard::brokers::plan::{self, Plan, PlanInput};
 use switchyard::brokers::{
     self, Action, Backend, BrokerErrorKind, Connector, DesiredState, ObjectKey, ObjectKind, Scope,
@@ -48,15 +45,7 @@ fn topic(name: &str, ordered: bool, subs: &[(&str, Option<i32>)]) -> TopicSpec {
         partitions: None,
         retention: Some("2h".into()),
         ordered,
-        subscriptions: subs
-            .iter()
-            .map(|(n, dl)| SubscriptionSpec {
-                name: (*n).into(),
-                dead_letter: dl.map(|m| DeadLetterSpec {
-                    max_delivery_attempts: m,
-                }),
-            })
-            .collect(),
+        subscriptions: support::subscriptions(subs),
     }
 }
 
@@ -90,10 +79,7 @@ impl Harness {
             env,
             backend,
             http: reqwest::Client::new(),
-            scope: Scope {
-                namespace: support::unique("ps"),
-                name: "bus".into(),
-            },
+            scope: support::scope("ps"),
             owned: BTreeSet::new(),
         }
     }

@@ -22,7 +22,7 @@ use switchyard::brokers::{
 };
 use switchyard::secrets::ResolvedSecrets;
 
-use crate::support::{env_var, unique};
+use crate::support::{self, env_var, scope, unique};
 
 const SECRET: &str = "rabbit-user";
 
@@ -99,13 +99,6 @@ fn topic(name: &str, retention: Option<&str>, subs: &[&str]) -> TopicSpec {
     }
 }
 
-fn scope(prefix: &str) -> Scope {
-    Scope {
-        namespace: unique(prefix),
-        name: "bus".into(),
-    }
-}
-
 async fn backend(b: &Broker, management: bool) -> Arc<dyn Backend> {
     rabbitmq::connect(
         &spec(b, management),
@@ -127,9 +120,7 @@ async fn pass(
     owned: &BTreeSet<ObjectKey>,
     policy: DeletionPolicy,
 ) -> Pass {
-    let pass = brokers::converge(backend, scope, env, topics, owned, policy)
-        .await
-        .expect("converge");
+    let pass = support::converge(backend, scope, env, topics, owned, policy).await;
     assert_eq!(
         pass.outcomes.len(),
         pass.plan.actions.len(),

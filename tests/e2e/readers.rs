@@ -38,9 +38,7 @@ struct Bound {
 
 impl Bound {
     async fn new(prefix: &str, env_block: &str, secrets: &[(&str, &[(&str, &str)])]) -> Bound {
-        let client = client().await;
-        ensure_crd(&client).await;
-        let ns = namespace(&client, prefix).await;
+        let (client, ns) = setup(prefix).await;
         for (name, data) in secrets {
             put_secret(&client, &ns, name, data).await;
         }
@@ -54,10 +52,7 @@ impl Bound {
             "apiVersion: switchyard.dev/v1alpha1\nkind: MessageBroker\nmetadata: {{name: bus}}\nspec:\n  topics:\n    - name: orders\n      partitions: 1\n      subscriptions: [{{name: billing}}]\n  envs:\n{env_block}\n"
         );
         apply_mb(&client, &ns, &manifest).await;
-        let mb = wait_for_mb(&client, &ns, "bus", TIMEOUT, "Ready", |m| {
-            condition_true(m, "Ready")
-        })
-        .await;
+        let mb = wait_ready(&client, &ns, "bus", TIMEOUT).await;
         // The Provisioned Service duck type: a ServiceBinding naming the MessageBroker finds
         // the same Secret.
         assert_eq!(

@@ -8,16 +8,13 @@ use std::time::{Duration, Instant};
 use redis::AsyncCommands;
 use redis::aio::MultiplexedConnection;
 use switchyard::api::conditions::reasons;
-use switchyard::api::{
-    BrokerType, DeadLetterSpec, DeletionPolicy, EnvSpec, RedisSpec, SecretKeyRef, SubscriptionSpec,
-    TopicSpec,
-};
+use switchyard::api::{BrokerType, DeletionPolicy, EnvSpec, RedisSpec, SecretKeyRef, TopicSpec};
 use switchyard::brokers::{
     self, Action, Backend, BrokerErrorKind, ObjectKey, ObjectKind, Scope, plan, redis::OWNERS_KEY,
 };
 use switchyard::secrets::ResolvedSecrets;
 
-use crate::support::{env_var, unique};
+use crate::support::{self, env_var, unique};
 
 fn open_url() -> String {
     env_var("SWITCHYARD_REDIS_URL")
@@ -46,28 +43,13 @@ fn env(spec: RedisSpec, adopt_existing: bool) -> EnvSpec {
     }
 }
 
-fn scope() -> Scope {
-    Scope {
-        namespace: unique("redis"),
-        name: "bus".into(),
-    }
-}
-
 fn topic(name: &str, subs: &[(&str, Option<i32>)]) -> TopicSpec {
     TopicSpec {
         name: name.into(),
         partitions: None,
         retention: None,
         ordered: false,
-        subscriptions: subs
-            .iter()
-            .map(|(n, dl)| SubscriptionSpec {
-                name: (*n).into(),
-                dead_letter: dl.map(|n| DeadLetterSpec {
-                    max_delivery_attempts: n,
-                }),
-            })
-            .collect(),
+        subscriptions: support::subscriptions(subs),
     }
 }
 
@@ -124,9 +106,7 @@ async fn pass(
     owned: &BTreeSet<ObjectKey>,
     policy: DeletionPolicy,
 ) -> Pass {
-    let pass = brokers::converge(backend, scope, env, topics, owned, policy)
-        .await
-        .expect("converge");
+    let pass = support::converge(backend, scope, env, topics, owned, policy).await;
     assert_eq!(pass.outcomes.len(), pass.plan.actions.len());
     for o in &pass.outcomes {
         assert!(o.result.is_ok(), "{}: {:?}", o.key, o.result);
@@ -149,7 +129,7 @@ async fn group_names(conn: &mut MultiplexedConnection, stream: &str) -> Vec<Stri
 #[tokio::test]
 async fn provisions_streams_groups_and_dead_letters_then_is_a_noop() {
     let url = open_url();
-    let scope = scope();
+    let scope = support::scope("redis");
     let env = env(spec(&url), false);
     let b = backend(&spec(&url), &ResolvedSecrets::default()).await;
     b.check().await.expect("open server passes the check");
@@ -239,7 +219,7 @@ async fn provisions_streams_groups_and_dead_letters_then_is_a_noop() {
 #[tokio::test]
 async fn deleted_streams_and_groups_come_back_and_groups_start_at_the_end() {
     let url = open_url();
-    let scope = scope();
+    let scope = support::scope("redis");
     let env = env(spec(&url), false);
     let b = backend(&spec(&url), &ResolvedSecrets::default()).await;
     let topics = vec![
@@ -337,7 +317,7 @@ async fn deleted_streams_and_groups_come_back_and_groups_start_at_the_end() {
 #[tokio::test]
 async fn retention_trims_entries_older_than_the_window() {
     let url = open_url();
-    let scope = scope();
+    let scope = support::scope("redis");
     let env = env(spec(&url), false);
     let b = backend(&spec(&url), &ResolvedSecrets::default()).await;
     let mut t = topic("events", &[("reader", None)]);
@@ -410,7 +390,7 @@ async fn retention_trims_entries_older_than_the_window() {
 #[tokio::test]
 async fn retain_keeps_and_delete_waits_for_pending_entries() {
     let url = open_url();
-    let scope = scope();
+    let scope = support::scope("redis");
     let env = env(spec(&url), false);
     let b = backend(&spec(&url), &ResolvedSecrets::default()).await;
     let topics = vec![topic("jobs", &[("workers", Some(5))]), topic("keep", &[])];
@@ -545,7 +525,7 @@ async fn retain_keeps_and_delete_waits_for_pending_entries() {
 #[tokio::test]
 async fn a_foreign_stream_conflicts_unless_adopted_and_is_never_deleted() {
     let url = open_url();
-    let scope = scope();
+    let scope = support::scope("redis");
     let b = backend(&spec(&url), &ResolvedSecrets::default()).await;
     let mut conn = admin(&url, None).await;
     let stream = stream_name(&scope, "legacy");
@@ -773,7 +753,7 @@ async fn a_least_privilege_acl_user_can_provision_and_retire() {
     let auth_url = env_var("SWITCHYARD_REDIS_AUTH_URL");
     let admin_password = env_var("SWITCHYARD_REDIS_AUTH_PASSWORD");
     let mut conn = admin(&auth_url, Some(&admin_password)).await;
-    let scope = scope();
+    let scope = support::scope("redis");
     let user = unique("operator");
     let user_password = "operator-password-distinctive";
     // Exactly the rights the RedisSpec documentation lists, on exactly its key patterns.

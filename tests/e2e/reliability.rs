@@ -521,9 +521,7 @@ async fn wait_gone(client: &Client, ns: &str, name: &str, timeout: Duration) -> 
 
 #[tokio::test]
 async fn a_broker_killed_mid_reconcile_is_reported_unreachable_and_recovered_from() {
-    let client = client().await;
-    ensure_crd(&client).await;
-    let ns = namespace(&client, "rel-kill-broker").await;
+    let (client, ns) = setup("rel-kill-broker").await;
     let mut redis = PrivateRedis::start(None);
     // A production-like resync, so only the error backoff can bring it back quickly.
     let config = Config {
@@ -544,10 +542,7 @@ async fn a_broker_killed_mid_reconcile_is_reported_unreachable_and_recovered_fro
         &manifest("bus", "Retain", &names("t", 20), "1h", &env),
     )
     .await;
-    wait_for_mb(&client, &ns, "bus", TIMEOUT, "Ready", |m| {
-        condition_true(m, "Ready")
-    })
-    .await;
+    wait_ready(&client, &ns, "bus", TIMEOUT).await;
 
     // A spec change starts a reconcile; the broker dies under it.
     apply_mb(
@@ -620,10 +615,7 @@ async fn watches_resume_after_an_apiserver_restart_and_nothing_is_provisioned_tw
         &manifest("bus", "Retain", &names("t", 3), "1h", FAKE_KAFKA_ENV),
     )
     .await;
-    wait_for_mb(&client, &ns, "bus", TIMEOUT, "Ready", |m| {
-        condition_true(m, "Ready")
-    })
-    .await;
+    wait_ready(&client, &ns, "bus", TIMEOUT).await;
     let before = broker.inner.objects().len();
 
     let stopped = Instant::now();
@@ -672,9 +664,7 @@ async fn watches_resume_after_an_apiserver_restart_and_nothing_is_provisioned_tw
 
 #[tokio::test]
 async fn an_operator_killed_during_create_update_and_delete_converges() {
-    let client = client().await;
-    ensure_crd(&client).await;
-    let ns = namespace(&client, "rel-kill-op").await;
+    let (client, ns) = setup("rel-kill-op").await;
     let connector = Arc::new(ScriptedConnector::default());
     let broker = connector.backend("prd", BrokerType::Kafka);
     // No ownership marker on the broker: only what the operator recorded before applying tells
@@ -777,9 +767,7 @@ async fn an_operator_killed_during_create_update_and_delete_converges() {
 
 #[tokio::test]
 async fn concurrent_spec_edits_retry_conflicts_and_the_last_spec_wins() {
-    let client = client().await;
-    ensure_crd(&client).await;
-    let ns = namespace(&client, "rel-edits").await;
+    let (client, ns) = setup("rel-edits").await;
     let connector = Arc::new(ScriptedConnector::default());
     let ctl = start_controller(client.clone(), &ns, connector.clone(), fast_config());
     apply_mb(
@@ -788,10 +776,7 @@ async fn concurrent_spec_edits_retry_conflicts_and_the_last_spec_wins() {
         &manifest("bus", "Retain", &names("base", 1), "1h", FAKE_KAFKA_ENV),
     )
     .await;
-    wait_for_mb(&client, &ns, "bus", TIMEOUT, "Ready", |m| {
-        condition_true(m, "Ready")
-    })
-    .await;
+    wait_ready(&client, &ns, "bus", TIMEOUT).await;
 
     // Two clients, each read-modify-write (PUT with resourceVersion) in a loop, retrying on 409.
     async fn editor(client: Client, ns: String, who: &'static str) -> usize {
@@ -864,9 +849,7 @@ async fn concurrent_spec_edits_retry_conflicts_and_the_last_spec_wins() {
 
 #[tokio::test]
 async fn under_retain_an_unreachable_broker_never_holds_up_deletion() {
-    let client = client().await;
-    ensure_crd(&client).await;
-    let ns = namespace(&client, "rel-del-retain").await;
+    let (client, ns) = setup("rel-del-retain").await;
     let connector = Arc::new(ScriptedConnector::default());
     let broker = connector.backend("prd", BrokerType::Kafka);
     let ctl = start_controller(client.clone(), &ns, connector.clone(), fast_config());
@@ -876,10 +859,7 @@ async fn under_retain_an_unreachable_broker_never_holds_up_deletion() {
         &manifest("bus", "Retain", &names("t", 3), "1h", FAKE_KAFKA_ENV),
     )
     .await;
-    wait_for_mb(&client, &ns, "bus", TIMEOUT, "Ready", |m| {
-        condition_true(m, "Ready")
-    })
-    .await;
+    wait_ready(&client, &ns, "bus", TIMEOUT).await;
     let objects = broker.inner.objects();
 
     broker.inner.set_unreachable(true);
@@ -897,9 +877,7 @@ async fn under_retain_an_unreachable_broker_never_holds_up_deletion() {
 
 #[tokio::test]
 async fn under_delete_a_blocked_cleanup_is_explained_and_the_annotation_abandons_it() {
-    let client = client().await;
-    ensure_crd(&client).await;
-    let ns = namespace(&client, "rel-del-abandon").await;
+    let (client, ns) = setup("rel-del-abandon").await;
     let connector = Arc::new(ScriptedConnector::default());
     let broker = connector.backend("prd", BrokerType::Kafka);
     // A long resync: the backoff then grows past the time the annotation gets to act.
@@ -914,10 +892,7 @@ async fn under_delete_a_blocked_cleanup_is_explained_and_the_annotation_abandons
         &manifest("bus", "Delete", &names("t", 2), "1h", FAKE_KAFKA_ENV),
     )
     .await;
-    wait_for_mb(&client, &ns, "bus", TIMEOUT, "Ready", |m| {
-        condition_true(m, "Ready")
-    })
-    .await;
+    wait_ready(&client, &ns, "bus", TIMEOUT).await;
     let objects = broker.inner.objects();
 
     broker.inner.set_unreachable(true);
@@ -981,9 +956,7 @@ fn oversized(topics: usize, subs: usize, envs: usize) -> serde_json::Value {
 
 #[tokio::test]
 async fn oversized_specs_are_refused_by_the_schema() {
-    let client = client().await;
-    ensure_crd(&client).await;
-    let ns = namespace(&client, "rel-oversized").await;
+    let (client, ns) = setup("rel-oversized").await;
     let api: Api<kube::api::DynamicObject> = Api::namespaced_with(
         client.clone(),
         &ns,
@@ -1030,9 +1003,7 @@ async fn oversized_specs_are_refused_by_the_schema() {
 
 #[tokio::test]
 async fn garbage_from_a_broker_becomes_conditions_without_panics_or_hot_loops() {
-    let client = client().await;
-    ensure_crd(&client).await;
-    let ns = namespace(&client, "rel-garbage").await;
+    let (client, ns) = setup("rel-garbage").await;
     let connector = Arc::new(ScriptedConnector::default());
     let broker = connector.backend("prd", BrokerType::Kafka);
     // Probe on every pass, so a failing check shows even right after a good observation.
@@ -1053,10 +1024,7 @@ async fn garbage_from_a_broker_becomes_conditions_without_panics_or_hot_loops() 
         )
     };
     apply_mb(&client, &ns, &spec(2)).await;
-    wait_for_mb(&client, &ns, "bus", TIMEOUT, "Ready", |m| {
-        condition_true(m, "Ready")
-    })
-    .await;
+    wait_ready(&client, &ns, "bus", TIMEOUT).await;
 
     let weird = "\u{0}☃ <garbage> \"unterminated";
     let cases: Vec<(&str, Garbage, &str, &str, bool)> = vec![
@@ -1208,9 +1176,7 @@ async fn secret_values_never_reach_logs_events_status_metrics_or_binding_metadat
         .finish();
     let _guard = tracing::subscriber::set_default(subscriber);
 
-    let client = client().await;
-    ensure_crd(&client).await;
-    let ns = namespace(&client, "rel-secrets").await;
+    let (client, ns) = setup("rel-secrets").await;
     let kafka_password = env_var("SWITCHYARD_KAFKA_SASL_PASSWORD");
     let mut redis = PrivateRedis::start(Some(REDIS_PASSWORD));
     put_secret(

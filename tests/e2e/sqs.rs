@@ -9,8 +9,7 @@ use std::time::{Duration, Instant};
 use aws_sdk_sqs::types::QueueAttributeName;
 use switchyard::api::conditions::reasons;
 use switchyard::api::{
-    AwsCredentialsSecretRef, AwsSqsSpec, BrokerType, DeadLetterSpec, DeletionPolicy, EnvSpec,
-    SubscriptionSpec, TopicSpec,
+    AwsCredentialsSecretRef, AwsSqsSpec, BrokerType, DeletionPolicy, EnvSpec, TopicSpec,
 };
 use switchyard::brokers::plan::{self, Plan, PlanInput};
 use switchyard::brokers::{
@@ -55,28 +54,13 @@ fn secrets() -> ResolvedSecrets {
     s
 }
 
-fn scope() -> Scope {
-    Scope {
-        namespace: support::unique("sqs"),
-        name: "bus".into(),
-    }
-}
-
 fn topic(name: &str, ordered: bool, subs: &[(&str, Option<i32>)]) -> TopicSpec {
     TopicSpec {
         name: name.into(),
         partitions: None,
         retention: Some("2h".into()),
         ordered,
-        subscriptions: subs
-            .iter()
-            .map(|(n, dl)| SubscriptionSpec {
-                name: (*n).into(),
-                dead_letter: dl.map(|m| DeadLetterSpec {
-                    max_delivery_attempts: m,
-                }),
-            })
-            .collect(),
+        subscriptions: support::subscriptions(subs),
     }
 }
 
@@ -108,7 +92,7 @@ impl Harness {
             backend,
             sqs: aws_sdk_sqs::Client::new(&config),
             sns: aws_sdk_sns::Client::new(&config),
-            scope: scope(),
+            scope: support::scope("sqs"),
             owned: BTreeSet::new(),
         }
     }

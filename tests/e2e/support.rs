@@ -26,7 +26,8 @@ use kube::api::{Patch, PatchParams, PostParams};
 use kube::runtime::wait::{await_condition, conditions};
 use kube::{Api, Client, CustomResourceExt};
 use switchyard::api::MessageBroker;
-use switchyard::brokers::Connector;
+use switchyard::api::{DeletionPolicy, EnvSpec, SubscriptionSpec, TopicSpec};
+use switchyard::brokers::{self, Backend, Connector, ObjectKey, Scope};
 use switchyard::controller::{self, Config};
 use switchyard::metrics::Metrics;
 
@@ -52,13 +53,7 @@ pub async fn ensure_crd(client: &Client) {
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
     let crd = MessageBroker::crd();
     let name = crd.metadata.name.clone().expect("CRD has a name");
-    api.patch(
-        &name,
-        &PatchParams::apply("switchyard-tests").force(),
-        &Patch::Apply(&crd),
-    )
-    .await
-    .expect("CRD applies");
+    server_side_apply(&api, &name, &crd, "CRD applies").await;
     tokio::time::timeout(
         Duration::from_secs(30),
         await_condition(api, &name, conditions::is_crd_established()),
@@ -192,13 +187,7 @@ pub async fn apply_mb(client: &Client, namespace: &str, yaml: &str) -> MessageBr
     let mb: MessageBroker = serde_norway::from_str(yaml).expect("test manifest parses");
     let name = mb.metadata.name.clone().expect("manifest has a name");
     let api: Api<MessageBroker> = Api::namespaced(client.clone(), namespace);
-    api.patch(
-        &name,
-        &PatchParams::apply("switchyard-tests").force(),
-        &Patch::Apply(&mb),
-    )
-    .await
-    .expect("MessageBroker applies")
+    server_side_apply(&api, &name, &mb, "MessageBroker applies").await
 }
 
 /// Create or replace an Opaque Secret.
@@ -210,11 +199,110 @@ pub async fn put_secret(client: &Client, namespace: &str, name: &str, data: &[(&
         .map(|(k, v)| (k.to_string(), serde_json::Value::String(v.to_string())))
         .collect();
     let s = serde_json::json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "stringData": map});
+    server_side_apply(&api, name, &s, "Secret applies").await;
+}
+
+/// An admin client with the CRD installed, and a fresh namespace for one test.
+pub async fn setup(prefix: &str) -> (Client, String) {
+    let client = client().await;
+    ensure_crd(&client).await;
+    let ns = namespace(&client, prefix).await;
+    (client, ns)
+}
+
+/// Wait until the named MessageBroker's Ready condition is True.
+pub async fn wait_ready(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    timeout: Duration,
+) -> MessageBroker {
+    wait_for_mb(client, namespace, name, timeout, "Ready", |m| {
+        condition_true(m, "Ready")
+    })
+    .await
+}
+
+/// Poll `check` every 100ms until it holds; fail with `what` once `timeout` has passed.
+pub async fn wait_until(timeout: Duration, what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what} (after {timeout:?})"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Wait until the named object no longer exists; fail with `what` once `timeout` has passed.
+pub async fn wait_gone<K>(api: &Api<K>, name: &str, timeout: Duration, what: &str)
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    wait_until(timeout, what, async || {
+        api.get_opt(name).await.expect("get").is_none()
+    })
+    .await;
+}
+
+/// Server-side apply `obj` as the tests' field manager, taking over conflicting fields; fail
+/// with `what` if the API server refuses.
+pub async fn server_side_apply<K>(
+    api: &Api<K>,
+    name: &str,
+    obj: &(impl serde::Serialize + std::fmt::Debug),
+    what: &str,
+) -> K
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
     api.patch(
         name,
         &PatchParams::apply("switchyard-tests").force(),
-        &Patch::Apply(&s),
+        &Patch::Apply(obj),
     )
     .await
-    .expect("Secret applies");
+    .expect(what)
+}
+
+/// A broker-side scope for the MessageBroker `bus` in a fresh unique namespace.
+pub fn scope(prefix: &str) -> Scope {
+    Scope {
+        namespace: unique(prefix),
+        name: "bus".into(),
+    }
+}
+
+/// One reconcile pass for one env, the way the controller runs it; fails if it errors.
+pub async fn converge(
+    backend: &dyn Backend,
+    scope: &Scope,
+    env: &EnvSpec,
+    topics: &[TopicSpec],
+    owned: &std::collections::BTreeSet<ObjectKey>,
+    policy: DeletionPolicy,
+) -> brokers::Converged {
+    brokers::converge(backend, scope, env, topics, owned, policy)
+        .await
+        .expect("converge")
+}
+
+/// Subscriptions by name, each with its dead-letter max delivery attempts if it has one.
+pub fn subscriptions(subs: &[(&str, Option<i32>)]) -> Vec<SubscriptionSpec> {
+    subs.iter()
+        .map(|(name, attempts)| SubscriptionSpec {
+            name: (*name).into(),
+            dead_letter: attempts.map(|m| switchyard::api::DeadLetterSpec {
+                max_delivery_attempts: m,
+            }),
+        })
+        .collect()
+}
+
+/// The first lines of a MessageBroker manifest named `name`, up to (not including) its spec.
+pub fn mb_header(name: &str) -> String {
+    format!(
+        "apiVersion: switchyard.dev/v1alpha1\nkind: MessageBroker\nmetadata: {{name: {name}}}\n"
+    )
 }

@@ -134,9 +134,7 @@ async fn wait_binding_type(client: &Client, ns: &str, name: &str, want: &str) {
 
 #[tokio::test]
 async fn redis_to_pubsub_flips_the_binding_once_and_retains_the_old_side() {
-    let client = client().await;
-    ensure_crd(&client).await;
-    let ns = namespace(&client, "swap-rp").await;
+    let (client, ns) = setup("swap-rp").await;
     let ctl = start_controller(
         client.clone(),
         &ns,
@@ -221,9 +219,7 @@ async fn redis_to_pubsub_flips_the_binding_once_and_retains_the_old_side() {
 
 #[tokio::test]
 async fn an_unreachable_target_never_flips_and_a_restarted_operator_resumes() {
-    let client = client().await;
-    ensure_crd(&client).await;
-    let ns = namespace(&client, "swap-down").await;
+    let (client, ns) = setup("swap-down").await;
     let ctl = start_controller(
         client.clone(),
         &ns,
@@ -315,9 +311,7 @@ async fn an_unreachable_target_never_flips_and_a_restarted_operator_resumes() {
 
 #[tokio::test]
 async fn delete_policy_retires_the_old_side_only_when_drained_across_a_restart() {
-    let client = client().await;
-    ensure_crd(&client).await;
-    let ns = namespace(&client, "swap-del").await;
+    let (client, ns) = setup("swap-del").await;
     let b = rabbitmq::broker();
     put_secret(
         &client,
@@ -426,9 +420,7 @@ async fn delete_policy_retires_the_old_side_only_when_drained_across_a_restart()
 
 #[tokio::test]
 async fn a_rotated_secret_reaches_the_binding() {
-    let client = client().await;
-    ensure_crd(&client).await;
-    let ns = namespace(&client, "rotate").await;
+    let (client, ns) = setup("rotate").await;
     // An ACL user with two valid passwords on the protected server, so rotation keeps it connected.
     let admin_url = env_var("SWITCHYARD_REDIS_AUTH_URL").replacen(
         "redis://",
@@ -474,10 +466,7 @@ async fn a_rotated_secret_reaches_the_binding() {
         config,
     );
     apply_mb(&client, &ns, &manifest("bus", "Retain", 1, &env_block)).await;
-    wait_for_mb(&client, &ns, "bus", TIMEOUT, "Ready", |m| {
-        condition_true(m, "Ready")
-    })
-    .await;
+    wait_ready(&client, &ns, "bus", TIMEOUT).await;
     assert_eq!(
         binding(&client, &ns, "bus-prd").await.expect("binding")["password"],
         "first-secret-1"
@@ -519,9 +508,7 @@ fn kafka_env() -> String {
 
 #[tokio::test]
 async fn rabbitmq_to_kafka_and_back_flips_once_each_way() {
-    let client = client().await;
-    ensure_crd(&client).await;
-    let ns = namespace(&client, "swap-rk").await;
+    let (client, ns) = setup("swap-rk").await;
     let b = rabbitmq::broker();
     put_secret(
         &client,
@@ -575,10 +562,7 @@ async fn rabbitmq_to_kafka_and_back_flips_once_each_way() {
         assert!(env.topics.iter().all(|t| t.ready), "{:?}", env.topics);
     }
     // Back on RabbitMQ: the exchanges it kept under Retain are ours again, not a conflict.
-    let mb = wait_for_mb(&client, &ns, "bus", TIMEOUT, "Ready", |m| {
-        condition_true(m, "Ready")
-    })
-    .await;
+    let mb = wait_ready(&client, &ns, "bus", TIMEOUT).await;
     assert!(condition(&mb, "Stalled").is_none(), "{:?}", mb.status);
     ctl.stop().await;
 }
