@@ -11,7 +11,7 @@ use kube::api::{ObjectMeta, Patch, PatchParams};
 use kube::{Api, Client};
 use sha2::{Digest, Sha256};
 
-use crate::api::BrokerType;
+use crate::api::{BrokerType, TopicSpec};
 use crate::brokers::ConnectionInfo;
 use crate::error::Error;
 
@@ -50,11 +50,31 @@ impl std::fmt::Debug for BindingContent {
     }
 }
 
+/// The delivery settings clients apply per subscription (`delivery.json`): the
+/// `maxDeliveryAttempts` of subscriptions with a dead letter, keyed `topic/subscription`.
+pub fn delivery(topics: &[TopicSpec]) -> BTreeMap<String, crate::client::binding::Delivery> {
+    topics
+        .iter()
+        .flat_map(|t| {
+            t.subscriptions.iter().filter_map(move |s| {
+                let dl = s.dead_letter.as_ref()?;
+                Some((
+                    format!("{}/{}", t.name, s.name),
+                    crate::client::binding::Delivery {
+                        max_delivery_attempts: u32::try_from(dl.max_delivery_attempts).unwrap_or(1),
+                    },
+                ))
+            })
+        })
+        .collect()
+}
+
 /// Build the entries for one env.
 pub fn content(
     broker_type: BrokerType,
     info: &ConnectionInfo,
     names: &BTreeMap<String, String>,
+    topics: &[TopicSpec],
 ) -> BindingContent {
     let mut data = BTreeMap::new();
     data.insert("type".to_string(), binding_type(broker_type).to_string());
@@ -94,6 +114,13 @@ pub fn content(
         "names.json".into(),
         serde_json::to_string(names).unwrap_or_else(|_| "{}".to_string()),
     );
+    let delivery = delivery(topics);
+    if !delivery.is_empty() {
+        data.insert(
+            "delivery.json".into(),
+            serde_json::to_string(&delivery).unwrap_or_else(|_| "{}".to_string()),
+        );
+    }
     let mut h = Sha256::new();
     for (k, v) in &data {
         h.update(k.as_bytes());
@@ -197,7 +224,7 @@ mod tests {
                 "ns.bus.orders.billing".to_string(),
             ),
         ]);
-        let c = content(BrokerType::Kafka, &info, &names);
+        let c = content(BrokerType::Kafka, &info, &names, &[]);
         assert_eq!(c.data["type"], "kafka");
         assert_eq!(c.data["port"], "9092");
         assert_eq!(c.data["password"], "p");
@@ -210,9 +237,9 @@ mod tests {
             !format!("{c:?}").contains("\"p\""),
             "Debug must not print values"
         );
-        let again = content(BrokerType::Kafka, &info, &names);
+        let again = content(BrokerType::Kafka, &info, &names, &[]);
         assert_eq!(c.hash, again.hash);
-        let other = content(BrokerType::Redis, &info, &names);
+        let other = content(BrokerType::Redis, &info, &names, &[]);
         assert_ne!(c.hash, other.hash);
     }
 }

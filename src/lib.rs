@@ -7,6 +7,7 @@
 pub mod api;
 pub mod binding;
 pub mod brokers;
+pub mod client;
 pub mod controller;
 pub mod crd;
 pub mod error;

@@ -524,7 +524,7 @@ async fn write_binding(
     status: &EnvStatus,
 ) -> Result<BindingStatus, Error> {
     let info = brokers::connection_info(env, secrets)?;
-    let content = binding::content(env.broker_type, &info, &desired.names);
+    let content = binding::content(env.broker_type, &info, &desired.names, shared.topics);
     let name = binding::secret_name(&shared.scope.name, &env.slug);
     let current = match &shared.ctx.bindings {
         // The watched store also notices a binding deleted behind our back.

@@ -30,6 +30,7 @@ use crate::secrets::ResolvedSecrets;
 
 mod client;
 mod coalesce;
+pub mod data;
 mod errors;
 mod snapshot;
 

@@ -9,6 +9,8 @@
 //! Pub/Sub exposes no backlog count outside Cloud Monitoring, so `messages` is unknown
 //! (`None`) and a Delete policy removes subscriptions without a drain check.
 
+pub mod data;
+
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;

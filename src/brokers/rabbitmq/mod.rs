@@ -21,6 +21,7 @@ use crate::api::{QueueType, RabbitMqSpec, TopicSpec};
 use crate::secrets::ResolvedSecrets;
 
 mod client;
+pub mod data;
 mod endpoint;
 mod management;
 

@@ -20,6 +20,7 @@ use crate::api::{RedisSpec, TopicSpec};
 use crate::secrets::ResolvedSecrets;
 
 mod backend;
+pub mod data;
 mod errors;
 
 pub use backend::RedisBackend;

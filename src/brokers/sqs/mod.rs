@@ -14,6 +14,8 @@
 //! Config values are normalised so that desired and observed compare as strings without the
 //! account id (which a pure function cannot know): see [`KEY_REDRIVE`] and [`KEY_POLICY`].
 
+pub mod data;
+
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

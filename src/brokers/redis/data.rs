@@ -1,0 +1,321 @@
+//! The client data plane on Redis streams.
+//!
+//! - publish: `XADD <stream> * payload … key … ce_id …` (one entry; the reply is the
+//!   confirmation);
+//! - consume: the subscription's consumer group, each consumer under its own name; new entries
+//!   with `XREADGROUP … >`, and entries another consumer took but never acked (it died) with
+//!   `XAUTOCLAIM` once they were idle for the redelivery interval;
+//! - nack: the entry stays pending and is marked idle (`XCLAIM … IDLE … JUSTID`, which keeps the
+//!   delivery count), so the next claim redelivers it at once;
+//! - dead letters: Redis has no broker-side limit, so the client reads the delivery count from
+//!   the pending list and, past `maxDeliveryAttempts`, copies the entry to the subscription's
+//!   `:dlq` stream with a `delivery-count` field and acks it, in one MULTI/EXEC.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redis::aio::{ConnectionManager, MultiplexedConnection};
+use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
+use redis::{IntoConnectionInfo, Value};
+
+use crate::client::{
+    Binding, ClientError, Consumer, Delivery, Message, Settle, SubscriptionTarget, Transport,
+};
+
+const BROKER: &str = "redis";
+/// CloudEvents attribute prefix in entry fields (as in the Kafka binding's headers).
+const CE: &str = "ce_";
+/// Application headers are stored as `h:<name>` fields.
+const HEADER: &str = "h:";
+/// How long an unacked entry of a consumer that went away waits before another takes it.
+pub const REDELIVER_AFTER: Duration = Duration::from_secs(30);
+/// How long one `XREADGROUP` blocks before claims are looked at again.
+const BLOCK: Duration = Duration::from_millis(500);
+
+fn err(e: impl std::fmt::Display) -> ClientError {
+    ClientError::broker(BROKER, e)
+}
+
+/// The Redis transport of a binding.
+pub struct RedisTransport {
+    client: redis::Client,
+    conn: ConnectionManager,
+    redeliver_after: Duration,
+}
+
+/// Build the transport from the binding's `uri`, `username`, `password` and `ca.crt`.
+pub async fn transport(binding: &Binding) -> Result<RedisTransport, ClientError> {
+    let uri = binding.require("uri")?;
+    let mut info = uri.into_connection_info().map_err(err)?;
+    let mut settings = info.redis_settings().clone();
+    if let Some(u) = binding.get("username") {
+        settings = settings.set_username(u);
+    }
+    if let Some(p) = binding.get("password") {
+        settings = settings.set_password(p);
+    }
+    info = info.set_redis_settings(settings);
+    let client = match binding.get("ca.crt") {
+        Some(pem) => redis::Client::build_with_tls(
+            info,
+            redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(pem.as_bytes().to_vec()),
+            },
+        ),
+        None => redis::Client::open(info),
+    }
+    .map_err(err)?;
+    let conn = ConnectionManager::new(client.clone()).await.map_err(err)?;
+    Ok(RedisTransport {
+        client,
+        conn,
+        redeliver_after: REDELIVER_AFTER,
+    })
+}
+
+impl RedisTransport {
+    /// Redeliver an unacked entry of a vanished consumer after `after` (default 30 s).
+    pub fn with_redeliver_after(mut self, after: Duration) -> Self {
+        self.redeliver_after = after;
+        self
+    }
+}
+
+fn fields(message: &Message) -> Vec<(String, Vec<u8>)> {
+    let mut out = vec![("payload".to_string(), message.payload.clone())];
+    if let Some(k) = &message.key {
+        out.push(("key".to_string(), k.clone().into_bytes()));
+    }
+    for (k, v) in message.wire_headers(CE) {
+        let name = if k.starts_with(CE) {
+            k
+        } else {
+            format!("{HEADER}{k}")
+        };
+        out.push((name, v.into_bytes()));
+    }
+    out
+}
+
+fn message(entry: &StreamId) -> Message {
+    let text = |v: &Value| redis::from_redis_value_ref::<String>(v).unwrap_or_default();
+    let payload = entry
+        .map
+        .get("payload")
+        .and_then(|v| redis::from_redis_value_ref::<Vec<u8>>(v).ok())
+        .unwrap_or_default();
+    let key = entry.map.get("key").map(text);
+    let headers = entry.map.iter().filter_map(|(k, v)| {
+        if k.starts_with(CE) {
+            Some((k.clone(), text(v)))
+        } else {
+            k.strip_prefix(HEADER).map(|h| (h.to_string(), text(v)))
+        }
+    });
+    Message::from_wire(payload, key, headers, CE)
+}
+
+#[async_trait]
+impl Transport for RedisTransport {
+    async fn publish(&self, stream: &str, message: &Message) -> Result<(), ClientError> {
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg(stream).arg("*");
+        for (k, v) in fields(message) {
+            cmd.arg(k).arg(v);
+        }
+        let mut conn = self.conn.clone();
+        let _: String = cmd.query_async(&mut conn).await.map_err(err)?;
+        Ok(())
+    }
+
+    async fn subscribe(
+        &self,
+        target: &SubscriptionTarget,
+    ) -> Result<Box<dyn Consumer>, ClientError> {
+        // A blocking read gets a connection of its own, whose reply timeout outlasts BLOCK.
+        let config = redis::AsyncConnectionConfig::new().set_response_timeout(Some(BLOCK * 10));
+        let reader = self
+            .client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+            .map_err(err)?;
+        Ok(Box::new(RedisConsumer {
+            reader,
+            conn: self.conn.clone(),
+            stream: target.physical_topic.clone(),
+            group: target.physical_subscription.clone(),
+            consumer: format!("switchyard-{}", uuid::Uuid::new_v4()),
+            dead_letter: target.dead_letter.clone(),
+            max_attempts: target.max_delivery_attempts,
+            redeliver_after: self.redeliver_after,
+        }))
+    }
+}
+
+struct RedisConsumer {
+    reader: MultiplexedConnection,
+    conn: ConnectionManager,
+    stream: String,
+    group: String,
+    consumer: String,
+    dead_letter: Option<String>,
+    max_attempts: Option<u32>,
+    redeliver_after: Duration,
+}
+
+impl RedisConsumer {
+    /// An entry pending longer than the redelivery interval (or nacked), claimed by us.
+    async fn claim(&mut self) -> Result<Option<StreamId>, ClientError> {
+        let reply: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
+            .arg(&self.stream)
+            .arg(&self.group)
+            .arg(&self.consumer)
+            .arg(u64::try_from(self.redeliver_after.as_millis()).unwrap_or(u64::MAX))
+            .arg("0-0")
+            .arg("COUNT")
+            .arg(1)
+            .query_async(&mut self.conn)
+            .await
+            .map_err(err)?;
+        Ok(reply.claimed.into_iter().next())
+    }
+
+    /// How many times an entry pending on us has been delivered.
+    async fn delivery_count(&mut self, id: &str) -> Result<u32, ClientError> {
+        let rows: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
+            .arg(&self.stream)
+            .arg(&self.group)
+            .arg(id)
+            .arg(id)
+            .arg(1)
+            .query_async(&mut self.conn)
+            .await
+            .map_err(err)?;
+        Ok(rows
+            .first()
+            .map(|r| u32::try_from(r.3).unwrap_or(u32::MAX))
+            .unwrap_or(1))
+    }
+
+    async fn dead_letter(
+        &mut self,
+        entry: &StreamId,
+        dlq: &str,
+        count: u32,
+    ) -> Result<(), ClientError> {
+        let mut xadd = redis::cmd("XADD");
+        xadd.arg(dlq).arg("*");
+        for (k, v) in fields(&message(entry)) {
+            xadd.arg(k).arg(v);
+        }
+        xadd.arg("delivery-count").arg(count);
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .add_command(xadd)
+            .ignore()
+            .cmd("XACK")
+            .arg(&self.stream)
+            .arg(&self.group)
+            .arg(&entry.id)
+            .ignore();
+        pipe.query_async::<()>(&mut self.conn).await.map_err(err)
+    }
+
+    fn delivery(&self, entry: &StreamId, attempt: u32) -> Delivery {
+        Delivery::new(
+            message(entry),
+            attempt,
+            Box::new(RedisSettle {
+                conn: self.conn.clone(),
+                stream: self.stream.clone(),
+                group: self.group.clone(),
+                consumer: self.consumer.clone(),
+                id: entry.id.clone(),
+                idle: self.redeliver_after,
+            }),
+        )
+    }
+}
+
+#[async_trait]
+impl Consumer for RedisConsumer {
+    async fn next(&mut self) -> Result<Delivery, ClientError> {
+        loop {
+            if let Some(entry) = self.claim().await? {
+                let count = self.delivery_count(&entry.id).await?;
+                if let (Some(max), Some(dlq)) = (self.max_attempts, self.dead_letter.clone())
+                    && count > max
+                {
+                    self.dead_letter(&entry, &dlq, count - 1).await?;
+                    continue;
+                }
+                return Ok(self.delivery(&entry, count));
+            }
+            let reply: Option<StreamReadReply> = redis::cmd("XREADGROUP")
+                .arg("GROUP")
+                .arg(&self.group)
+                .arg(&self.consumer)
+                .arg("COUNT")
+                .arg(1)
+                .arg("BLOCK")
+                .arg(u64::try_from(BLOCK.as_millis()).unwrap_or(500))
+                .arg("STREAMS")
+                .arg(&self.stream)
+                .arg(">")
+                .query_async(&mut self.reader)
+                .await
+                .map_err(err)?;
+            let entry = reply
+                .and_then(|r| r.keys.into_iter().next())
+                .and_then(|k| k.ids.into_iter().next());
+            if let Some(entry) = entry {
+                return Ok(self.delivery(&entry, 1));
+            }
+        }
+    }
+}
+
+struct RedisSettle {
+    conn: ConnectionManager,
+    stream: String,
+    group: String,
+    consumer: String,
+    id: String,
+    idle: Duration,
+}
+
+#[async_trait]
+impl Settle for RedisSettle {
+    async fn ack(mut self: Box<Self>) -> Result<(), ClientError> {
+        let _: u64 = redis::cmd("XACK")
+            .arg(&self.stream)
+            .arg(&self.group)
+            .arg(&self.id)
+            .query_async(&mut self.conn)
+            .await
+            .map_err(err)?;
+        Ok(())
+    }
+
+    async fn nack(mut self: Box<Self>) -> Result<(), ClientError> {
+        // Mark it idle past the redelivery interval without counting a delivery: the next
+        // XAUTOCLAIM of any consumer of the group takes it (and counts that delivery).
+        let idle = u64::try_from(self.idle.as_millis())
+            .unwrap_or(u64::MAX / 2)
+            .saturating_add(1);
+        let _: Vec<String> = redis::cmd("XCLAIM")
+            .arg(&self.stream)
+            .arg(&self.group)
+            .arg(&self.consumer)
+            .arg(0)
+            .arg(&self.id)
+            .arg("IDLE")
+            .arg(idle)
+            .arg("JUSTID")
+            .query_async(&mut self.conn)
+            .await
+            .map_err(err)?;
+        Ok(())
+    }
+}
