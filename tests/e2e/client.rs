@@ -27,7 +27,7 @@ async fn provisioned(prefix: &str, env_yaml: &str) -> (Client, RunningController
         fast_config(),
     );
     let manifest = format!(
-        "apiVersion: switchyard.dev/v1alpha1\nkind: MessageBroker\nmetadata: {{name: bus}}\nspec:\n  deletionPolicy: Delete\n  topics:\n    - name: orders\n      subscriptions:\n        - {{name: billing, deadLetter: {{maxDeliveryAttempts: 5}}}}\n        - {{name: shipping}}\n  envs:\n    - {env_yaml}\n"
+        "apiVersion: switchyard.dev/v1alpha1\nkind: MessageBroker\nmetadata: {{name: bus}}\nspec:\n  deletionPolicy: Delete\n  topics:\n    - name: orders\n      partitions: 3\n      subscriptions:\n        - {{name: billing, deadLetter: {{maxDeliveryAttempts: 5}}}}\n        - {{name: shipping}}\n  envs:\n    - {env_yaml}\n"
     );
     apply_mb(&client, &ns, &manifest).await;
     wait_ready(&client, &ns, "bus", TIMEOUT).await;
