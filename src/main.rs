@@ -38,6 +38,11 @@ enum Command {
     Plan(PlanArgs),
     /// Check connectivity and permissions of each env's broker (exit 1 on any failure).
     Check(CheckArgs),
+    /// Publish messages to a topic through a binding: one per `--message`, else one per stdin
+    /// line. Prints a JSON line per confirmed message.
+    Publish(PublishArgs),
+    /// Consume a subscription through a binding, acking each message. Prints a JSON line each.
+    Consume(ConsumeArgs),
     /// Print the MessageBroker CRD as YAML.
     Crd,
     /// Print the version.
@@ -82,6 +87,75 @@ struct CheckArgs {
     /// Output format.
     #[arg(short = 'o', long, value_enum, default_value = "table")]
     output: Output,
+}
+
+#[derive(clap::Args)]
+#[group(required = true, multiple = false)]
+struct BindingArgs {
+    /// A projected binding directory (`$SERVICE_BINDING_ROOT/<name>`).
+    #[arg(long)]
+    binding: Option<std::path::PathBuf>,
+    /// A binding Secret, `NAMESPACE/NAME`, read through the Kubernetes API.
+    #[arg(long)]
+    secret: Option<String>,
+}
+
+impl BindingArgs {
+    fn source(&self) -> Result<switchyard::client::cli::BindingSource, String> {
+        use switchyard::client::cli::BindingSource;
+        match (&self.binding, &self.secret) {
+            (Some(dir), _) => Ok(BindingSource::Dir(dir.clone())),
+            (None, Some(s)) => match s.split_once('/') {
+                Some((ns, name)) if !ns.is_empty() && !name.is_empty() => {
+                    Ok(BindingSource::Secret(ns.to_string(), name.to_string()))
+                }
+                _ => Err(format!("--secret {s:?}: expected NAMESPACE/NAME")),
+            },
+            (None, None) => Err("one of --binding or --secret is required".into()),
+        }
+    }
+}
+
+#[derive(clap::Args)]
+struct PublishArgs {
+    #[command(flatten)]
+    binding: BindingArgs,
+    /// Logical topic.
+    topic: String,
+    /// A message payload (repeatable); stdin lines when none is given.
+    #[arg(short, long = "message")]
+    messages: Vec<String>,
+    /// Message key (the ordering key of ordered topics).
+    #[arg(short, long)]
+    key: Option<String>,
+    /// A header, `NAME=VALUE` (repeatable).
+    #[arg(short = 'H', long = "header", value_parser = parse_header)]
+    headers: Vec<(String, String)>,
+}
+
+#[derive(clap::Args)]
+struct ConsumeArgs {
+    #[command(flatten)]
+    binding: BindingArgs,
+    /// Logical topic.
+    topic: String,
+    /// Logical subscription.
+    subscription: String,
+    /// Stop after this many messages.
+    #[arg(short = 'c', long)]
+    count: Option<usize>,
+    /// Keep consuming (otherwise stop once the subscription stayed empty for --idle).
+    #[arg(short, long)]
+    follow: bool,
+    /// How long an empty subscription is waited on before stopping.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    idle: Duration,
+}
+
+fn parse_header(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("{s:?}: expected NAME=VALUE"))
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -196,7 +270,65 @@ async fn async_main() -> ExitCode {
         Command::Run(args) => run(args).await,
         Command::Plan(args) => plan(args).await,
         Command::Check(args) => check(args).await,
+        Command::Publish(args) => publish(args).await,
+        Command::Consume(args) => consume(args).await,
     }
+}
+
+async fn publish(args: PublishArgs) -> ExitCode {
+    let source = match args.binding.source() {
+        Ok(s) => s,
+        Err(e) => return fail(&e),
+    };
+    let payloads: Box<dyn Iterator<Item = String>> = if args.messages.is_empty() {
+        Box::new(std::io::stdin().lines().map_while(Result::ok))
+    } else {
+        Box::new(args.messages.into_iter())
+    };
+    let mut out = std::io::stdout().lock();
+    let result = switchyard::client::cli::publish(
+        &source,
+        &args.topic,
+        payloads,
+        args.key.as_deref(),
+        &args.headers,
+        &mut out,
+    )
+    .await;
+    match result {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => fail(&e.to_string()),
+    }
+}
+
+async fn consume(args: ConsumeArgs) -> ExitCode {
+    let source = match args.binding.source() {
+        Ok(s) => s,
+        Err(e) => return fail(&e),
+    };
+    let until = switchyard::client::cli::Until {
+        count: args.count,
+        follow: args.follow,
+        idle: args.idle,
+    };
+    let mut out = std::io::stdout().lock();
+    match switchyard::client::cli::consume(
+        &source,
+        &args.topic,
+        &args.subscription,
+        until,
+        &mut out,
+    )
+    .await
+    {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => fail(&e.to_string()),
+    }
+}
+
+fn fail(message: &str) -> ExitCode {
+    eprintln!("error: {message}");
+    ExitCode::FAILURE
 }
 
 async fn run(args: RunArgs) -> ExitCode {

@@ -56,6 +56,28 @@ impl Binding {
         Binding::from_entries(entries)
     }
 
+    /// Read a binding Secret through the Kubernetes API (for use outside the cluster).
+    pub async fn from_secret(
+        client: &kube::Client,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Binding, ClientError> {
+        let api: kube::Api<k8s_openapi::api::core::v1::Secret> =
+            kube::Api::namespaced(client.clone(), namespace);
+        let secret = api
+            .get(name)
+            .await
+            .map_err(|e| ClientError::Binding(format!("Secret {namespace}/{name}: {e}")))?;
+        let mut entries = BTreeMap::new();
+        for (k, v) in secret.data.unwrap_or_default() {
+            let text = String::from_utf8(v.0).map_err(|_| {
+                ClientError::Binding(format!("Secret {namespace}/{name} key {k:?} is not UTF-8"))
+            })?;
+            entries.insert(k, text);
+        }
+        Binding::from_entries(entries)
+    }
+
     /// A binding from its entries (a Secret's decoded data).
     pub fn from_entries(entries: BTreeMap<String, String>) -> Result<Binding, ClientError> {
         if !entries.contains_key("type") {
@@ -84,6 +106,11 @@ impl Binding {
             .get("type")
             .map(String::as_str)
             .unwrap_or_default()
+    }
+
+    /// Every entry (they include credentials: never print them).
+    pub fn entries(&self) -> &BTreeMap<String, String> {
+        &self.entries
     }
 
     /// An entry.

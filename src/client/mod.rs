@@ -27,6 +27,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 pub mod binding;
+pub mod cli;
 
 pub use binding::Binding;
 

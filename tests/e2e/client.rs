@@ -18,7 +18,7 @@ const DELIVERY: Duration = Duration::from_secs(20);
 
 /// Provision a MessageBroker on `env_yaml` with the conformance topics and return a client for
 /// its binding, read from the binding Secret as a projected binding would be.
-async fn provisioned(prefix: &str, env_yaml: &str) -> (Client, RunningController) {
+pub(crate) async fn provisioned(prefix: &str, env_yaml: &str) -> (Client, RunningController) {
     let (client, ns) = setup(prefix).await;
     let ctl = start_controller(
         client.clone(),

@@ -7,6 +7,7 @@ mod argocd;
 #[path = "../../examples/bench/harness/mod.rs"]
 mod bench_harness;
 mod bench_smoke;
+mod cli;
 mod client;
 mod controller;
 mod deploy;
