@@ -349,14 +349,20 @@ mod tests {
         }
     }
 
-    #[test]
-    fn after_the_flip_pointing_back_is_not_a_cancel() {
+    /// A Redis env swapped to Kafka whose binding has flipped: (the old env, its status).
+    fn flipped() -> (EnvSpec, EnvStatus) {
         let redis = env(BrokerType::Redis, "redis://r:6379");
         let kafka = env(BrokerType::Kafka, "k:9092");
         let mut s = serving(&redis, &["stream/a"]);
         on_spec(&mut s, &kafka, id, "t0");
-        may_bind(&mut s, true);
-        bound(&mut s, "prd", "t1");
+        assert!(may_bind(&mut s, true));
+        assert!(bound(&mut s, "prd", "t1").is_some());
+        (redis, s)
+    }
+
+    #[test]
+    fn after_the_flip_pointing_back_is_not_a_cancel() {
+        let (redis, mut s) = flipped();
         // The spec goes back to Redis while Kafka is serving and Redis retires: no new swap
         // until this one completes, and no cancel (the binding already moved).
         assert_eq!(on_spec(&mut s, &redis, id, "t2"), None);
@@ -365,12 +371,7 @@ mod tests {
 
     #[test]
     fn a_failed_retirement_is_retried_and_retained_objects_are_listed_once() {
-        let redis = env(BrokerType::Redis, "redis://r:6379");
-        let kafka = env(BrokerType::Kafka, "k:9092");
-        let mut s = serving(&redis, &["stream/a"]);
-        on_spec(&mut s, &kafka, id, "t0");
-        may_bind(&mut s, true);
-        bound(&mut s, "prd", "t1");
+        let (_, mut s) = flipped();
         assert_eq!(
             retired(&mut s, "prd", Retirement::Failed("refused".into())),
             None
