@@ -264,6 +264,15 @@ impl Client {
         Client::new(Binding::from_dir(dir.as_ref())?).await
     }
 
+    /// Read a binding Secret through the Kubernetes API (for use outside the cluster).
+    pub async fn from_secret(
+        kube: &kube::Client,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Client, ClientError> {
+        Client::new(Binding::from_secret(kube, namespace, name).await?).await
+    }
+
     /// A client for a binding already read.
     pub async fn new(binding: Binding) -> Result<Client, ClientError> {
         let transport = crate::brokers::transport(&binding).await?;
