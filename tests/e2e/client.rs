@@ -201,3 +201,328 @@ async fn redis_conformance() {
     assert_eq!(field("delivery-count").as_deref(), Some("5"));
     ctl.stop().await;
 }
+
+#[tokio::test]
+async fn rabbitmq_conformance() {
+    use k8s_openapi::api::core::v1::Namespace;
+    use lapin::options::BasicGetOptions;
+    use lapin::types::AMQPValue;
+
+    let b = crate::rabbitmq::broker();
+    let env = format!(
+        "{{slug: prd, type: RabbitMQ, rabbitmq: {{host: \"{}\", port: {}, managementUrl: \"{}\", credentialsSecretRef: {{name: rabbit}}}}}}",
+        b.host, b.port, b.management
+    );
+    // provisioned() creates the namespace (`client-rabbitmq-<pid>-<n>`): the credentials Secret
+    // goes into it as soon as it exists, and the controller's Secret watch picks it up.
+    let kube = client().await;
+    let prefix = format!("client-rabbitmq-{}-", std::process::id());
+    let credentials = async {
+        let api: Api<Namespace> = Api::all(kube.clone());
+        let mut ns = None;
+        wait_until(TIMEOUT, "the test namespace", async || {
+            ns = api
+                .list(&Default::default())
+                .await
+                .expect("namespaces")
+                .items
+                .into_iter()
+                .filter_map(|n| n.metadata.name)
+                .find(|n| n.starts_with(&prefix));
+            ns.is_some()
+        })
+        .await;
+        let ns = ns.expect("namespace");
+        put_secret(
+            &kube,
+            &ns,
+            "rabbit",
+            &[("username", &b.username), ("password", &b.password)],
+        )
+        .await;
+    };
+    let ((client, ctl), ()) = tokio::join!(provisioned("client-rabbitmq", &env), credentials);
+    assert_eq!(client.binding().broker_type(), "rabbitmq");
+    assert!(
+        client
+            .binding()
+            .get("uri")
+            .is_some_and(|u| !u.contains('@')),
+        "the binding's uri holds no credentials"
+    );
+    conformance(&client).await;
+
+    // The poison message sits in the subscription's dead-letter queue, and nothing else does.
+    let target = client
+        .binding()
+        .target("orders", "billing")
+        .expect("target");
+    let dlq = target.dead_letter.expect("a dead-letter queue");
+    let conn = crate::rabbitmq::amqp(&b).await;
+    let ch = conn.create_channel().await.expect("channel");
+    let get = BasicGetOptions { no_ack: true };
+    let dead = ch
+        .basic_get(dlq.as_str().into(), get)
+        .await
+        .expect("basic.get")
+        .expect("a dead letter");
+    assert_eq!(dead.delivery.data, b"poison");
+    let headers = dead
+        .delivery
+        .properties
+        .headers()
+        .clone()
+        .unwrap_or_default();
+    let text = |v: Option<&AMQPValue>| match v {
+        Some(AMQPValue::LongString(s)) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        _ => None,
+    };
+    let death = match headers.inner().get("x-death") {
+        Some(AMQPValue::FieldArray(a)) => match a.as_slice().first() {
+            Some(AMQPValue::FieldTable(t)) => t.clone(),
+            other => panic!("x-death holds {other:?}"),
+        },
+        other => panic!("no x-death header: {other:?}"),
+    };
+    assert_eq!(
+        text(death.inner().get("queue")),
+        Some(target.physical_subscription.clone()),
+        "dead-lettered from the billing queue"
+    );
+    // `delivery_limit` when the queue's x-delivery-limit stopped it; `rejected` when the
+    // client's guard did (RabbitMQ delivers a message x-delivery-limit + 1 times).
+    let reason = text(death.inner().get("reason"));
+    eprintln!("dead-letter reason: {reason:?}");
+    assert!(
+        matches!(reason.as_deref(), Some("delivery_limit" | "rejected")),
+        "dead-lettered for {reason:?}"
+    );
+    assert!(
+        ch.basic_get(dlq.as_str().into(), get)
+            .await
+            .expect("basic.get")
+            .is_none(),
+        "one dead letter"
+    );
+    ctl.stop().await;
+}
+
+#[tokio::test]
+async fn kafka_conformance() {
+    use ::rdkafka::consumer::{BaseConsumer, Consumer};
+    use ::rdkafka::message::{Headers, Message as _};
+    use ::rdkafka::{Offset, TopicPartitionList};
+
+    let bootstrap = env_var("SWITCHYARD_KAFKA_BOOTSTRAP");
+    let env = format!("{{slug: prd, type: Kafka, kafka: {{bootstrapServers: [\"{bootstrap}\"]}}}}");
+    let (client, ctl) = provisioned("client-kafka", &env).await;
+    conformance(&client).await;
+    // The poison message sits in the subscription's dead-letter topic, with its count.
+    let target = client
+        .binding()
+        .target("orders", "billing")
+        .expect("target");
+    let dlq = target.dead_letter.clone().expect("a dead-letter topic");
+    let records = tokio::task::spawn_blocking(move || {
+        let reader: BaseConsumer = ::rdkafka::config::ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .set("group.id", unique("client-kafka-dlq"))
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("consumer");
+        let metadata = reader
+            .fetch_metadata(Some(&dlq), Duration::from_secs(10))
+            .expect("metadata");
+        let partitions = metadata
+            .topics()
+            .first()
+            .map(|t| t.partitions().len())
+            .expect("the dead-letter topic");
+        let mut tpl = TopicPartitionList::new();
+        let mut total = 0;
+        for p in 0..i32::try_from(partitions).expect("partitions") {
+            let (low, high) = reader
+                .fetch_watermarks(&dlq, p, Duration::from_secs(10))
+                .expect("watermarks");
+            total += high - low;
+            tpl.add_partition_offset(&dlq, p, Offset::Beginning)
+                .expect("partition");
+        }
+        assert_eq!(total, 1, "one dead letter in {dlq}");
+        // Billing settled the 23 records it received (the shipping ones came after it stopped
+        // reading): its group committed exactly past them, on a fresh topic from offset 0.
+        let billing: BaseConsumer = ::rdkafka::config::ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .set("group.id", &target.physical_subscription)
+            .create()
+            .expect("consumer");
+        let mut orders = TopicPartitionList::new();
+        for p in 0..3 {
+            orders.add_partition(&target.physical_topic, p);
+        }
+        let committed = billing
+            .committed_offsets(orders, Duration::from_secs(10))
+            .expect("committed offsets");
+        let settled: i64 = committed
+            .elements()
+            .iter()
+            .map(|e| match e.offset() {
+                Offset::Offset(o) => o,
+                _ => 0,
+            })
+            .sum();
+        assert_eq!(settled, 23, "billing committed {committed:?}");
+        reader.assign(&tpl).expect("assign");
+        let deadline = std::time::Instant::now() + DELIVERY;
+        let mut records = Vec::new();
+        while records.is_empty() && std::time::Instant::now() < deadline {
+            if let Some(r) = reader.poll(Duration::from_millis(500)) {
+                let r = r.expect("consuming the dead-letter topic");
+                let headers: BTreeMap<String, String> = r
+                    .headers()
+                    .map(|h| {
+                        h.iter()
+                            .map(|h| {
+                                let v = String::from_utf8_lossy(h.value.unwrap_or_default());
+                                (h.key.to_string(), v.into_owned())
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                records.push((r.payload().unwrap_or_default().to_vec(), headers));
+            }
+        }
+        records
+    })
+    .await
+    .expect("reader task");
+    assert_eq!(records.len(), 1, "the dead letter within {DELIVERY:?}");
+    let (payload, headers) = &records[0];
+    assert_eq!(payload.as_slice(), b"poison");
+    assert_eq!(headers.get("delivery-count").map(String::as_str), Some("5"));
+    assert!(headers.contains_key("ce_id"), "CloudEvents attributes kept");
+    ctl.stop().await;
+}
+
+/// [`provisioned`] with Secrets (name, entries) created in the namespace before the
+/// MessageBroker, for envs whose credentials come from a `credentialsSecretRef`.
+async fn provisioned_with(
+    prefix: &str,
+    env_yaml: &str,
+    secrets: &[(&str, &[(&str, &str)])],
+) -> (Client, RunningController) {
+    let (client, ns) = setup(prefix).await;
+    for (name, data) in secrets {
+        put_secret(&client, &ns, name, data).await;
+    }
+    let ctl = start_controller(
+        client.clone(),
+        &ns,
+        Arc::new(switchyard::brokers::RealConnector::default()),
+        fast_config(),
+    );
+    let manifest = format!(
+        "apiVersion: switchyard.dev/v1alpha1\nkind: MessageBroker\nmetadata: {{name: bus}}\nspec:\n  deletionPolicy: Delete\n  topics:\n    - name: orders\n      partitions: 3\n      subscriptions:\n        - {{name: billing, deadLetter: {{maxDeliveryAttempts: 5}}}}\n        - {{name: shipping}}\n  envs:\n    - {env_yaml}\n"
+    );
+    apply_mb(&client, &ns, &manifest).await;
+    wait_ready(&client, &ns, "bus", TIMEOUT).await;
+    let secret = Api::<Secret>::namespaced(client.clone(), &ns)
+        .get("bus-prd")
+        .await
+        .expect("binding Secret");
+    let entries: BTreeMap<String, String> = secret
+        .data
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, String::from_utf8(v.0).expect("utf-8")))
+        .collect();
+    let binding = Binding::from_entries(entries).expect("binding");
+    (Client::new(binding).await.expect("client"), ctl)
+}
+
+#[tokio::test]
+async fn sqs_conformance() {
+    use aws_sdk_sqs::types::MessageSystemAttributeName;
+
+    let endpoint = env_var("SWITCHYARD_AWS_ENDPOINT");
+    let region = env_var("AWS_REGION");
+    let env = format!(
+        "{{slug: prd, type: AwsSqs, awsSqs: {{region: {region}, endpoint: \"{endpoint}\", credentialsSecretRef: {{name: aws}}}}}}"
+    );
+    let (key, secret) = (
+        env_var("AWS_ACCESS_KEY_ID"),
+        env_var("AWS_SECRET_ACCESS_KEY"),
+    );
+    let secrets: &[(&str, &[(&str, &str)])] = &[(
+        "aws",
+        &[
+            ("accessKeyId", key.as_str()),
+            ("secretAccessKey", secret.as_str()),
+        ],
+    )];
+    let (client, ctl) = provisioned_with("client-sqs", &env, secrets).await;
+    assert_eq!(client.binding().broker_type(), "aws-sqs");
+    assert_eq!(
+        client.binding().get("AWS_ACCESS_KEY_ID"),
+        Some(key.as_str()),
+        "the client signs with the binding's credentials"
+    );
+    conformance(&client).await;
+
+    // The poison message sits in the subscription's dead-letter queue, and nothing else does.
+    let target = client
+        .binding()
+        .target("orders", "billing")
+        .expect("target");
+    let dlq = target.dead_letter.expect("a dead-letter queue");
+    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(&endpoint)
+        .region(aws_config::Region::new(region))
+        .load()
+        .await;
+    let sqs = aws_sdk_sqs::Client::new(&config);
+    let url = sqs
+        .get_queue_url()
+        .queue_name(&dlq)
+        .send()
+        .await
+        .expect("dead-letter queue")
+        .queue_url
+        .expect("queue url");
+    let dead = sqs
+        .receive_message()
+        .queue_url(&url)
+        .max_number_of_messages(10)
+        .wait_time_seconds(1)
+        .message_attribute_names("All")
+        .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
+        .send()
+        .await
+        .expect("ReceiveMessage")
+        .messages
+        .unwrap_or_default();
+    assert_eq!(dead.len(), 1, "one dead letter");
+    let m = &dead[0];
+    assert_eq!(m.body(), Some("poison"));
+    let attribute = |name: &str| {
+        m.message_attributes()
+            .and_then(|a| a.get(name))
+            .and_then(|v| v.string_value())
+    };
+    assert_eq!(
+        attribute("ce_specversion"),
+        Some("1.0"),
+        "CloudEvents attributes kept"
+    );
+    assert!(attribute("ce_id").is_some(), "CloudEvents id kept");
+    let receives = m
+        .attributes()
+        .and_then(|a| a.get(&MessageSystemAttributeName::ApproximateReceiveCount))
+        .map(String::as_str);
+    assert_eq!(
+        receives,
+        Some("6"),
+        "five deliveries on the subscription queue, then this read"
+    );
+    ctl.stop().await;
+}
