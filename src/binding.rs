@@ -121,15 +121,34 @@ pub fn content(
             serde_json::to_string(&delivery).unwrap_or_else(|_| "{}".to_string()),
         );
     }
-    let mut h = Sha256::new();
-    for (k, v) in &data {
-        h.update(k.as_bytes());
-        h.update([0]);
-        h.update(v.as_bytes());
-        h.update([0]);
+    BindingContent::new(data)
+}
+
+/// Prefix of the previous side's entries while a swap drains it.
+pub const PREVIOUS: &str = "previous.";
+
+impl BindingContent {
+    fn new(data: BTreeMap<String, String>) -> Self {
+        let mut h = Sha256::new();
+        for (k, v) in &data {
+            h.update(k.as_bytes());
+            h.update([0]);
+            h.update(v.as_bytes());
+            h.update([0]);
+        }
+        let hash = hex::encode(h.finalize())[..16].to_string();
+        BindingContent { data, hash }
     }
-    let hash = hex::encode(h.finalize())[..16].to_string();
-    BindingContent { data, hash }
+
+    /// This content plus the previous side's entries under `previous.` (its `type`, connection
+    /// entries, `names.json`, …): from the flip until the old side is retired, clients publish
+    /// to this side and drain the previous one.
+    pub fn with_previous(mut self, previous: &BindingContent) -> Self {
+        for (k, v) in &previous.data {
+            self.data.insert(format!("{PREVIOUS}{k}"), v.clone());
+        }
+        BindingContent::new(self.data)
+    }
 }
 
 /// Write the binding Secret with server-side apply (one request, unless its stored type differs).

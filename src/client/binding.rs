@@ -108,6 +108,19 @@ impl Binding {
             .unwrap_or_default()
     }
 
+    /// The previous side of a swap still draining, from the `previous.` entries.
+    pub fn previous(&self) -> Option<Binding> {
+        let entries: BTreeMap<String, String> = self
+            .entries
+            .iter()
+            .filter_map(|(k, v)| {
+                k.strip_prefix(crate::binding::PREVIOUS)
+                    .map(|k| (k.to_string(), v.clone()))
+            })
+            .collect();
+        Binding::from_entries(entries).ok()
+    }
+
     /// Every entry (they include credentials: never print them).
     pub fn entries(&self) -> &BTreeMap<String, String> {
         &self.entries

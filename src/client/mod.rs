@@ -247,6 +247,8 @@ impl Delivery {
 pub struct Client {
     binding: Arc<Binding>,
     transport: Arc<dyn Transport>,
+    /// During a swap: the previous side, still drained by subscribers.
+    previous: Option<(Arc<Binding>, Arc<dyn Transport>)>,
 }
 
 impl std::fmt::Debug for Client {
@@ -273,13 +275,28 @@ impl Client {
         Client::new(Binding::from_secret(kube, namespace, name).await?).await
     }
 
-    /// A client for a binding already read.
+    /// A client for a binding already read. During a swap (the binding carries `previous.`
+    /// entries) publishers write to the new side only, and subscribers consume the previous
+    /// side's subscription as well until the operator retires it.
     pub async fn new(binding: Binding) -> Result<Client, ClientError> {
         let transport = crate::brokers::transport(&binding).await?;
+        let previous = match binding.previous() {
+            Some(p) => {
+                let t = crate::brokers::transport(&p).await?;
+                Some((Arc::new(p), t))
+            }
+            None => None,
+        };
         Ok(Client {
             binding: Arc::new(binding),
             transport,
+            previous,
         })
+    }
+
+    /// Whether a swap's previous side is being drained.
+    pub fn draining(&self) -> bool {
+        self.previous.is_some()
     }
 
     /// The binding this client uses.
@@ -303,7 +320,59 @@ impl Client {
     ) -> Result<Subscriber, ClientError> {
         let target = self.binding.target(topic, subscription)?;
         let consumer = self.transport.subscribe(&target).await?;
-        Ok(Subscriber { consumer })
+        let Some((binding, transport)) = &self.previous else {
+            return Ok(Subscriber { consumer });
+        };
+        // Both sides at once: each consumer feeds one channel from its own task, so a
+        // delivery is never lost to a cancelled receive. Order across the sides is not kept.
+        let old = match binding.target(topic, subscription) {
+            Ok(t) => Some(transport.subscribe(&t).await?),
+            // The subscription is new with this side: nothing to drain.
+            Err(ClientError::UnknownName(_)) => None,
+            Err(e) => return Err(e),
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        tokio::spawn(pump(consumer, tx.clone(), true));
+        if let Some(old) = old {
+            // Once the operator retires the old side its consumer fails: that ends the drain,
+            // it is not an error of the subscription.
+            tokio::spawn(pump(old, tx, false));
+        }
+        Ok(Subscriber {
+            consumer: Box::new(Merged { rx }),
+        })
+    }
+}
+
+async fn pump(
+    mut consumer: Box<dyn Consumer>,
+    tx: tokio::sync::mpsc::Sender<Result<Delivery, ClientError>>,
+    forward_errors: bool,
+) {
+    loop {
+        let next = consumer.next().await;
+        if let Err(e) = &next
+            && !forward_errors
+        {
+            tracing::debug!(error = %e, "the previous side stopped delivering");
+            return;
+        }
+        let failed = next.is_err();
+        if tx.send(next).await.is_err() || failed {
+            return;
+        }
+    }
+}
+
+/// The deliveries of several consumers, as one.
+struct Merged {
+    rx: tokio::sync::mpsc::Receiver<Result<Delivery, ClientError>>,
+}
+
+#[async_trait]
+impl Consumer for Merged {
+    async fn next(&mut self) -> Result<Delivery, ClientError> {
+        self.rx.recv().await.unwrap_or(Err(ClientError::Closed))
     }
 }
 

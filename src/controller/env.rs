@@ -10,7 +10,8 @@ use kube::runtime::events::EventType;
 use super::{Context, swap};
 use crate::api::conditions::{self, Desired, reasons, types};
 use crate::api::{
-    BindingStatus, DeletionPolicy, EnvSpec, EnvStatus, SubscriptionStatus, TopicSpec, TopicStatus,
+    BindingStatus, DeletionPolicy, EnvSpec, EnvStatus, SubscriptionStatus, SwapPhase, TopicSpec,
+    TopicStatus,
 };
 use crate::binding;
 use crate::brokers::plan::{Plan, PlanInput, owned_after};
@@ -309,6 +310,8 @@ pub(super) async fn finish(shared: &Shared<'_>, prepared: Prepared) -> Finished 
             .collect(),
     };
     let mut conds: Vec<Desired> = Vec::new();
+    // This side's binding content, when written in this pass.
+    let mut this_side: Option<binding::BindingContent> = None;
 
     match stage {
         Stage::Blocked {
@@ -439,8 +442,9 @@ pub(super) async fn finish(shared: &Shared<'_>, prepared: Prepared) -> Finished 
             // Bind: always in steady state; during a swap only once the new side is ready.
             if swap::may_bind(&mut status, topics_ready) {
                 match write_binding(shared, &env, &secrets, &desired, &status).await {
-                    Ok(b) => {
+                    Ok((b, base)) => {
                         status.binding = Some(b);
+                        this_side = Some(base);
                         status.broker_type = Some(env.broker_type);
                         status.active = env_json(&env);
                         conds.push(Desired::new(
@@ -503,6 +507,18 @@ pub(super) async fn finish(shared: &Shared<'_>, prepared: Prepared) -> Finished 
         if let Some(a) = swap::retired(&mut status, &env.slug, outcome) {
             out.events
                 .push((EventType::Normal, a.reason.into(), a.note));
+            // The old side is gone: the binding stops naming it now, not on the next pass.
+            if let Some(base) = &this_side {
+                match store_binding(shared, &env, &status, base).await {
+                    Ok(b) => status.binding = Some(b),
+                    Err(e) => {
+                        out.transient.get_or_insert(format!(
+                            "env {}: removing the previous side from the binding failed: {e}",
+                            env.slug
+                        ));
+                    }
+                }
+            }
         }
         if let Some(msg) = status.swap.as_ref().and_then(|s| s.message.as_ref()) {
             out.transient
@@ -516,15 +532,56 @@ pub(super) async fn finish(shared: &Shared<'_>, prepared: Prepared) -> Finished 
     out
 }
 
+/// The binding content of a swap's old side while it drains (from the flip until the swap
+/// completes), so clients keep consuming what is queued there.
+async fn previous_side(
+    shared: &Shared<'_>,
+    status: &EnvStatus,
+) -> Result<Option<binding::BindingContent>, Error> {
+    let Some(old) = status
+        .swap
+        .as_ref()
+        .filter(|s| matches!(s.phase, SwapPhase::Switching | SwapPhase::Retiring))
+        .and_then(swap::old_side)
+    else {
+        return Ok(None);
+    };
+    let secrets = secrets::resolve(&shared.ctx.client, &shared.scope.namespace, &old).await?;
+    let info = brokers::connection_info(&old, &secrets)?;
+    let desired = brokers::desired(shared.scope, &old, shared.topics)?;
+    Ok(Some(binding::content(
+        old.broker_type,
+        &info,
+        &desired.names,
+        shared.topics,
+    )))
+}
+
+/// Write the binding: this side's entries, plus the previous side's while a swap drains it.
+/// Returns the binding and this side's content alone (for the write once the swap completes).
 async fn write_binding(
     shared: &Shared<'_>,
     env: &EnvSpec,
     secrets: &ResolvedSecrets,
     desired: &DesiredState,
     status: &EnvStatus,
-) -> Result<BindingStatus, Error> {
+) -> Result<(BindingStatus, binding::BindingContent), Error> {
     let info = brokers::connection_info(env, secrets)?;
-    let content = binding::content(env.broker_type, &info, &desired.names, shared.topics);
+    let base = binding::content(env.broker_type, &info, &desired.names, shared.topics);
+    let content = match previous_side(shared, status).await? {
+        Some(previous) => base.clone().with_previous(&previous),
+        None => base.clone(),
+    };
+    let b = store_binding(shared, env, status, &content).await?;
+    Ok((b, base))
+}
+
+async fn store_binding(
+    shared: &Shared<'_>,
+    env: &EnvSpec,
+    status: &EnvStatus,
+    content: &binding::BindingContent,
+) -> Result<BindingStatus, Error> {
     let name = binding::secret_name(&shared.scope.name, &env.slug);
     let current = match &shared.ctx.bindings {
         // The watched store also notices a binding deleted behind our back.
@@ -557,14 +614,14 @@ async fn write_binding(
             shared.owner_ref.clone(),
             labels,
             env.broker_type,
-            &content,
+            content,
         )
         .await?;
         shared.ctx.metrics.binding_writes.inc();
     }
     Ok(BindingStatus {
         name,
-        hash: content.hash,
+        hash: content.hash.clone(),
     })
 }
 

@@ -11,6 +11,7 @@ mod cli;
 mod client;
 mod controller;
 mod deploy;
+mod drain;
 mod flux;
 mod kafka;
 mod kstatus;

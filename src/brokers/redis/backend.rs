@@ -292,7 +292,7 @@ impl RedisBackend {
                             partitions: None,
                             config: recorded,
                             owner,
-                            messages: Some(g.pending as u64),
+                            messages: Some(unconsumed(g, info.len)),
                         })
                     })
                 }
@@ -718,9 +718,22 @@ struct StreamInfo {
 }
 
 impl StreamInfo {
+    /// Messages some subscription has not consumed yet: the most any group holds.
     fn pending(&self) -> u64 {
-        self.groups.iter().map(|g| g.pending as u64).sum()
+        self.groups
+            .iter()
+            .map(|g| unconsumed(g, self.len))
+            .max()
+            .unwrap_or(0)
     }
+}
+
+/// What a consumer group still holds: entries delivered and not acked, plus entries not yet
+/// delivered (`lag`). When the server cannot tell the lag (entries deleted mid-stream, or a
+/// Redis before 7), every entry of the stream counts: retiring must never guess low.
+fn unconsumed(g: &StreamInfoGroup, len: u64) -> u64 {
+    let lag = g.lag.map_or(len, |l| l as u64);
+    (g.pending as u64).saturating_add(lag)
 }
 
 /// The recorded settings as they hold now: a retention window is only "as wanted" while no

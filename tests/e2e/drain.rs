@@ -1,0 +1,153 @@
+//! A swap loses no message: messages queued on the old side when the binding flips are drained
+//! by subscribers through the binding's `previous.` entries, then the operator retires the old
+//! side and the MessageBroker is Ready with no manual step.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::Api;
+use switchyard::api::{MessageBroker, SwapPhase};
+use switchyard::client::{Binding, Client, Message};
+
+use crate::support::*;
+
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+async fn binding(client: &kube::Client, ns: &str) -> Binding {
+    let secret = Api::<Secret>::namespaced(client.clone(), ns)
+        .get("bus-prd")
+        .await
+        .expect("binding Secret");
+    let entries: BTreeMap<String, String> = secret
+        .data
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, String::from_utf8(v.0).expect("utf-8")))
+        .collect();
+    Binding::from_entries(entries).expect("binding")
+}
+
+fn phase(mb: &MessageBroker) -> Option<SwapPhase> {
+    mb.status
+        .as_ref()?
+        .envs
+        .first()?
+        .swap
+        .as_ref()
+        .map(|s| s.phase)
+}
+
+#[tokio::test]
+async fn messages_queued_at_a_swap_are_drained_and_the_old_side_retired() {
+    let (client, ns) = setup("drain").await;
+    let ctl = start_controller(
+        client.clone(),
+        &ns,
+        Arc::new(switchyard::brokers::RealConnector::default()),
+        fast_config(),
+    );
+    // Two Redis databases are two endpoints: moving between them is a swap.
+    let base = env_var("SWITCHYARD_REDIS_URL");
+    let base = base
+        .rsplit_once('/')
+        .map(|(b, _)| b.to_string())
+        .expect("url");
+    let manifest = |db: u32| {
+        format!(
+            "apiVersion: switchyard.dev/v1alpha1\nkind: MessageBroker\nmetadata: {{name: bus}}\nspec:\n  deletionPolicy: Delete\n  topics:\n    - name: orders\n      subscriptions: [{{name: billing}}]\n  envs:\n    - {{slug: prd, type: Redis, redis: {{url: \"{base}/{db}\"}}}}\n"
+        )
+    };
+    apply_mb(&client, &ns, &manifest(0)).await;
+    wait_ready(&client, &ns, "bus", TIMEOUT).await;
+
+    // 100 messages queued with no consumer running.
+    let old = Client::new(binding(&client, &ns).await)
+        .await
+        .expect("client");
+    let mut sent = BTreeSet::new();
+    for i in 0..100 {
+        let m = Message::new(format!("old {i}").into_bytes());
+        sent.insert(m.id.clone());
+        old.publisher("orders").publish(m).await.expect("publish");
+    }
+
+    // The swap: the binding flips, and the old stream cannot be deleted while it holds them.
+    apply_mb(&client, &ns, &manifest(1)).await;
+    wait_for_mb(&client, &ns, "bus", TIMEOUT, "flipped", |m| {
+        phase(m) == Some(SwapPhase::Retiring)
+    })
+    .await;
+    let flipped = binding(&client, &ns).await;
+    assert_eq!(flipped.get("previous.type"), Some("redis"));
+    assert!(
+        flipped.get("uri").is_some_and(|u| u.ends_with("/1")),
+        "publishers go to the new side"
+    );
+    let app = Client::new(flipped).await.expect("client");
+    assert!(app.draining());
+
+    // New messages go to the new side; the subscriber gets old and new.
+    for i in 0..20 {
+        let m = Message::new(format!("new {i}").into_bytes());
+        sent.insert(m.id.clone());
+        app.publisher("orders").publish(m).await.expect("publish");
+    }
+    let mut sub = app
+        .subscriber("orders", "billing")
+        .await
+        .expect("subscribe");
+    let mut got = BTreeSet::new();
+    let mut deliveries = 0;
+    while got.len() < sent.len() {
+        let d = tokio::time::timeout(Duration::from_secs(20), sub.next())
+            .await
+            .unwrap_or_else(|_| panic!("{} of {} received, then nothing", got.len(), sent.len()))
+            .expect("receive");
+        deliveries += 1;
+        got.insert(d.message.id.clone());
+        d.ack().await.expect("ack");
+    }
+    assert_eq!(got, sent, "every message published is consumed");
+    eprintln!(
+        "drain: {} messages, {} deliveries ({} duplicates)",
+        sent.len(),
+        deliveries,
+        deliveries - got.len()
+    );
+
+    // Drained: the operator retires the old side and drops `previous.` from the binding.
+    let mb = wait_for_mb(
+        &client,
+        &ns,
+        "bus",
+        TIMEOUT,
+        "swap complete and Ready",
+        |m| phase(m) == Some(SwapPhase::Complete) && condition_true(m, "Ready"),
+    )
+    .await;
+    assert!(
+        mb.metadata.annotations.unwrap_or_default().is_empty(),
+        "no annotation was needed"
+    );
+    let after = binding(&client, &ns).await;
+    assert!(
+        after.entries().keys().all(|k| !k.starts_with("previous.")),
+        "{:?}",
+        after.entries().keys().collect::<Vec<_>>()
+    );
+    let mut conn = ::redis::Client::open(format!("{base}/0").as_str())
+        .expect("redis")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    let old_stream = old.binding().topic("orders").expect("topic");
+    let exists: u32 = ::redis::cmd("EXISTS")
+        .arg(&old_stream)
+        .query_async(&mut conn)
+        .await
+        .expect("EXISTS");
+    assert_eq!(exists, 0, "the old stream is retired under Delete");
+    ctl.stop().await;
+}
