@@ -6,8 +6,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Secret;
-use kube::Api;
 use switchyard::client::{Binding, Client, Message, Subscriber};
 
 use crate::support::*;
@@ -19,30 +17,7 @@ const DELIVERY: Duration = Duration::from_secs(20);
 /// Provision a MessageBroker on `env_yaml` with the conformance topics and return a client for
 /// its binding, read from the binding Secret as a projected binding would be.
 pub(crate) async fn provisioned(prefix: &str, env_yaml: &str) -> (Client, RunningController) {
-    let (client, ns) = setup(prefix).await;
-    let ctl = start_controller(
-        client.clone(),
-        &ns,
-        Arc::new(switchyard::brokers::RealConnector::default()),
-        fast_config(),
-    );
-    let manifest = format!(
-        "apiVersion: switchyard.dev/v1alpha1\nkind: MessageBroker\nmetadata: {{name: bus}}\nspec:\n  deletionPolicy: Delete\n  topics:\n    - name: orders\n      partitions: 3\n      subscriptions:\n        - {{name: billing, deadLetter: {{maxDeliveryAttempts: 5}}}}\n        - {{name: shipping}}\n  envs:\n    - {env_yaml}\n"
-    );
-    apply_mb(&client, &ns, &manifest).await;
-    wait_ready(&client, &ns, "bus", TIMEOUT).await;
-    let secret = Api::<Secret>::namespaced(client.clone(), &ns)
-        .get("bus-prd")
-        .await
-        .expect("binding Secret");
-    let entries: BTreeMap<String, String> = secret
-        .data
-        .unwrap_or_default()
-        .into_iter()
-        .map(|(k, v)| (k, String::from_utf8(v.0).expect("utf-8")))
-        .collect();
-    let binding = Binding::from_entries(entries).expect("binding");
-    (Client::new(binding).await.expect("client"), ctl)
+    provisioned_with(prefix, env_yaml, &[]).await
 }
 
 async fn next(sub: &mut Subscriber, what: &str) -> switchyard::client::Delivery {
@@ -204,7 +179,6 @@ async fn redis_conformance() {
 
 #[tokio::test]
 async fn rabbitmq_conformance() {
-    use k8s_openapi::api::core::v1::Namespace;
     use lapin::options::BasicGetOptions;
     use lapin::types::AMQPValue;
 
@@ -213,35 +187,11 @@ async fn rabbitmq_conformance() {
         "{{slug: prd, type: RabbitMQ, rabbitmq: {{host: \"{}\", port: {}, managementUrl: \"{}\", credentialsSecretRef: {{name: rabbit}}}}}}",
         b.host, b.port, b.management
     );
-    // provisioned() creates the namespace (`client-rabbitmq-<pid>-<n>`): the credentials Secret
-    // goes into it as soon as it exists, and the controller's Secret watch picks it up.
-    let kube = client().await;
-    let prefix = format!("client-rabbitmq-{}-", std::process::id());
-    let credentials = async {
-        let api: Api<Namespace> = Api::all(kube.clone());
-        let mut ns = None;
-        wait_until(TIMEOUT, "the test namespace", async || {
-            ns = api
-                .list(&Default::default())
-                .await
-                .expect("namespaces")
-                .items
-                .into_iter()
-                .filter_map(|n| n.metadata.name)
-                .find(|n| n.starts_with(&prefix));
-            ns.is_some()
-        })
-        .await;
-        let ns = ns.expect("namespace");
-        put_secret(
-            &kube,
-            &ns,
-            "rabbit",
-            &[("username", &b.username), ("password", &b.password)],
-        )
-        .await;
-    };
-    let ((client, ctl), ()) = tokio::join!(provisioned("client-rabbitmq", &env), credentials);
+    let credentials: &[(&str, &[(&str, &str)])] = &[(
+        "rabbit",
+        &[("username", &b.username), ("password", &b.password)],
+    )];
+    let (client, ctl) = provisioned_with("client-rabbitmq", &env, credentials).await;
     assert_eq!(client.binding().broker_type(), "rabbitmq");
     assert!(
         client
@@ -426,17 +376,9 @@ async fn provisioned_with(
     );
     apply_mb(&client, &ns, &manifest).await;
     wait_ready(&client, &ns, "bus", TIMEOUT).await;
-    let secret = Api::<Secret>::namespaced(client.clone(), &ns)
-        .get("bus-prd")
+    let binding = Binding::from_secret(&client, &ns, "bus-prd")
         .await
         .expect("binding Secret");
-    let entries: BTreeMap<String, String> = secret
-        .data
-        .unwrap_or_default()
-        .into_iter()
-        .map(|(k, v)| (k, String::from_utf8(v.0).expect("utf-8")))
-        .collect();
-    let binding = Binding::from_entries(entries).expect("binding");
     (Client::new(binding).await.expect("client"), ctl)
 }
 

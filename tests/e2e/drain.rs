@@ -2,12 +2,10 @@
 //! by subscribers through the binding's `previous.` entries, then the operator retires the old
 //! side and the MessageBroker is Ready with no manual step.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Secret;
-use kube::Api;
 use switchyard::api::{MessageBroker, SwapPhase};
 use switchyard::client::{Binding, Client, Message};
 
@@ -16,17 +14,9 @@ use crate::support::*;
 const TIMEOUT: Duration = Duration::from_secs(60);
 
 async fn binding(client: &kube::Client, ns: &str) -> Binding {
-    let secret = Api::<Secret>::namespaced(client.clone(), ns)
-        .get("bus-prd")
+    Binding::from_secret(client, ns, "bus-prd")
         .await
-        .expect("binding Secret");
-    let entries: BTreeMap<String, String> = secret
-        .data
-        .unwrap_or_default()
-        .into_iter()
-        .map(|(k, v)| (k, String::from_utf8(v.0).expect("utf-8")))
-        .collect();
-    Binding::from_entries(entries).expect("binding")
+        .expect("binding Secret")
 }
 
 fn phase(mb: &MessageBroker) -> Option<SwapPhase> {
