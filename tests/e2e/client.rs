@@ -3,7 +3,6 @@
 //! it. The same checks run on every backend that has a client transport.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
 use std::time::Duration;
 
 use switchyard::client::{Binding, Client, Message, Subscriber};
@@ -18,6 +17,16 @@ const DELIVERY: Duration = Duration::from_secs(20);
 /// its binding, read from the binding Secret as a projected binding would be.
 pub(crate) async fn provisioned(prefix: &str, env_yaml: &str) -> (Client, RunningController) {
     provisioned_with(prefix, env_yaml, &[]).await
+}
+
+/// The dead-letter destination of the conformance suite's `billing` subscription.
+fn dead_letter(client: &Client) -> String {
+    client
+        .binding()
+        .target("orders", "billing")
+        .expect("target")
+        .dead_letter
+        .expect("billing has a dead-letter destination")
 }
 
 async fn next(sub: &mut Subscriber, what: &str) -> switchyard::client::Delivery {
@@ -148,11 +157,7 @@ async fn redis_conformance() {
     let (client, ctl) = provisioned("client-redis", &env).await;
     conformance(&client).await;
     // The poison message sits in the subscription's dead-letter stream, with its count.
-    let target = client
-        .binding()
-        .target("orders", "billing")
-        .expect("target");
-    let dlq = target.dead_letter.expect("a dead-letter stream");
+    let dlq = dead_letter(&client);
     let mut conn = ::redis::Client::open(env_var("SWITCHYARD_REDIS_URL").as_str())
         .expect("redis")
         .get_multiplexed_async_connection()
@@ -203,11 +208,7 @@ async fn rabbitmq_conformance() {
     conformance(&client).await;
 
     // The poison message sits in the subscription's dead-letter queue, and nothing else does.
-    let target = client
-        .binding()
-        .target("orders", "billing")
-        .expect("target");
-    let dlq = target.dead_letter.expect("a dead-letter queue");
+    let dlq = dead_letter(&client);
     let conn = crate::rabbitmq::amqp(&b).await;
     let ch = conn.create_channel().await.expect("channel");
     let get = BasicGetOptions { no_ack: true };
@@ -236,7 +237,11 @@ async fn rabbitmq_conformance() {
     };
     assert_eq!(
         text(death.inner().get("queue")),
-        Some(target.physical_subscription.clone()),
+        client
+            .binding()
+            .target("orders", "billing")
+            .ok()
+            .map(|t| t.physical_subscription),
         "dead-lettered from the billing queue"
     );
     // `delivery_limit` when the queue's x-delivery-limit stopped it; `rejected` when the
@@ -365,12 +370,7 @@ async fn provisioned_with(
     for (name, data) in secrets {
         put_secret(&client, &ns, name, data).await;
     }
-    let ctl = start_controller(
-        client.clone(),
-        &ns,
-        Arc::new(switchyard::brokers::RealConnector::default()),
-        fast_config(),
-    );
+    let ctl = start_real_controller(client.clone(), &ns);
     let manifest = format!(
         "apiVersion: switchyard.dev/v1alpha1\nkind: MessageBroker\nmetadata: {{name: bus}}\nspec:\n  deletionPolicy: Delete\n  topics:\n    - name: orders\n      partitions: 3\n      subscriptions:\n        - {{name: billing, deadLetter: {{maxDeliveryAttempts: 5}}}}\n        - {{name: shipping}}\n  envs:\n    - {env_yaml}\n"
     );
@@ -412,11 +412,7 @@ async fn sqs_conformance() {
     conformance(&client).await;
 
     // The poison message sits in the subscription's dead-letter queue, and nothing else does.
-    let target = client
-        .binding()
-        .target("orders", "billing")
-        .expect("target");
-    let dlq = target.dead_letter.expect("a dead-letter queue");
+    let dlq = dead_letter(&client);
     let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
         .endpoint_url(&endpoint)
         .region(aws_config::Region::new(region))

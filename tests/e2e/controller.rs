@@ -490,12 +490,7 @@ async fn a_generation_writes_status_at_most_twice() {
 #[tokio::test]
 async fn adopt_existing_never_takes_a_kafka_topic_another_messagebroker_owns() {
     let (client, ns) = setup("ctl-owner").await;
-    let ctl = start_controller(
-        client.clone(),
-        &ns,
-        Arc::new(switchyard::brokers::RealConnector::default()),
-        fast_config(),
-    );
+    let ctl = start_real_controller(client.clone(), &ns);
     let prefix = format!("{}.", unique("owned"));
     let manifest = |name: &str, adopt: bool| {
         format!(

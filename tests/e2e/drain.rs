@@ -3,7 +3,6 @@
 //! side and the MessageBroker is Ready with no manual step.
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
 use std::time::Duration;
 
 use switchyard::api::{MessageBroker, SwapPhase};
@@ -32,12 +31,7 @@ fn phase(mb: &MessageBroker) -> Option<SwapPhase> {
 #[tokio::test]
 async fn messages_queued_at_a_swap_are_drained_and_the_old_side_retired() {
     let (client, ns) = setup("drain").await;
-    let ctl = start_controller(
-        client.clone(),
-        &ns,
-        Arc::new(switchyard::brokers::RealConnector::default()),
-        fast_config(),
-    );
+    let ctl = start_real_controller(client.clone(), &ns);
     // Two Redis databases are two endpoints: moving between them is a swap.
     let base = env_var("SWITCHYARD_REDIS_URL");
     let base = base

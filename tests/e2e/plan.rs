@@ -3,10 +3,7 @@
 //! manifest, planning it again reports nothing to do.
 
 use std::process::Output;
-use std::sync::Arc;
 use std::time::Duration;
-
-use switchyard::brokers::RealConnector;
 
 use crate::support::*;
 
@@ -113,12 +110,7 @@ async fn plan_create_apply_noop_change_and_swap_against_real_brokers() {
     );
 
     // The controller applies the same manifest; plan then has nothing to do.
-    let ctl = start_controller(
-        client.clone(),
-        &ns,
-        Arc::new(RealConnector::default()),
-        fast_config(),
-    );
+    let ctl = start_real_controller(client.clone(), &ns);
     let yaml = std::fs::read_to_string(&path).expect("read");
     apply_mb(&client, &ns, &yaml).await;
     wait_ready(&client, &ns, "bus", Duration::from_secs(30)).await;

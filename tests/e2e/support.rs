@@ -127,6 +127,16 @@ pub fn start_controller(
     }
 }
 
+/// Start the controller with the real broker clients and [`fast_config`].
+pub fn start_real_controller(client: Client, namespace: &str) -> RunningController {
+    start_controller(
+        client,
+        namespace,
+        Arc::new(switchyard::brokers::RealConnector::default()),
+        fast_config(),
+    )
+}
+
 /// Test settings: short resync so drift repair is observable quickly.
 pub fn fast_config() -> Config {
     Config {
