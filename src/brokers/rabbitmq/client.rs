@@ -12,13 +12,12 @@ use lapin::options::{
     QueueDeleteOptions,
 };
 use lapin::protocol::{AMQPErrorKind, AMQPHardError, AMQPSoftError};
-use lapin::tcp::OwnedTLSConfig;
 use lapin::types::{AMQPValue, FieldTable, ShortString};
-use lapin::uri::AMQPUri;
-use lapin::{Channel, Connection, ConnectionProperties, ErrorKind, ExchangeKind};
+use lapin::{Channel, Connection, ErrorKind, ExchangeKind};
 
 use super::endpoint::{Access, Endpoint};
 use super::management::{Management, arg_string};
+use super::pooled::{ConnectFailure, Pooled};
 use super::{
     ARG_DELIVERY_LIMIT, ARG_MESSAGE_TTL, ARG_OWNER, BINDING_KEY, CFG_DURABLE, CFG_EXCHANGE_TYPE,
     Entity, MANAGED_QUEUE_ARGS, UNSET, rejected,
@@ -40,10 +39,8 @@ const LANES: usize = 8;
 /// A RabbitMQ endpoint with one set of credentials.
 pub(crate) struct RabbitMqBackend {
     endpoint: Endpoint,
-    uri: AMQPUri,
-    tls: OwnedTLSConfig,
     management: Option<Management>,
-    connection: tokio::sync::Mutex<Option<Arc<Connection>>>,
+    connection: Pooled,
     /// Without the management API, arguments cannot be read back: remember what this process
     /// declared (or verified by a successful redeclare) so observe can report it.
     declared: Mutex<HashMap<ObjectKey, BTreeMap<String, String>>>,
@@ -113,11 +110,13 @@ impl RabbitMqBackend {
             })
             .transpose()?;
         Ok(RabbitMqBackend {
-            uri: endpoint.amqp_uri(access.credentials.as_ref()),
+            connection: Pooled::new(
+                endpoint.amqp_uri(access.credentials.as_ref()),
+                access.tls,
+                "switchyard-operator",
+            ),
             endpoint,
-            tls: access.tls,
             management,
-            connection: tokio::sync::Mutex::new(None),
             declared: Mutex::new(HashMap::new()),
             check_timeout: CONNECT_TIMEOUT,
         })
@@ -131,40 +130,24 @@ impl RabbitMqBackend {
 
     /// The pooled connection, (re)connecting when there is none or it died.
     async fn connection(&self) -> Result<Arc<Connection>, BrokerError> {
-        let mut slot = self.connection.lock().await;
-        if let Some(conn) = slot.as_ref()
-            && conn.status().connected()
-        {
-            return Ok(conn.clone());
-        }
-        *slot = None;
-        let runtime = lapin::runtime::default_runtime()
-            .map_err(|e| BrokerError::new(BrokerErrorKind::Other, format!("AMQP runtime: {e}")))?;
-        let properties =
-            ConnectionProperties::default().with_connection_name("switchyard-operator".into());
-        let connect = Connection::connect_uri_with_config(
-            self.uri.clone(),
-            properties,
-            self.tls.clone(),
-            runtime,
-        );
-        let conn = tokio::time::timeout(CONNECT_TIMEOUT, connect)
+        self.connection
+            .get(CONNECT_TIMEOUT)
             .await
-            .map_err(|_| {
-                BrokerError::new(
+            .map_err(|e| match e {
+                ConnectFailure::Runtime(e) => {
+                    BrokerError::new(BrokerErrorKind::Other, format!("AMQP runtime: {e}"))
+                }
+                ConnectFailure::Timeout(t) => BrokerError::new(
                     BrokerErrorKind::Timeout,
                     format!(
                         "no AMQP connection to {}:{} within {}s",
                         self.endpoint.host,
                         self.endpoint.port,
-                        CONNECT_TIMEOUT.as_secs()
+                        t.as_secs()
                     ),
-                )
-            })?
-            .map_err(|e| classify_connect(&e, &self.endpoint))?;
-        let conn = Arc::new(conn);
-        *slot = Some(conn.clone());
-        Ok(conn)
+                ),
+                ConnectFailure::Refused(e) => classify_connect(&e, &self.endpoint),
+            })
     }
 
     /// A fresh channel on the pooled connection; reconnects once if the connection turns out dead.

@@ -27,8 +27,9 @@ use lapin::options::{
 use lapin::tcp::OwnedTLSConfig;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::uri::{AMQPUri, AMQPUserInfo};
-use lapin::{Acker, BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
+use lapin::{Acker, BasicProperties, Channel, Confirmation, Connection};
 
+use super::pooled::{ConnectFailure, Pooled};
 use crate::client::{
     Binding, ClientError, Consumer, Delivery, Message, Settle, SubscriptionTarget, Transport,
 };
@@ -57,9 +58,7 @@ fn short(what: &str, s: &str) -> Result<ShortString, ClientError> {
 /// The RabbitMQ transport of a binding: one connection, one confirm-mode channel for
 /// publishing, one channel per subscriber.
 pub struct RabbitMqTransport {
-    uri: AMQPUri,
-    tls: OwnedTLSConfig,
-    connection: tokio::sync::Mutex<Option<Arc<Connection>>>,
+    connection: Pooled,
     publisher: tokio::sync::Mutex<Option<Channel>>,
 }
 
@@ -89,51 +88,28 @@ impl RabbitMqTransport {
             ..OwnedTLSConfig::default()
         };
         Ok(RabbitMqTransport {
-            uri,
-            tls,
-            connection: tokio::sync::Mutex::new(None),
+            connection: Pooled::new(uri, tls, "switchyard-client"),
             publisher: tokio::sync::Mutex::new(None),
         })
     }
 
     /// The connection, (re)connecting when there is none or it died.
     async fn connection(&self) -> Result<Arc<Connection>, ClientError> {
-        let mut slot = self.connection.lock().await;
-        if let Some(conn) = slot.as_ref()
-            && conn.status().connected()
-        {
-            return Ok(conn.clone());
-        }
-        *slot = None;
-        let runtime = lapin::runtime::default_runtime().map_err(err)?;
-        let properties =
-            ConnectionProperties::default().with_connection_name("switchyard-client".into());
-        let connect = Connection::connect_uri_with_config(
-            self.uri.clone(),
-            properties,
-            self.tls.clone(),
-            runtime,
-        );
         // lapin's errors name neither the URI nor the credentials.
-        let conn = tokio::time::timeout(CONNECT_TIMEOUT, connect)
+        let at = || {
+            let a = &self.connection.uri().authority;
+            format!("{}:{}", a.host, a.port)
+        };
+        self.connection
+            .get(CONNECT_TIMEOUT)
             .await
-            .map_err(|_| {
-                err(format!(
-                    "no connection to {}:{} within {}s",
-                    self.uri.authority.host,
-                    self.uri.authority.port,
-                    CONNECT_TIMEOUT.as_secs()
-                ))
-            })?
-            .map_err(|e| {
-                err(format!(
-                    "connecting to {}:{}: {e}",
-                    self.uri.authority.host, self.uri.authority.port
-                ))
-            })?;
-        let conn = Arc::new(conn);
-        *slot = Some(conn.clone());
-        Ok(conn)
+            .map_err(|e| match e {
+                ConnectFailure::Runtime(e) => err(e),
+                ConnectFailure::Timeout(t) => {
+                    err(format!("no connection to {} within {}s", at(), t.as_secs()))
+                }
+                ConnectFailure::Refused(e) => err(format!("connecting to {}: {e}", at())),
+            })
     }
 
     async fn channel(&self) -> Result<Channel, ClientError> {

@@ -24,6 +24,7 @@ mod client;
 pub mod data;
 mod endpoint;
 mod management;
+mod pooled;
 
 pub use endpoint::Endpoint;
 
