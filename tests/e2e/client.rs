@@ -386,23 +386,11 @@ async fn provisioned_with(
 async fn sqs_conformance() {
     use aws_sdk_sqs::types::MessageSystemAttributeName;
 
-    let endpoint = env_var("SWITCHYARD_AWS_ENDPOINT");
-    let region = env_var("AWS_REGION");
-    let env = format!(
-        "{{slug: prd, type: AwsSqs, awsSqs: {{region: {region}, endpoint: \"{endpoint}\", credentialsSecretRef: {{name: aws}}}}}}"
-    );
-    let (key, secret) = (
-        env_var("AWS_ACCESS_KEY_ID"),
-        env_var("AWS_SECRET_ACCESS_KEY"),
-    );
-    let secrets: &[(&str, &[(&str, &str)])] = &[(
-        "aws",
-        &[
-            ("accessKeyId", key.as_str()),
-            ("secretAccessKey", secret.as_str()),
-        ],
-    )];
-    let (client, ctl) = provisioned_with("client-sqs", &env, secrets).await;
+    let moto = Moto::new();
+    let (endpoint, region, key) = (moto.endpoint.clone(), moto.region.clone(), &moto.key);
+    let credentials = moto.credentials();
+    let secrets: &[(&str, &[(&str, &str)])] = &[("aws", &credentials)];
+    let (client, ctl) = provisioned_with("client-sqs", &moto.env, secrets).await;
     assert_eq!(client.binding().broker_type(), "aws-sqs");
     assert_eq!(
         client.binding().get("AWS_ACCESS_KEY_ID"),

@@ -475,23 +475,12 @@ async fn pubsub_binding_configures_the_google_sdk() {
 
 #[tokio::test]
 async fn sqs_binding_configures_the_aws_sdk() {
-    let endpoint = env_var("SWITCHYARD_AWS_ENDPOINT");
-    let region = env_var("AWS_REGION");
-    let env = format!(
-        "    - {{slug: prd, type: AwsSqs, awsSqs: {{region: {region}, endpoint: \"{endpoint}\", credentialsSecretRef: {{name: aws}}}}}}"
-    );
-    let (key, secret) = (
-        env_var("AWS_ACCESS_KEY_ID"),
-        env_var("AWS_SECRET_ACCESS_KEY"),
-    );
-    let secrets: &[(&str, &[(&str, &str)])] = &[(
-        "aws",
-        &[
-            ("accessKeyId", key.as_str()),
-            ("secretAccessKey", secret.as_str()),
-        ],
-    )];
-    let b = Bound::new("readers-sqs", &env, secrets).await;
+    let moto = Moto::new();
+    let (endpoint, region) = (moto.endpoint.clone(), moto.region.clone());
+    let secret = &moto.secret;
+    let credentials = moto.credentials();
+    let secrets: &[(&str, &[(&str, &str)])] = &[("aws", &credentials)];
+    let b = Bound::new("readers-sqs", &format!("    - {}", moto.env), secrets).await;
     assert_eq!(b.get("AWS_ENDPOINT_URL_SQS"), endpoint);
     assert_eq!(b.get("AWS_SECRET_ACCESS_KEY"), secret);
     assert!(

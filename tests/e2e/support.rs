@@ -10,6 +10,46 @@ pub fn env_var(name: &str) -> String {
     })
 }
 
+/// An AWS SQS env on the test environment's moto, with the `aws` credentials Secret it
+/// references.
+pub struct Moto {
+    /// The env block (one flow mapping).
+    pub env: String,
+    /// moto's endpoint.
+    pub endpoint: String,
+    /// The region.
+    pub region: String,
+    /// The access key id in the Secret.
+    pub key: String,
+    /// The secret access key in the Secret.
+    pub secret: String,
+}
+
+impl Moto {
+    /// The env `prd` on moto.
+    pub fn new() -> Self {
+        let endpoint = env_var("SWITCHYARD_AWS_ENDPOINT");
+        let region = env_var("AWS_REGION");
+        Moto {
+            env: format!(
+                "{{slug: prd, type: AwsSqs, awsSqs: {{region: {region}, endpoint: \"{endpoint}\", credentialsSecretRef: {{name: aws}}}}}}"
+            ),
+            endpoint,
+            region,
+            key: env_var("AWS_ACCESS_KEY_ID"),
+            secret: env_var("AWS_SECRET_ACCESS_KEY"),
+        }
+    }
+
+    /// The entries of the `aws` Secret.
+    pub fn credentials(&self) -> [(&str, &str); 2] {
+        [
+            ("accessKeyId", self.key.as_str()),
+            ("secretAccessKey", self.secret.as_str()),
+        ]
+    }
+}
+
 /// A name unique to this test process and call, usable as a namespace or broker-side prefix.
 pub fn unique(prefix: &str) -> String {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
