@@ -349,10 +349,7 @@ async fn plan_one(m: &Manifest, opts: &Options) -> BrokerReport {
     if opts.offline {
         return report;
     }
-    let scope = Scope {
-        namespace: report.namespace.clone(),
-        name: report.name.clone(),
-    };
+    let scope = Scope::new(report.namespace.clone(), report.name.clone());
     let live = live_status(opts, &scope).await;
     for env in spec
         .envs
@@ -448,20 +445,21 @@ async fn plan_env(
             return report;
         }
     };
-    let desired = match brokers::desired(scope, env, &spec.topics) {
-        Ok(d) => d,
-        Err(e) => {
-            report.error = Some(Problem {
-                reason: crate::api::conditions::reasons::INVALID_SPEC.into(),
-                message: e.to_string(),
-            });
-            return report;
-        }
-    };
-    report.notes.extend(desired.notes.iter().cloned());
     let owned: Option<BTreeSet<ObjectKey>> = prev
         .filter(|_| !swapping)
         .map(|p| p.owned.iter().filter_map(|k| ObjectKey::parse(k)).collect());
+    let desired =
+        match brokers::desired(scope, env, &spec.topics, &owned.clone().unwrap_or_default()) {
+            Ok(d) => d,
+            Err(e) => {
+                report.error = Some(Problem {
+                    reason: crate::api::conditions::reasons::INVALID_SPEC.into(),
+                    message: e.to_string(),
+                });
+                return report;
+            }
+        };
+    report.notes.extend(desired.notes.iter().cloned());
     match plan_against(backend.as_ref(), scope, spec, env, &desired, owned).await {
         Ok((p, assumed)) => {
             if assumed && !cluster_known {

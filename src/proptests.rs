@@ -298,10 +298,7 @@ fn any_json() -> impl Strategy<Value = Value> {
 }
 
 fn scope() -> Scope {
-    Scope {
-        namespace: "shop".into(),
-        name: "bus".into(),
-    }
+    Scope::new("shop", "bus")
 }
 
 /// Run every pure step the controller runs on a spec; returns the desired states produced.
@@ -322,7 +319,7 @@ fn exercise_spec(spec: &MessageBrokerSpec) -> Vec<(BrokerType, brokers::DesiredS
                 secrets.insert(&name, &key, "value");
             }
             let _ = brokers::connection_info(&env, &secrets);
-            if let Ok(d) = brokers::desired(&scope(), &env, &spec.topics) {
+            if let Ok(d) = brokers::desired(&scope(), &env, &spec.topics, &Default::default()) {
                 out.push((t, d));
             }
         }
@@ -491,6 +488,42 @@ proptest! {
         for rules in [&naming::KAFKA, &naming::REDIS, &naming::RABBITMQ, &naming::PUBSUB, &naming::SQS, &naming::SNS] {
             let name = naming::physical(rules, &parts, reserve);
             prop_assert!(name.len() <= rules.max_len.max(9), "{name} too long for {}", rules.max_len);
+        }
+    }
+}
+
+/// A Kubernetes namespace (DNS label), a MessageBroker name (DNS subdomain) and a topic name.
+fn owner_and_topic() -> impl Strategy<Value = (String, String, String)> {
+    (
+        "[a-z0-9]([a-z0-9-]{0,6}[a-z0-9])?",
+        "[a-z0-9]{1,4}(\\.[a-z0-9]{1,4}){0,3}",
+        "[a-z]([a-z0-9.-]{0,8}[a-z0-9])?",
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 20_000, failure_persistence: None, ..ProptestConfig::default() })]
+
+    /// Two MessageBrokers never meet on a new object's name, whatever dots their names and
+    /// topics hold (`a.b` + `c` and `a` + `b.c` stay apart).
+    #[test]
+    fn scoped_names_never_meet_across_message_brokers(
+        (ns1, mb1, t1) in owner_and_topic(),
+        (ns2, mb2, t2) in owner_and_topic(),
+        sub in prop::option::of("[a-z][a-z0-9-]{0,6}"),
+    ) {
+        prop_assume!((&ns1, &mb1) != (&ns2, &mb2));
+        let (s1, s2) = (Scope::new(ns1, mb1), Scope::new(ns2, mb2));
+        for rules in [&naming::KAFKA, &naming::REDIS, &naming::RABBITMQ, &naming::PUBSUB, &naming::SQS, &naming::SNS] {
+            let mut p1 = vec![t1.as_str()];
+            let mut p2 = vec![t2.as_str()];
+            if let Some(sub) = &sub {
+                p1.push(sub);
+                p2.push(sub);
+            }
+            let a = naming::scoped(rules, &s1, &p1, 0);
+            let b = naming::scoped(rules, &s2, &p2, 0);
+            prop_assert_ne!(&a, &b, "{:?} {:?} and {:?} {:?}", s1, p1, s2, p2);
         }
     }
 }

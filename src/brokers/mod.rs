@@ -5,7 +5,7 @@
 //! [`Backend`] implementation for the I/O; [`plan::plan`] is shared by all of them, so the
 //! controller and `switchyard plan` compute exactly the same changes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::Arc;
 
@@ -22,15 +22,27 @@ pub mod pool;
 
 /// Who is asking: the MessageBroker's namespace and name. Broker-side names derive from it,
 /// and ownership markers carry [`Scope::owner`].
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Scope {
     /// Namespace of the MessageBroker.
     pub namespace: String,
     /// Name of the MessageBroker.
     pub name: String,
+    /// Logical topics whose objects exist under the names of [`naming::physical`], made before
+    /// [`naming::scoped`]; they keep them (see [`desired`]).
+    pub legacy_topics: BTreeSet<String>,
 }
 
 impl Scope {
+    /// The scope of the MessageBroker `namespace/name`.
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        Scope {
+            namespace: namespace.into(),
+            name: name.into(),
+            legacy_topics: BTreeSet::new(),
+        }
+    }
+
     /// The ownership marker value: `namespace/name`.
     pub fn owner(&self) -> String {
         format!("{}/{}", self.namespace, self.name)
@@ -430,12 +442,84 @@ pub trait Connector: Send + Sync {
 }
 
 /// Pure mapping of the spec onto one broker: the objects to have and their settings.
+///
+/// `existing` is what the env already owns. A topic whose objects exist under the names of
+/// earlier releases ([`naming::physical`]) keeps them; every other topic gets the unambiguous
+/// names of [`naming::scoped`]. Two topics that would meet on one object are refused.
 pub fn desired(
     scope: &Scope,
     env: &EnvSpec,
     topics: &[TopicSpec],
+    existing: &BTreeSet<ObjectKey>,
 ) -> Result<DesiredState, crate::Error> {
-    driver(env.broker_type).desired(scope, env, topics)
+    let driver = driver(env.broker_type);
+    let mut state = driver.desired(scope, env, topics)?;
+    if !existing.is_empty() {
+        let all_legacy = Scope {
+            legacy_topics: topics.iter().map(|t| t.name.clone()).collect(),
+            ..scope.clone()
+        };
+        let legacy = driver.desired(&all_legacy, env, topics)?;
+        let keep: BTreeSet<String> = topics
+            .iter()
+            .filter(|t| {
+                let old = keys_of_topic(&legacy, &t.name);
+                old != keys_of_topic(&state, &t.name) && old.iter().any(|k| existing.contains(k))
+            })
+            .map(|t| t.name.clone())
+            .collect();
+        if !keep.is_empty() {
+            let mixed = Scope {
+                legacy_topics: keep,
+                ..scope.clone()
+            };
+            state = driver.desired(&mixed, env, topics)?;
+        }
+    }
+    refuse_shared_objects(&state)?;
+    Ok(state)
+}
+
+/// The objects that serve a logical topic (`t`, `t/sub`, `t/sub/dlq`, `t/dlq`).
+fn keys_of_topic<'a>(state: &'a DesiredState, topic: &str) -> BTreeSet<&'a ObjectKey> {
+    state
+        .objects
+        .iter()
+        .filter(|o| o.logical.split('/').next() == Some(topic))
+        .map(|o| &o.key)
+        .collect()
+}
+
+/// Two topics of one MessageBroker whose objects meet: one object for both, or a dead-letter
+/// destination named like a topic or queue (topic `orders.dlq` on Kafka and the dead letters
+/// of `orders`). The spec cannot be served as written.
+fn refuse_shared_objects(state: &DesiredState) -> Result<(), crate::Error> {
+    let topic_of = |logical: &str| logical.split('/').next().unwrap_or_default().to_string();
+    let mut by_key: BTreeMap<&ObjectKey, &str> = BTreeMap::new();
+    // Names of topics and queues, and of dead-letter destinations.
+    let mut destinations: BTreeMap<&str, &str> = BTreeMap::new();
+    let mut dead_letters: BTreeMap<&str, &str> = BTreeMap::new();
+    for o in &state.objects {
+        let name = o.key.name.as_str();
+        let clash = by_key.insert(&o.key, &o.logical).or(match o.key.kind {
+            ObjectKind::DeadLetter => {
+                let other = destinations.get(name).copied();
+                dead_letters.insert(name, &o.logical).or(other)
+            }
+            ObjectKind::Topic | ObjectKind::Queue => {
+                destinations.insert(name, &o.logical);
+                dead_letters.get(name).copied()
+            }
+            _ => None,
+        });
+        if let Some(other) = clash.filter(|other| topic_of(other) != topic_of(&o.logical)) {
+            return Err(crate::Error::InvalidSpec(format!(
+                "{other:?} and {:?} would share the broker object {:?}; rename one of the topics",
+                o.logical, o.key.name
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// What the broker can change in place.
@@ -597,7 +681,7 @@ pub async fn converge(
     owned: &std::collections::BTreeSet<ObjectKey>,
     deletion_policy: crate::api::DeletionPolicy,
 ) -> Result<Converged, crate::Error> {
-    let desired = desired(scope, env, topics)?;
+    let desired = desired(scope, env, topics, owned)?;
     let input = plan::PlanInput {
         scope,
         owned,
@@ -644,5 +728,97 @@ impl SilentServer {
 impl Drop for SilentServer {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+#[cfg(test)]
+mod naming_tests {
+    use super::*;
+
+    fn kafka_env() -> EnvSpec {
+        serde_json::from_value(serde_json::json!({
+            "slug": "prd", "type": "Kafka", "kafka": {"bootstrapServers": ["kafka:9092"]}
+        }))
+        .expect("env")
+    }
+
+    fn topics(names: &[&str]) -> Vec<TopicSpec> {
+        names
+            .iter()
+            .map(|n| {
+                serde_json::from_value(serde_json::json!({
+                    "name": n,
+                    "subscriptions": [{"name": "billing", "deadLetter": {"maxDeliveryAttempts": 5}}]
+                }))
+                .expect("topic")
+            })
+            .collect()
+    }
+
+    fn topic_names(state: &DesiredState) -> Vec<&str> {
+        state
+            .objects
+            .iter()
+            .filter(|o| o.key.kind == ObjectKind::Topic)
+            .map(|o| o.key.name.as_str())
+            .collect()
+    }
+
+    #[test]
+    fn existing_topics_keep_their_names_and_new_ones_are_unambiguous() {
+        let scope = Scope::new("shop", "orders.v1");
+        let fresh = desired(
+            &scope,
+            &kafka_env(),
+            &topics(&["created"]),
+            &BTreeSet::new(),
+        )
+        .expect("desired");
+        assert_eq!(topic_names(&fresh), ["shop.orders..v1.created"]);
+
+        // An env whose topic was created by an earlier release under the joined name.
+        let existing =
+            BTreeSet::from([ObjectKey::new(ObjectKind::Topic, "shop.orders.v1.created")]);
+        let later = desired(
+            &scope,
+            &kafka_env(),
+            &topics(&["created", "shipped"]),
+            &existing,
+        )
+        .expect("desired");
+        assert_eq!(
+            topic_names(&later),
+            ["shop.orders.v1.created", "shop.orders..v1.shipped"]
+        );
+        // Everything that hangs off the kept topic keeps the joined scheme too.
+        assert_eq!(
+            later.names["created/billing"],
+            "shop.orders.v1.created.billing"
+        );
+        assert_eq!(
+            later.names["created/billing/dlq"],
+            "shop.orders.v1.created.dlq"
+        );
+        assert_eq!(
+            later.names["shipped/billing"],
+            "shop.orders..v1.shipped.billing"
+        );
+    }
+
+    #[test]
+    fn topics_of_one_message_broker_that_meet_are_refused() {
+        let scope = Scope::new("shop", "bus");
+        let err = desired(
+            &scope,
+            &kafka_env(),
+            &topics(&["orders", "orders.dlq"]),
+            &BTreeSet::new(),
+        )
+        .expect_err("topic orders.dlq meets the dead letters of orders");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("orders.dlq") && msg.contains("rename one"),
+            "{msg}"
+        );
     }
 }

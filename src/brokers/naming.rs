@@ -4,6 +4,8 @@
 
 use sha2::{Digest, Sha256};
 
+use super::Scope;
+
 /// The naming rules of one broker.
 #[derive(Clone, Copy, Debug)]
 pub struct NamingRules {
@@ -77,24 +79,89 @@ pub const SNS: NamingRules = NamingRules {
 /// Join parts with the broker's separator, replace disallowed characters, and fit the length
 /// limit (minus `reserve` bytes for a suffix the caller adds). When truncated, the name ends
 /// with `-` and 8 hex characters of the SHA-256 of the untruncated name.
+///
+/// This is the scheme of names created before [`scoped`]; it is ambiguous when a part holds
+/// the separator (`a.b` + `c` and `a` + `b.c` meet), so it is used for caller-given names
+/// (a Kafka `topicPrefix`) and for objects that already exist under it.
 pub fn physical(rules: &NamingRules, parts: &[&str], reserve: usize) -> String {
     let joined: String = parts.join(&rules.separator.to_string());
-    let mut name: String = joined
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || rules.extra_chars.contains(c) {
-                c
+    let name: String = joined.chars().map(|c| sanitise(rules, c)).collect();
+    fit(rules, name, &joined, "sy-", reserve)
+}
+
+/// The name of an object of the MessageBroker `scope`: its namespace and name, then `parts`
+/// (the logical topic first, then e.g. the subscription), joined by the broker's separator.
+///
+/// Distinct MessageBrokers never meet on a name: a separator inside the namespace or name (and,
+/// where the broker does not allow `.`, a dot) is written as a doubled separator, so the
+/// MessageBroker part always ends at the first single separator (`shop.a..b.c` is MessageBroker
+/// `a.b`, topic `c`; `shop.a.b.c` is MessageBroker `a`, topic `b.c`). Where a name must start
+/// with a letter, `sy_` (never part of a Kubernetes name) is put in front. Two topics of one
+/// MessageBroker that still meet (topic `t.dlq` and the dead letters of `t`) are refused by
+/// [`super::desired`].
+///
+/// Topics listed in [`Scope::legacy_topics`] keep the names of [`physical`]: objects are never
+/// renamed once they exist.
+pub fn scoped(rules: &NamingRules, scope: &Scope, parts: &[&str], reserve: usize) -> String {
+    let (ns, name) = (scope.namespace.as_str(), scope.name.as_str());
+    if parts
+        .first()
+        .is_some_and(|t| scope.legacy_topics.contains(*t))
+    {
+        let mut all = vec![ns, name];
+        all.extend_from_slice(parts);
+        return physical(rules, &all, reserve);
+    }
+    let sep = rules.separator;
+    // `unsanitised` is what the hash of a truncated name covers: for a MessageBroker whose
+    // name holds no separator it is the joined parts, as in `physical`.
+    let (mut out, mut unsanitised) = (String::new(), String::new());
+    for part in [ns, name] {
+        for c in part.chars() {
+            if c == sep || (c == '.' && !allowed(rules, c)) {
+                out.extend([sep, sep]);
+                unsanitised.extend([sep, sep]);
             } else {
-                rules.replacement
+                out.push(sanitise(rules, c));
+                unsanitised.push(c);
             }
-        })
-        .collect();
+        }
+        out.push(sep);
+        unsanitised.push(sep);
+    }
+    let rest: String = parts.join(&sep.to_string());
+    out.extend(rest.chars().map(|c| sanitise(rules, c)));
+    unsanitised.push_str(&rest);
+    fit(rules, out, &unsanitised, "sy_", reserve)
+}
+
+fn allowed(rules: &NamingRules, c: char) -> bool {
+    c.is_ascii_alphanumeric() || rules.extra_chars.contains(c)
+}
+
+fn sanitise(rules: &NamingRules, c: char) -> char {
+    if allowed(rules, c) {
+        c
+    } else {
+        rules.replacement
+    }
+}
+
+/// Put `letter_prefix` in front where a name must start with a letter, and fit the length
+/// limit with the hash of `full` (the untruncated name) to keep distinct names distinct.
+fn fit(
+    rules: &NamingRules,
+    mut name: String,
+    full: &str,
+    letter_prefix: &str,
+    reserve: usize,
+) -> String {
     if rules.must_start_with_letter && !name.starts_with(|c: char| c.is_ascii_alphabetic()) {
-        name.insert_str(0, "sy-");
+        name.insert_str(0, letter_prefix);
     }
     let limit = rules.max_len.saturating_sub(reserve);
     if name.len() > limit {
-        let digest = hex::encode(Sha256::digest(joined.as_bytes()));
+        let digest = hex::encode(Sha256::digest(full.as_bytes()));
         let keep = limit.saturating_sub(9);
         name.truncate(keep);
         name.push('-');
@@ -125,5 +192,76 @@ mod tests {
         let b = physical(&SQS, &["ns", &long_b], 5);
         assert!(a.len() <= 75, "{a}");
         assert_ne!(a, b);
+    }
+
+    #[test]
+    fn scoped_names_keep_message_brokers_apart() {
+        let dotted = Scope::new("shop", "orders.v1");
+        let plain = Scope::new("shop", "orders");
+        // The ambiguity of the joined scheme: both meet on one Kafka topic.
+        assert_eq!(
+            physical(&KAFKA, &["shop", "orders.v1", "created"], 0),
+            physical(&KAFKA, &["shop", "orders", "v1.created"], 0)
+        );
+        assert_eq!(
+            scoped(&KAFKA, &dotted, &["created"], 0),
+            "shop.orders..v1.created"
+        );
+        assert_eq!(
+            scoped(&KAFKA, &plain, &["v1.created"], 0),
+            "shop.orders.v1.created"
+        );
+        // Where the broker has no dot, a dot in the name is a doubled separator and a dot in
+        // the topic stays the broker's replacement.
+        assert_eq!(
+            scoped(&SQS, &dotted, &["created", "billing"], 0),
+            "shop_orders__v1_created_billing"
+        );
+        assert_eq!(
+            scoped(&SQS, &plain, &["v1.created", "billing"], 0),
+            "shop_orders_v1-created_billing"
+        );
+        // A leading digit gets a prefix no namespace can have.
+        assert_eq!(
+            scoped(&PUBSUB, &Scope::new("1ns", "bus"), &["t"], 0),
+            "sy_1ns.bus.t"
+        );
+        assert_ne!(
+            scoped(&PUBSUB, &Scope::new("1ns", "bus"), &["t"], 0),
+            scoped(&PUBSUB, &Scope::new("sy-1ns", "bus"), &["t"], 0)
+        );
+    }
+
+    #[test]
+    fn names_without_dots_are_what_they_always_were() {
+        let scope = Scope::new("shop", "message-bus");
+        for rules in [&KAFKA, &REDIS, &RABBITMQ, &PUBSUB, &SQS, &SNS] {
+            for parts in [&["order-created"][..], &["order.created", "billing"][..]] {
+                let mut all = vec!["shop", "message-bus"];
+                all.extend_from_slice(parts);
+                assert_eq!(scoped(rules, &scope, parts, 4), physical(rules, &all, 4));
+            }
+        }
+        let long = format!("{}.x", "a".repeat(300));
+        for rules in [&KAFKA, &SQS] {
+            assert_eq!(
+                scoped(rules, &scope, &[&long], 4),
+                physical(rules, &["shop", "message-bus", &long], 4)
+            );
+        }
+    }
+
+    #[test]
+    fn legacy_topics_keep_the_joined_names() {
+        let mut scope = Scope::new("shop", "orders.v1");
+        scope.legacy_topics.insert("created".into());
+        assert_eq!(
+            scoped(&KAFKA, &scope, &["created"], 0),
+            "shop.orders.v1.created"
+        );
+        assert_eq!(
+            scoped(&KAFKA, &scope, &["shipped"], 0),
+            "shop.orders..v1.shipped"
+        );
     }
 }

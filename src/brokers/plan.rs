@@ -231,10 +231,7 @@ mod tests {
     };
 
     fn scope() -> Scope {
-        Scope {
-            namespace: "shop".into(),
-            name: "bus".into(),
-        }
+        Scope::new("shop", "bus")
     }
 
     fn topic(name: &str, partitions: i32, retention_ms: &str) -> DesiredObject {

@@ -217,11 +217,11 @@ async fn prepare_stage(shared: &Shared<'_>, env: &EnvSpec, status: &mut EnvStatu
         }
         pooled.mark_ok();
     }
-    let desired = match brokers::desired(shared.scope, env, shared.topics) {
+    let owned = owned_set(&status.owned);
+    let desired = match brokers::desired(shared.scope, env, shared.topics, &owned) {
         Ok(d) => d,
         Err(e) => return connected_but(reasons::INVALID_SPEC, e.to_string(), false),
     };
-    let owned = owned_set(&status.owned);
     let input = PlanInput {
         scope: shared.scope,
         owned: &owned,
@@ -548,7 +548,13 @@ async fn previous_side(
     };
     let secrets = secrets::resolve(&shared.ctx.client, &shared.scope.namespace, &old).await?;
     let info = brokers::connection_info(&old, &secrets)?;
-    let desired = brokers::desired(shared.scope, &old, shared.topics)?;
+    let old_owned = owned_set(
+        &status
+            .swap
+            .as_ref()
+            .map_or_else(Vec::new, |s| s.old_owned.clone()),
+    );
+    let desired = brokers::desired(shared.scope, &old, shared.topics, &old_owned)?;
     Ok(Some(binding::content(
         old.broker_type,
         &info,

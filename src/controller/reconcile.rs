@@ -177,10 +177,7 @@ async fn apply(raw: Arc<RawMessageBroker>, ctx: &Context) -> Result<Action, Erro
         return stall(&raw, ctx, &prev, msg).await;
     }
     let namespace = raw.namespace().ok_or(Error::MissingMetadata("namespace"))?;
-    let scope = Scope {
-        namespace,
-        name: raw.name_any(),
-    };
+    let scope = Scope::new(namespace, raw.name_any());
     let now = now();
     // A new spec: say so before changing anything on a broker, so GitOps tools never read a
     // missing or old status as the verdict on this generation. The word goes out with the
@@ -403,10 +400,7 @@ async fn cleanup(raw: &RawMessageBroker, ctx: &Context) -> Result<Cleanup, Error
     // object's resourceVersion, so split instances never overwrite each other's removal.
     let prev = raw.status().unwrap_or_default();
     let namespace = raw.namespace().ok_or(Error::MissingMetadata("namespace"))?;
-    let scope = Scope {
-        namespace,
-        name: raw.name_any(),
-    };
+    let scope = Scope::new(namespace, raw.name_any());
     let policy = raw.spec().map(|s| s.deletion_policy).unwrap_or_default();
     let abandon = raw
         .annotations()

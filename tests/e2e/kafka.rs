@@ -89,7 +89,7 @@ async fn plan_only(
     owned: &BTreeSet<ObjectKey>,
     policy: DeletionPolicy,
 ) -> (Observed, Plan) {
-    let desired = brokers::desired(scope, env, topics).expect("desired");
+    let desired = brokers::desired(scope, env, topics, &Default::default()).expect("desired");
     let input = PlanInput {
         scope,
         owned,
@@ -721,7 +721,10 @@ async fn one_observation_serves_every_resource_until_something_changes() {
 
     // Messages arrive after the (reused) observation saw the topic empty: the plan deletes it,
     // the apply counts again and keeps it.
-    let a1 = brokers::desired(&s1, &env, &topics).expect("desired").names["a"].clone();
+    let a1 = brokers::desired(&s1, &env, &topics, &Default::default())
+        .expect("desired")
+        .names["a"]
+        .clone();
     raw.produce(&a1, 2);
     let only_b = [topic("b", 1, "1h")];
     let del = converge(

@@ -85,7 +85,8 @@ impl Harness {
     }
 
     fn desired(&self, topics: &[TopicSpec]) -> DesiredState {
-        brokers::desired(&self.scope, &self.env, topics).expect("desired state")
+        brokers::desired(&self.scope, &self.env, topics, &Default::default())
+            .expect("desired state")
     }
 
     fn input(&self, policy: DeletionPolicy) -> PlanInput<'_> {

@@ -140,7 +140,7 @@ async fn observe_all(
     env: &EnvSpec,
     topics: &[TopicSpec],
 ) -> Observed {
-    let desired = brokers::desired(scope, env, topics).expect("desired");
+    let desired = brokers::desired(scope, env, topics, &Default::default()).expect("desired");
     let keys: Vec<ObjectKey> = desired.objects.iter().map(|o| o.key.clone()).collect();
     backend.observe(scope, &keys).await.expect("observe")
 }
@@ -475,7 +475,7 @@ async fn changed_retention_is_refused_and_the_pooled_connection_survives() {
 
     // Force the redeclare the planner refuses: RabbitMQ answers PRECONDITION_FAILED and closes
     // the channel. The pooled connection must still serve other actions and other resources.
-    let desired = brokers::desired(&s, &env, &changed).expect("desired");
+    let desired = brokers::desired(&s, &env, &changed, &Default::default()).expect("desired");
     let queue = desired
         .objects
         .iter()
@@ -789,7 +789,7 @@ async fn without_the_management_api_provisioning_converges_and_bindings_are_repa
     let s = scope("rmq-nomgmt");
     let env = env(spec(&b, false));
     let topics = vec![topic("orders", Some("1h"), &["billing"])];
-    let desired = brokers::desired(&s, &env, &topics).expect("desired");
+    let desired = brokers::desired(&s, &env, &topics, &Default::default()).expect("desired");
     assert!(desired.notes.iter().any(|n| n.contains("managementUrl")));
     let first = pass(
         &*backend,

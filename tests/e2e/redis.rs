@@ -207,7 +207,7 @@ async fn provisions_streams_groups_and_dead_letters_then_is_a_noop() {
     );
     assert_eq!(second.owned.len(), 5);
 
-    let desired = brokers::desired(&scope, &env, &topics).expect("desired");
+    let desired = brokers::desired(&scope, &env, &topics, &Default::default()).expect("desired");
     assert!(
         desired.notes.iter().any(|n| n.contains("partitions")),
         "{:?}",
@@ -551,7 +551,7 @@ async fn a_foreign_stream_conflicts_unless_adopted_and_is_never_deleted() {
 
     // Claimed in status but not recorded in the registry: Delete leaves it alone.
     let claimed = BTreeSet::from([ObjectKey::new(ObjectKind::Topic, stream.clone())]);
-    let desired = brokers::desired(&scope, &strict, &[]).expect("desired");
+    let desired = brokers::desired(&scope, &strict, &[], &Default::default()).expect("desired");
     let input = plan::PlanInput {
         scope: &scope,
         owned: &claimed,
@@ -612,7 +612,8 @@ async fn a_foreign_stream_conflicts_unless_adopted_and_is_never_deleted() {
         .hset(OWNERS_KEY, &other_owner_key, "someone/else")
         .await
         .expect("HSET");
-    let desired = brokers::desired(&scope, &adopting, &topics).expect("desired");
+    let desired =
+        brokers::desired(&scope, &adopting, &topics, &Default::default()).expect("desired");
     let empty = BTreeSet::new();
     let input = plan::PlanInput {
         scope: &scope,

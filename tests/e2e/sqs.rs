@@ -98,7 +98,8 @@ impl Harness {
     }
 
     fn desired(&self, topics: &[TopicSpec]) -> DesiredState {
-        brokers::desired(&self.scope, &self.env, topics).expect("desired state")
+        brokers::desired(&self.scope, &self.env, topics, &Default::default())
+            .expect("desired state")
     }
 
     async fn plan(&self, topics: &[TopicSpec], policy: DeletionPolicy) -> Plan {

@@ -318,10 +318,7 @@ where
 
 /// A broker-side scope for the MessageBroker `bus` in a fresh unique namespace.
 pub fn scope(prefix: &str) -> Scope {
-    Scope {
-        namespace: unique(prefix),
-        name: "bus".into(),
-    }
+    Scope::new(unique(prefix), "bus")
 }
 
 /// One reconcile pass for one env, the way the controller runs it; fails if it errors.

@@ -68,11 +68,7 @@ pub fn topic_name(scope: &Scope, spec: &KafkaSpec, topic: &str) -> String {
             &[&format!("{prefix}{topic}")],
             DLQ_SUFFIX.len(),
         ),
-        None => naming::physical(
-            &naming::KAFKA,
-            &[&scope.namespace, &scope.name, topic],
-            DLQ_SUFFIX.len(),
-        ),
+        None => naming::scoped(&naming::KAFKA, scope, &[topic], DLQ_SUFFIX.len()),
     }
 }
 
@@ -84,11 +80,7 @@ pub fn group_name(scope: &Scope, spec: &KafkaSpec, topic: &str, subscription: &s
             &[&format!("{prefix}{topic}"), subscription],
             0,
         ),
-        None => naming::physical(
-            &naming::KAFKA,
-            &[&scope.namespace, &scope.name, topic, subscription],
-            0,
-        ),
+        None => naming::scoped(&naming::KAFKA, scope, &[topic, subscription], 0),
     }
 }
 
@@ -279,10 +271,7 @@ mod tests {
     };
 
     fn scope() -> Scope {
-        Scope {
-            namespace: "shop".into(),
-            name: "bus".into(),
-        }
+        Scope::new("shop", "bus")
     }
 
     fn spec() -> KafkaSpec {
@@ -358,10 +347,7 @@ mod tests {
 
     #[test]
     fn long_names_leave_room_for_the_dlq_suffix() {
-        let s = Scope {
-            namespace: "n".repeat(63),
-            name: "b".repeat(63),
-        };
+        let s = Scope::new("n".repeat(63), "b".repeat(63));
         let long = format!("t{}", "x".repeat(99));
         let d = desired(&s, &spec(), &[topic(&long)]).expect("desired");
         for o in &d.objects {

@@ -101,8 +101,7 @@ pub fn desired(
         .ack_deadline_seconds
         .unwrap_or(DEFAULT_ACK_DEADLINE)
         .to_string();
-    let id = |parts: &[&str]| naming::physical(&naming::PUBSUB, parts, 0);
-    let (ns, name) = (scope.namespace.as_str(), scope.name.as_str());
+    let id = |parts: &[&str]| naming::scoped(&naming::PUBSUB, scope, parts, 0);
     let mut dead_letter_topics = Vec::new();
     let mut main_topics = Vec::new();
     let mut subscriptions = Vec::new();
@@ -117,7 +116,7 @@ pub fn desired(
                 topic.name
             ));
         }
-        let topic_id = id(&[ns, name, &topic.name]);
+        let topic_id = id(&[&topic.name]);
         let topic_retention = retention
             .map(|d| {
                 format!(
@@ -151,7 +150,7 @@ pub fn desired(
 
         for sub in &topic.subscriptions {
             let logical = format!("{}/{}", topic.name, sub.name);
-            let sub_id = id(&[ns, name, &topic.name, &sub.name]);
+            let sub_id = id(&[&topic.name, &sub.name]);
             state.names.insert(logical.clone(), sub_id.clone());
             let mut config = BTreeMap::from([
                 (KEY_ACK_DEADLINE.to_string(), ack.clone()),
@@ -160,7 +159,7 @@ pub fn desired(
                 (KEY_DEAD_LETTER.to_string(), String::new()),
             ]);
             if let Some(dl) = &sub.dead_letter {
-                let dlq_id = id(&[ns, name, &topic.name, &sub.name, "dlq"]);
+                let dlq_id = id(&[&topic.name, &sub.name, "dlq"]);
                 let dlq_logical = format!("{logical}/dlq");
                 state.names.insert(dlq_logical.clone(), dlq_id.clone());
                 config.insert(
@@ -870,10 +869,7 @@ mod tests {
     }
 
     fn scope() -> Scope {
-        Scope {
-            namespace: "shop".into(),
-            name: "bus.v2".into(),
-        }
+        Scope::new("shop", "bus.v2")
     }
 
     fn topic(name: &str, retention: Option<&str>, subs: &[(&str, Option<i32>)]) -> TopicSpec {
@@ -914,31 +910,31 @@ mod tests {
         assert_eq!(
             kinds,
             vec![
-                (ObjectKind::DeadLetter, "shop.bus.v2.orders.shipping.dlq"),
-                (ObjectKind::Topic, "shop.bus.v2.orders"),
-                (ObjectKind::Subscription, "shop.bus.v2.orders.billing"),
-                (ObjectKind::Subscription, "shop.bus.v2.orders.shipping.dlq"),
-                (ObjectKind::Subscription, "shop.bus.v2.orders.shipping"),
+                (ObjectKind::DeadLetter, "shop.bus..v2.orders.shipping.dlq"),
+                (ObjectKind::Topic, "shop.bus..v2.orders"),
+                (ObjectKind::Subscription, "shop.bus..v2.orders.billing"),
+                (ObjectKind::Subscription, "shop.bus..v2.orders.shipping.dlq"),
+                (ObjectKind::Subscription, "shop.bus..v2.orders.shipping"),
             ]
         );
         let topic = &state.objects[1];
         assert_eq!(topic.config[KEY_RETENTION], "172800s");
         let shipping = &state.objects[4];
-        assert_eq!(shipping.parent.as_deref(), Some("shop.bus.v2.orders"));
+        assert_eq!(shipping.parent.as_deref(), Some("shop.bus..v2.orders"));
         assert_eq!(shipping.config[KEY_ACK_DEADLINE], "30");
         assert_eq!(shipping.config[KEY_RETENTION], "172800s");
         assert_eq!(
             shipping.config[KEY_DEAD_LETTER],
-            "shop.bus.v2.orders.shipping.dlq;maxDeliveryAttempts=5"
+            "shop.bus..v2.orders.shipping.dlq;maxDeliveryAttempts=5"
         );
         assert_eq!(state.objects[2].config[KEY_DEAD_LETTER], "");
         assert_eq!(
             state.names["orders/shipping"],
-            "shop.bus.v2.orders.shipping"
+            "shop.bus..v2.orders.shipping"
         );
         assert_eq!(
             state.names["orders/shipping/dlq"],
-            "shop.bus.v2.orders.shipping.dlq"
+            "shop.bus..v2.orders.shipping.dlq"
         );
         assert!(state.notes.iter().any(|n| n.contains("partitions")));
     }

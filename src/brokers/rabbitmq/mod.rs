@@ -181,15 +181,13 @@ pub fn desired(
     let mut objects = Vec::new();
     let mut names = BTreeMap::new();
     let mut notes = Vec::new();
-    let ns = scope.namespace.as_str();
-    let name = scope.name.as_str();
 
     for topic in topics {
         let ttl_ms = topic
             .retention_duration()
             .map_err(|e| Error::InvalidSpec(format!("topic {:?}: {e}", topic.name)))?
             .map(|d| d.as_millis());
-        let exchange = naming::physical(&naming::RABBITMQ, &[ns, name, &topic.name], 0);
+        let exchange = naming::scoped(&naming::RABBITMQ, scope, &[&topic.name], 0);
         names.insert(topic.name.clone(), exchange.clone());
         objects.push(DesiredObject {
             key: ObjectKey::new(ObjectKind::Topic, exchange.clone()),
@@ -212,13 +210,14 @@ pub fn desired(
         }
         for sub in &topic.subscriptions {
             let logical = format!("{}/{}", topic.name, sub.name);
-            let queue = naming::physical(&naming::RABBITMQ, &[ns, name, &topic.name, &sub.name], 0);
+            let queue = naming::scoped(&naming::RABBITMQ, scope, &[&topic.name, &sub.name], 0);
             names.insert(logical.clone(), queue.clone());
             let mut dead_letter = None;
             if let Some(dl) = &sub.dead_letter {
-                let base = naming::physical(
+                let base = naming::scoped(
                     &naming::RABBITMQ,
-                    &[ns, name, &topic.name, &sub.name],
+                    scope,
+                    &[&topic.name, &sub.name],
                     DLX_SUFFIX.len(),
                 );
                 let dlx = format!("{base}{DLX_SUFFIX}");

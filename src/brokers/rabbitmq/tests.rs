@@ -9,10 +9,7 @@ use crate::api::{
 };
 
 fn scope() -> Scope {
-    Scope {
-        namespace: "shop".into(),
-        name: "bus".into(),
-    }
+    Scope::new("shop", "bus")
 }
 
 fn spec() -> RabbitMqSpec {
@@ -176,10 +173,7 @@ fn long_names_stay_within_limits_and_keep_suffixes() {
     let mut t = topics();
     t[0].name = format!("t{}", "x".repeat(99));
     t[0].subscriptions[1].name = format!("s{}", "y".repeat(59));
-    let long = Scope {
-        namespace: "n".repeat(63),
-        name: "m".repeat(63),
-    };
+    let long = Scope::new("n".repeat(63), "m".repeat(63));
     let d = desired(&long, &spec(), &t).expect("desired");
     for o in d
         .objects

@@ -73,11 +73,7 @@ pub fn desired(
 
     for topic in topics {
         // Room for the dead-letter suffix, so adding a dead letter later never renames the stream.
-        let stream = naming::physical(
-            &naming::REDIS,
-            &[&scope.namespace, &scope.name, &topic.name],
-            DLQ_SUFFIX.len(),
-        );
+        let stream = naming::scoped(&naming::REDIS, scope, &[&topic.name], DLQ_SUFFIX.len());
         let mut config = BTreeMap::new();
         let retention = topic
             .retention_duration()
@@ -350,10 +346,7 @@ mod tests {
     use crate::api::{DeadLetterSpec, SecretKeyRef, SubscriptionSpec};
 
     fn scope() -> Scope {
-        Scope {
-            namespace: "shop".into(),
-            name: "bus".into(),
-        }
+        Scope::new("shop", "bus")
     }
 
     fn spec(url: &str) -> RedisSpec {
@@ -457,15 +450,7 @@ mod tests {
         let name = "m".repeat(63);
         let mut t = topic(&long);
         t.subscriptions = vec![sub("s", Some(5))];
-        let d = desired(
-            &Scope {
-                namespace: ns,
-                name,
-            },
-            &spec("redis://r:6379"),
-            &[t],
-        )
-        .expect("maps");
+        let d = desired(&Scope::new(ns, name), &spec("redis://r:6379"), &[t]).expect("maps");
         let dlq = &d.objects[1].key.name;
         assert!(dlq.len() <= naming::REDIS.max_len, "{dlq}");
         assert!(dlq.ends_with(DLQ_SUFFIX));

@@ -72,13 +72,12 @@ pub fn desired(
     topics: &[TopicSpec],
 ) -> Result<DesiredState, Error> {
     let mut state = DesiredState::default();
-    let (ns, name) = (scope.namespace.as_str(), scope.name.as_str());
     for topic in topics {
         let suffix = if topic.ordered { FIFO_SUFFIX } else { "" };
         let queue_name = |parts: &[&str]| {
             format!(
                 "{}{suffix}",
-                naming::physical(&naming::SQS, parts, FIFO_SUFFIX.len())
+                naming::scoped(&naming::SQS, scope, parts, FIFO_SUFFIX.len())
             )
         };
         if topic.partitions.is_some() {
@@ -104,7 +103,7 @@ pub fn desired(
         };
 
         if topic.subscriptions.is_empty() {
-            let queue = queue_name(&[ns, name, &topic.name]);
+            let queue = queue_name(&[&topic.name]);
             let config = fifo(
                 topic.ordered,
                 BTreeMap::from([
@@ -125,18 +124,18 @@ pub fn desired(
 
         let sns_topic = format!(
             "{}{suffix}",
-            naming::physical(&naming::SNS, &[ns, name, &topic.name], FIFO_SUFFIX.len())
+            naming::scoped(&naming::SNS, scope, &[&topic.name], FIFO_SUFFIX.len())
         );
         state.names.insert(topic.name.clone(), sns_topic.clone());
         let mut queues = Vec::new();
         let mut subscriptions = Vec::new();
         for sub in &topic.subscriptions {
             let logical = format!("{}/{}", topic.name, sub.name);
-            let queue = queue_name(&[ns, name, &topic.name, &sub.name]);
+            let queue = queue_name(&[&topic.name, &sub.name]);
             state.names.insert(logical.clone(), queue.clone());
             let mut redrive = String::new();
             if let Some(dl) = &sub.dead_letter {
-                let dlq = queue_name(&[ns, name, &topic.name, &sub.name, "dlq"]);
+                let dlq = queue_name(&[&topic.name, &sub.name, "dlq"]);
                 let dlq_logical = format!("{logical}/dlq");
                 state.names.insert(dlq_logical.clone(), dlq.clone());
                 redrive = redrive_value(&dlq, dl.max_delivery_attempts);
@@ -1328,10 +1327,7 @@ mod tests {
     }
 
     fn scope() -> Scope {
-        Scope {
-            namespace: "shop".into(),
-            name: "bus".into(),
-        }
+        Scope::new("shop", "bus")
     }
 
     fn topic(name: &str, ordered: bool, subs: &[(&str, Option<i32>)]) -> TopicSpec {
