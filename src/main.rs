@@ -181,6 +181,11 @@ struct RunArgs {
     /// Skip a broker's connectivity check when the shared endpoint answered within this interval.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     check_interval: Duration,
+    /// How long after a swap's binding flip the old side is kept before it is retired, so that
+    /// every app has moved to the new side (the kubelet refreshes a projected binding about a
+    /// minute after the Secret changed).
+    #[arg(long, default_value = "90s", value_parser = humantime::parse_duration)]
+    swap_grace: Duration,
     /// How long one read of a broker endpoint may answer later passes of any MessageBroker
     /// on it (Kafka): drift made outside the operator shows within this plus the resync.
     /// Defaults to the resync interval; 0s reads the broker on every pass.
@@ -361,6 +366,7 @@ async fn run(args: RunArgs) -> ExitCode {
         resync: args.resync,
         check_timeout: args.check_timeout,
         check_interval: args.check_interval,
+        swap_grace: args.swap_grace,
         concurrency: args.concurrency,
         instance: args.instance.clone(),
     };

@@ -10,6 +10,8 @@ use super::{ClientError, SubscriptionTarget};
 #[derive(Clone, PartialEq, Eq)]
 pub struct Binding {
     entries: BTreeMap<String, String>,
+    /// The entries without the previous side's (`previous.`): what identifies this side.
+    own: BTreeMap<String, String>,
     names: BTreeMap<String, String>,
     delivery: BTreeMap<String, Delivery>,
 }
@@ -68,11 +70,18 @@ impl Binding {
             .get(name)
             .await
             .map_err(|e| ClientError::Binding(format!("Secret {namespace}/{name}: {e}")))?;
+        Binding::from_secret_data(secret.data.unwrap_or_default())
+            .map_err(|e| ClientError::Binding(format!("Secret {namespace}/{name}: {e}")))
+    }
+
+    /// A binding from a Secret's data.
+    pub fn from_secret_data(
+        data: BTreeMap<String, k8s_openapi::ByteString>,
+    ) -> Result<Binding, ClientError> {
         let mut entries = BTreeMap::new();
-        for (k, v) in secret.data.unwrap_or_default() {
-            let text = String::from_utf8(v.0).map_err(|_| {
-                ClientError::Binding(format!("Secret {namespace}/{name} key {k:?} is not UTF-8"))
-            })?;
+        for (k, v) in data {
+            let text = String::from_utf8(v.0)
+                .map_err(|_| ClientError::Binding(format!("key {k:?} is not UTF-8")))?;
             entries.insert(k, text);
         }
         Binding::from_entries(entries)
@@ -93,8 +102,14 @@ impl Binding {
                 .map_err(|e| ClientError::Binding(format!("delivery.json: {e}")))?,
             None => BTreeMap::new(),
         };
+        let own = entries
+            .iter()
+            .filter(|(k, _)| !k.starts_with(crate::binding::PREVIOUS))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         Ok(Binding {
             entries,
+            own,
             names,
             delivery,
         })
@@ -119,6 +134,11 @@ impl Binding {
             })
             .collect();
         Binding::from_entries(entries).ok()
+    }
+
+    /// This side's entries: all but the previous side's.
+    pub fn own_entries(&self) -> &BTreeMap<String, String> {
+        &self.own
     }
 
     /// Every entry (they include credentials: never print them).

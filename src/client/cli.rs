@@ -9,7 +9,7 @@ use std::time::Duration;
 use base64::Engine;
 use serde::Serialize;
 
-use super::{Binding, Client, ClientError, Message};
+use super::{Client, ClientError, Message};
 
 /// Where the binding comes from.
 #[derive(Clone, Debug)]
@@ -21,15 +21,16 @@ pub enum BindingSource {
 }
 
 impl BindingSource {
-    /// Read the binding.
-    pub async fn read(&self) -> Result<Binding, ClientError> {
+    /// A client for the binding that follows its changes (a consumer that runs through a
+    /// swap moves with it).
+    pub async fn client(&self) -> Result<Client, ClientError> {
         match self {
-            BindingSource::Dir(dir) => Binding::from_dir(dir),
+            BindingSource::Dir(dir) => Client::from_binding(dir).await,
             BindingSource::Secret(ns, name) => {
                 let client = kube::Client::try_default()
                     .await
                     .map_err(|e| ClientError::Binding(format!("Kubernetes client: {e}")))?;
-                Binding::from_secret(&client, ns, name).await
+                Client::from_secret(&client, ns, name).await
             }
         }
     }
@@ -79,7 +80,7 @@ pub async fn publish(
     headers: &[(String, String)],
     out: &mut impl Write,
 ) -> Result<usize, ClientError> {
-    let client = Client::new(source.read().await?).await?;
+    let client = source.client().await?;
     let publisher = client.publisher(topic);
     let mut n = 0;
     for payload in payloads {
@@ -115,7 +116,7 @@ pub async fn consume(
     until: Until,
     out: &mut impl Write,
 ) -> Result<usize, ClientError> {
-    let client = Client::new(source.read().await?).await?;
+    let client = source.client().await?;
     let mut sub = client.subscriber(topic, subscription).await?;
     let mut n = 0;
     while until.count.is_none_or(|c| n < c) {

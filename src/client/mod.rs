@@ -23,6 +23,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 
@@ -242,69 +243,182 @@ impl Delivery {
     }
 }
 
-/// A client for one binding.
+/// How often a binding directory is re-read for changes. The kubelet updates a projected
+/// Secret atomically (the `..data` link), typically a minute or so after the Secret changed.
+pub const FOLLOW_INTERVAL: Duration = Duration::from_secs(1);
+
+/// One side of a binding: its entries and the transport that speaks to its broker.
 #[derive(Clone)]
-pub struct Client {
+struct Side {
     binding: Arc<Binding>,
     transport: Arc<dyn Transport>,
-    /// During a swap: the previous side, still drained by subscribers.
-    previous: Option<(Arc<Binding>, Arc<dyn Transport>)>,
+}
+
+impl Side {
+    /// What identifies the side: its own entries (a side that is current in one binding and
+    /// `previous.` in the next is the same side, with the same transport).
+    fn key(&self) -> &BTreeMap<String, String> {
+        self.binding.own_entries()
+    }
+}
+
+/// What a client uses now: the current side, and during a swap the previous side, still
+/// drained by subscribers.
+#[derive(Clone)]
+struct Sides {
+    current: Side,
+    previous: Option<Side>,
+}
+
+impl Sides {
+    /// The sides of `binding`, reusing the transports of `reuse` for sides it already has.
+    async fn build(binding: Binding, reuse: Option<&Sides>) -> Result<Sides, ClientError> {
+        let known = |b: &Binding| {
+            reuse.and_then(|r| {
+                std::iter::once(&r.current)
+                    .chain(&r.previous)
+                    .find(|s| s.binding.own_entries() == b.own_entries())
+                    .map(|s| s.transport.clone())
+            })
+        };
+        let side = |b: Binding| async {
+            let transport = match known(&b) {
+                Some(t) => t,
+                None => crate::brokers::transport(&b).await?,
+            };
+            Ok::<_, ClientError>(Side {
+                binding: Arc::new(b),
+                transport,
+            })
+        };
+        let previous = match binding.previous() {
+            Some(p) => Some(side(p).await?),
+            None => None,
+        };
+        Ok(Sides {
+            current: side(binding).await?,
+            previous,
+        })
+    }
+}
+
+/// A client for one binding. Built from a directory or a Secret, it follows the binding:
+/// when the operator flips it to a new broker, publishers move to the new side and
+/// subscribers drain the previous one until it is retired, without a restart.
+#[derive(Clone)]
+pub struct Client {
+    sides: tokio::sync::watch::Receiver<Arc<Sides>>,
 }
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Client")
-            .field("type", &self.binding.broker_type())
+            .field("type", &self.sides.borrow().current.binding.broker_type())
             .finish_non_exhaustive()
     }
 }
 
 impl Client {
     /// Read a binding as the Service Binding spec projects it into a pod: one file per key in
-    /// `dir` (`$SERVICE_BINDING_ROOT/<name>`).
+    /// `dir` (`$SERVICE_BINDING_ROOT/<name>`), and follow its changes (re-read every
+    /// [`FOLLOW_INTERVAL`]).
     pub async fn from_binding(dir: impl AsRef<Path>) -> Result<Client, ClientError> {
-        Client::new(Binding::from_dir(dir.as_ref())?).await
+        let dir = dir.as_ref().to_path_buf();
+        let (client, tx) = Client::following(Binding::from_dir(&dir)?).await?;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(FOLLOW_INTERVAL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    () = tx.closed() => return,
+                }
+                // A half-written or briefly missing directory is read again on the next tick.
+                match Binding::from_dir(&dir) {
+                    Ok(b) => update(&tx, b).await,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "binding not readable; keeping the last one")
+                    }
+                }
+            }
+        });
+        Ok(client)
     }
 
-    /// Read a binding Secret through the Kubernetes API (for use outside the cluster).
+    /// Read a binding Secret through the Kubernetes API (for use outside the cluster), and
+    /// follow its changes with a watch.
     pub async fn from_secret(
         kube: &kube::Client,
         namespace: &str,
         name: &str,
     ) -> Result<Client, ClientError> {
-        Client::new(Binding::from_secret(kube, namespace, name).await?).await
+        use futures::StreamExt;
+        use kube::runtime::{WatchStreamExt, watcher};
+
+        let (client, tx) =
+            Client::following(Binding::from_secret(kube, namespace, name).await?).await?;
+        let api: kube::Api<k8s_openapi::api::core::v1::Secret> =
+            kube::Api::namespaced(kube.clone(), namespace);
+        let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+        tokio::spawn(async move {
+            let mut secrets =
+                std::pin::pin!(watcher(api, config).default_backoff().applied_objects());
+            loop {
+                let next = tokio::select! {
+                    n = secrets.next() => n,
+                    () = tx.closed() => return,
+                };
+                match next {
+                    Some(Ok(secret)) => {
+                        match Binding::from_secret_data(secret.data.unwrap_or_default()) {
+                            Ok(b) => update(&tx, b).await,
+                            Err(e) => {
+                                tracing::warn!(error = %e, "binding Secret not usable; keeping the last one")
+                            }
+                        }
+                    }
+                    Some(Err(e)) => tracing::debug!(error = %e, "binding watch interrupted"),
+                    None => return,
+                }
+            }
+        });
+        Ok(client)
     }
 
-    /// A client for a binding already read. During a swap (the binding carries `previous.`
-    /// entries) publishers write to the new side only, and subscribers consume the previous
-    /// side's subscription as well until the operator retires it.
+    /// A client for a binding already read; it does not follow changes. During a swap (the
+    /// binding carries `previous.` entries) publishers write to the new side only, and
+    /// subscribers consume the previous side's subscription as well.
     pub async fn new(binding: Binding) -> Result<Client, ClientError> {
-        let transport = crate::brokers::transport(&binding).await?;
-        let previous = match binding.previous() {
-            Some(p) => {
-                let t = crate::brokers::transport(&p).await?;
-                Some((Arc::new(p), t))
-            }
-            None => None,
-        };
-        Ok(Client {
-            binding: Arc::new(binding),
-            transport,
-            previous,
-        })
+        Ok(Client::following(binding).await?.0)
+    }
+
+    async fn following(
+        binding: Binding,
+    ) -> Result<(Client, tokio::sync::watch::Sender<Arc<Sides>>), ClientError> {
+        let sides = Sides::build(binding, None).await?;
+        let (tx, rx) = tokio::sync::watch::channel(Arc::new(sides));
+        Ok((Client { sides: rx }, tx))
     }
 
     /// Whether a swap's previous side is being drained.
     pub fn draining(&self) -> bool {
-        self.previous.is_some()
+        self.sides.borrow().previous.is_some()
     }
 
-    /// The binding this client uses.
-    pub fn binding(&self) -> &Binding {
-        &self.binding
+    /// The binding this client uses now.
+    pub fn binding(&self) -> Arc<Binding> {
+        self.sides.borrow().current.binding.clone()
     }
 
-    /// A publisher of a logical topic.
+    /// Wait until the binding has changed since this client (or this clone) last looked, and
+    /// return the new one; `None` when the client does not follow its binding.
+    pub async fn binding_changed(&mut self) -> Option<Arc<Binding>> {
+        self.sides.changed().await.ok()?;
+        Some(self.sides.borrow_and_update().current.binding.clone())
+    }
+
+    /// A publisher of a logical topic. It publishes to the binding's current side at each
+    /// call.
     pub fn publisher(&self, topic: &str) -> Publisher {
         Publisher {
             topic: topic.to_string(),
@@ -312,55 +426,221 @@ impl Client {
         }
     }
 
-    /// A subscriber of a logical topic's subscription.
+    /// A subscriber of a logical topic's subscription. It receives from the current side and,
+    /// during a swap, from the previous side too, until the operator retires it. Order across
+    /// the sides is not kept.
     pub async fn subscriber(
         &self,
         topic: &str,
         subscription: &str,
     ) -> Result<Subscriber, ClientError> {
-        let target = self.binding.target(topic, subscription)?;
-        let consumer = self.transport.subscribe(&target).await?;
-        let Some((binding, transport)) = &self.previous else {
-            return Ok(Subscriber { consumer });
-        };
-        // Both sides at once: each consumer feeds one channel from its own task, so a
-        // delivery is never lost to a cancelled receive. Order across the sides is not kept.
-        let old = match binding.target(topic, subscription) {
-            Ok(t) => Some(transport.subscribe(&t).await?),
-            // The subscription is new with this side: nothing to drain.
-            Err(ClientError::UnknownName(_)) => None,
-            Err(e) => return Err(e),
-        };
+        let sides = self.sides.borrow().clone();
+        // The current side must know the subscription now; later sides are taken as they come.
+        let target = sides.current.binding.target(topic, subscription)?;
+        let first = sides.current.transport.subscribe(&target).await?;
         let (tx, rx) = tokio::sync::mpsc::channel(1);
-        tokio::spawn(pump(consumer, tx.clone(), true));
-        if let Some(old) = old {
-            // Once the operator retires the old side its consumer fails: that ends the drain,
-            // it is not an error of the subscription.
-            tokio::spawn(pump(old, tx, false));
-        }
+        let follow = Follow {
+            topic: topic.to_string(),
+            subscription: subscription.to_string(),
+            tx,
+            pumps: Vec::new(),
+        };
+        let task = tokio::spawn(follow.run(self.sides.clone(), first, sides.current.key().clone()));
         Ok(Subscriber {
             consumer: Box::new(Merged { rx }),
+            _task: AbortOnDrop(task),
         })
+    }
+}
+
+/// Publish the sides of a new binding to every client and subscriber of it.
+async fn update(tx: &tokio::sync::watch::Sender<Arc<Sides>>, binding: Binding) {
+    let old = tx.borrow().clone();
+    if *old.current.binding == binding {
+        return;
+    }
+    match Sides::build(binding, Some(&old)).await {
+        Ok(sides) => {
+            tracing::info!(
+                to = sides.current.binding.broker_type(),
+                draining = sides.previous.is_some(),
+                "the binding changed"
+            );
+            tx.send_replace(Arc::new(sides));
+        }
+        // The new broker may not answer yet: the next change (or tick) tries again.
+        Err(e) => {
+            tracing::warn!(error = %e, "the binding changed, but its broker is not usable yet")
+        }
+    }
+}
+
+/// One consumer of one side, feeding the subscriber's channel.
+struct Pump {
+    side: BTreeMap<String, String>,
+    target: SubscriptionTarget,
+    /// Whether the side is the current one: only its errors reach the app. The previous
+    /// side's consumer fails once the operator retires it, which ends the drain.
+    current: Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// Keeps a subscriber's consumers in step with the binding.
+struct Follow {
+    topic: String,
+    subscription: String,
+    tx: tokio::sync::mpsc::Sender<Result<Delivery, ClientError>>,
+    pumps: Vec<Pump>,
+}
+
+impl Follow {
+    async fn run(
+        mut self,
+        mut sides: tokio::sync::watch::Receiver<Arc<Sides>>,
+        first: Box<dyn Consumer>,
+        first_side: BTreeMap<String, String>,
+    ) {
+        let s = sides.borrow_and_update().clone();
+        let target = s.current.binding.target(&self.topic, &self.subscription);
+        if let Ok(target) = target {
+            self.start(first_side, target, first, true);
+        }
+        let mut retry = tokio::time::interval(Duration::from_secs(1));
+        retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // False once the binding can no longer change (a client that does not follow).
+        let mut follows = true;
+        loop {
+            let s = sides.borrow_and_update().clone();
+            let complete = self.align(&s).await;
+            tokio::select! {
+                changed = sides.changed(), if follows => follows = changed.is_ok(),
+                _ = retry.tick(), if !complete => {}
+                () = self.tx.closed() => break,
+            }
+        }
+        for p in self.pumps {
+            p.task.abort();
+        }
+    }
+
+    /// Run one consumer per side of `sides` that serves the subscription, and stop those of
+    /// sides no longer in the binding. Returns false when a wanted consumer could not start.
+    async fn align(&mut self, sides: &Sides) -> bool {
+        let wanted: Vec<(&Side, bool)> = std::iter::once((&sides.current, true))
+            .chain(sides.previous.iter().map(|p| (p, false)))
+            .collect();
+        // First say which side is current, before any await: the previous side's consumer
+        // may fail any moment now (the operator retires it), and that is not the app's error.
+        for p in &self.pumps {
+            let current = wanted
+                .iter()
+                .any(|(side, current)| *current && side.key() == &p.side);
+            p.current
+                .store(current, std::sync::atomic::Ordering::Relaxed);
+        }
+        let mut complete = true;
+        let mut keep = Vec::new();
+        for (side, current) in &wanted {
+            let target = match side.binding.target(&self.topic, &self.subscription) {
+                Ok(t) => t,
+                // The subscription is new with this side (or gone from it): nothing to read.
+                Err(_) => continue,
+            };
+            keep.push((side.key().clone(), target.clone()));
+            if self
+                .pumps
+                .iter()
+                .any(|p| &p.side == side.key() && p.target == target && !p.task.is_finished())
+            {
+                continue;
+            }
+            match side.transport.subscribe(&target).await {
+                Ok(consumer) => {
+                    tracing::debug!(
+                        broker = side.binding.broker_type(),
+                        current,
+                        subscription = %target.physical_subscription,
+                        "consuming"
+                    );
+                    self.start(side.key().clone(), target, consumer, *current);
+                }
+                Err(e) => {
+                    complete = false;
+                    if *current {
+                        tracing::warn!(error = %e, "subscribing on the current side failed; retrying");
+                    }
+                }
+            }
+        }
+        // Ended or unwanted consumers go (a finished one is started again above next time).
+        self.pumps.retain(|p| {
+            let wanted = keep.iter().any(|(s, t)| s == &p.side && t == &p.target);
+            if !wanted {
+                tracing::debug!(subscription = %p.target.physical_subscription, "no longer in the binding");
+                p.task.abort();
+            }
+            wanted && !p.task.is_finished()
+        });
+        complete && self.pumps.len() == keep.len()
+    }
+
+    fn start(
+        &mut self,
+        side: BTreeMap<String, String>,
+        target: SubscriptionTarget,
+        consumer: Box<dyn Consumer>,
+        current: bool,
+    ) {
+        let current = Arc::new(std::sync::atomic::AtomicBool::new(current));
+        let span = tracing::debug_span!(
+            "consumer",
+            broker = side.get("type").map(String::as_str).unwrap_or_default()
+        );
+        let task = tokio::spawn(tracing::Instrument::instrument(
+            pump(consumer, self.tx.clone(), current.clone()),
+            span,
+        ));
+        self.pumps.push(Pump {
+            side,
+            target,
+            current,
+            task,
+        });
     }
 }
 
 async fn pump(
     mut consumer: Box<dyn Consumer>,
     tx: tokio::sync::mpsc::Sender<Result<Delivery, ClientError>>,
-    forward_errors: bool,
+    current: Arc<std::sync::atomic::AtomicBool>,
 ) {
     loop {
-        let next = consumer.next().await;
+        let next = tokio::select! {
+            n = consumer.next() => n,
+            () = tx.closed() => return,
+        };
         if let Err(e) = &next
-            && !forward_errors
+            && !current.load(std::sync::atomic::Ordering::Relaxed)
         {
             tracing::debug!(error = %e, "the previous side stopped delivering");
             return;
+        }
+        if let Ok(d) = &next {
+            tracing::trace!(id = %d.message.id, attempt = d.attempt, "delivered");
         }
         let failed = next.is_err();
         if tx.send(next).await.is_err() || failed {
             return;
         }
+    }
+}
+
+/// Aborts the task when the owner goes.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -384,19 +664,21 @@ pub struct Publisher {
 }
 
 impl Publisher {
-    /// Publish; returns once the broker confirmed it.
+    /// Publish to the binding's current side; returns once the broker confirmed it.
     pub async fn publish(&self, mut message: Message) -> Result<(), ClientError> {
-        let physical = self.client.binding.topic(&self.topic)?;
+        let current = self.client.sides.borrow().current.clone();
+        let physical = current.binding.topic(&self.topic)?;
         if message.time.is_none() {
             message.time = Some(jiff::Timestamp::now().to_string());
         }
-        self.client.transport.publish(&physical, &message).await
+        current.transport.publish(&physical, &message).await
     }
 }
 
 /// Receives from one subscription.
 pub struct Subscriber {
     consumer: Box<dyn Consumer>,
+    _task: AbortOnDrop,
 }
 
 impl std::fmt::Debug for Subscriber {

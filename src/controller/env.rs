@@ -501,8 +501,23 @@ pub(super) async fn finish(shared: &Shared<'_>, prepared: Prepared) -> Finished 
         ));
     }
 
-    // Retire the old side of a swap whose binding has flipped.
-    if swap::retiring(&status) {
+    // Retire the old side of a swap whose binding has flipped, once every app has had the
+    // time to move to the new side.
+    let grace = swap::grace_left(&status, shared.now.0, shared.ctx.config.swap_grace)
+        .filter(|_| swap::retiring(&status));
+    if let Some(left) = grace {
+        // A stable text (no countdown), so waiting passes write no status.
+        let at = shared.now.0 + left;
+        let message = format!(
+            "draining: the old side is retired after {}, once every app has read the new binding",
+            at.round(jiff::Unit::Second).unwrap_or(at)
+        );
+        if let Some(s) = status.swap.as_mut() {
+            s.message = Some(message.clone());
+        }
+        out.transient
+            .get_or_insert(format!("env {}: {message}", env.slug));
+    } else if swap::retiring(&status) {
         let outcome = retire_old_side(shared, &status).await;
         if let Some(a) = swap::retired(&mut status, &env.slug, outcome) {
             out.events

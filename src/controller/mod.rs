@@ -81,6 +81,10 @@ pub struct Config {
     pub concurrency: u16,
     /// Name for Events' reporting controller.
     pub instance: String,
+    /// How long after a swap's binding flip the old side is kept before it is retired: the
+    /// time every app needs to see the new binding (the kubelet refreshes a projected Secret
+    /// about a minute after it changed). Until then an app may still publish to the old side.
+    pub swap_grace: Duration,
 }
 
 impl Default for Config {
@@ -92,6 +96,7 @@ impl Default for Config {
             check_interval: Duration::from_secs(10),
             concurrency: 64,
             instance: "switchyard".into(),
+            swap_grace: Duration::from_secs(90),
         }
     }
 }

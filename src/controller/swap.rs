@@ -162,6 +162,18 @@ pub fn retiring(status: &EnvStatus) -> bool {
         .is_some_and(|s| s.phase == SwapPhase::Retiring)
 }
 
+/// How much longer the old side is kept after the flip (`grace` from `switched_at`), so apps
+/// still on the old binding publish where subscribers drain; `None` once it may be retired.
+pub fn grace_left(
+    status: &EnvStatus,
+    now: jiff::Timestamp,
+    grace: std::time::Duration,
+) -> Option<std::time::Duration> {
+    let switched: jiff::Timestamp = status.swap.as_ref()?.switched_at.as_ref()?.parse().ok()?;
+    let elapsed = now.duration_since(switched).unsigned_abs();
+    grace.checked_sub(elapsed).filter(|left| !left.is_zero())
+}
+
 /// How retiring the old side went.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Retirement {
@@ -358,6 +370,28 @@ mod tests {
         assert!(may_bind(&mut s, true));
         assert!(bound(&mut s, "prd", "t1").is_some());
         (redis, s)
+    }
+
+    #[test]
+    fn the_old_side_is_kept_for_the_grace_after_the_flip() {
+        let redis = env(BrokerType::Redis, "redis://r:6379");
+        let kafka = env(BrokerType::Kafka, "k:9092");
+        let mut s = serving(&redis, &["stream/a"]);
+        on_spec(&mut s, &kafka, id, "2026-12-01T00:00:00Z");
+        let at = |t: &str| t.parse::<jiff::Timestamp>().expect("time");
+        let grace = std::time::Duration::from_secs(90);
+        assert!(may_bind(&mut s, true));
+        bound(&mut s, "prd", "2026-12-01T00:00:10Z");
+        assert_eq!(
+            grace_left(&s, at("2026-12-01T00:00:40Z"), grace),
+            Some(std::time::Duration::from_secs(60))
+        );
+        assert_eq!(grace_left(&s, at("2026-12-01T00:01:40Z"), grace), None);
+        assert_eq!(grace_left(&s, at("2026-12-01T00:05:00Z"), grace), None);
+        assert_eq!(
+            grace_left(&s, at("2026-12-01T00:00:40Z"), std::time::Duration::ZERO),
+            None
+        );
     }
 
     #[test]

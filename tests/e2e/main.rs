@@ -9,6 +9,7 @@ mod bench_harness;
 mod bench_smoke;
 mod cli;
 mod client;
+mod continuity;
 mod controller;
 mod deploy;
 mod drain;

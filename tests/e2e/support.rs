@@ -182,6 +182,8 @@ pub fn fast_config() -> Config {
     Config {
         resync: Duration::from_secs(2),
         check_timeout: Duration::from_secs(10),
+        // Longer than a client following its binding Secret takes to move.
+        swap_grace: Duration::from_secs(3),
         ..Config::default()
     }
 }

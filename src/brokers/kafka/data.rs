@@ -383,7 +383,26 @@ impl Shared {
         .map_err(err)?;
         match result {
             Err(e) if !is_rebalance(&e) => Err(err(format!("committing offsets: {e}"))),
-            _ => Ok(()),
+            Err(e) => {
+                tracing::debug!(topic = %self.topic, error = %e, "commit deferred by a rebalance");
+                Ok(())
+            }
+            Ok(()) => Ok(()),
+        }
+    }
+
+    /// Commit what was settled but not committed (a commit a rebalance refused). Without it
+    /// an idle partition would keep its last acks uncommitted, and count as holding messages.
+    async fn commit_settled(self: &Arc<Self>) {
+        let shared = self.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            let mut state = lock(&shared.state);
+            let partitions: Vec<i32> = state.partitions.keys().copied().collect();
+            commit(&shared.consumer, &shared.topic, &mut state, partitions)
+        })
+        .await;
+        if let Ok(Err(e)) = result {
+            tracing::debug!(topic = %self.topic, error = %e, "deferred commit not taken yet");
         }
     }
 
@@ -405,6 +424,9 @@ impl Shared {
         self.wake.notify_one();
     }
 }
+
+/// How long a consumer waits idle before committing settlements a rebalance deferred.
+const COMMIT_RETRY: Duration = Duration::from_secs(1);
 
 struct KafkaConsumer {
     shared: Arc<Shared>,
@@ -475,6 +497,10 @@ impl Consumer for KafkaConsumer {
                     Err(e) => return Err(err(format!("consuming {}: {e}", self.shared.topic))),
                 },
                 () = self.shared.wake.notified() => None,
+                () = tokio::time::sleep(COMMIT_RETRY) => {
+                    self.shared.commit_settled().await;
+                    None
+                }
             };
             if let Some(d) = received {
                 return Ok(self.delivery(d));
