@@ -135,3 +135,105 @@ async fn messages_queued_at_a_swap_are_drained_and_the_old_side_retired() {
     assert_eq!(exists, 0, "the old stream is retired under Delete");
     ctl.stop().await;
 }
+
+/// The scenario of the report that started the client library: messages left unconsumed on a
+/// RabbitMQ queue, then a swap to Kafka under Delete. Here 1,000 of them, and one app that
+/// follows its binding Secret and starts consuming only after the flip.
+#[tokio::test]
+async fn a_thousand_messages_queued_on_rabbitmq_reach_the_app_after_a_swap_to_kafka() {
+    const QUEUED: usize = 1_000;
+    let (client, ns) = setup("drain-1000").await;
+    let rabbit = crate::rabbitmq::broker();
+    put_secret(
+        &client,
+        &ns,
+        "rabbit",
+        &[
+            ("username", &rabbit.username),
+            ("password", &rabbit.password),
+        ],
+    )
+    .await;
+    let ctl = start_real_controller(client.clone(), &ns);
+    let manifest = |env: String| {
+        format!(
+            "{}spec:\n  deletionPolicy: Delete\n  topics:\n    - name: orders\n      partitions: 3\n      subscriptions: [{{name: billing}}]\n  envs:\n    - {env}\n",
+            mb_header("bus")
+        )
+    };
+    apply_mb(
+        &client,
+        &ns,
+        &manifest(format!(
+            "{{slug: prd, type: RabbitMQ, rabbitmq: {{host: \"{}\", port: {}, managementUrl: \"{}\", credentialsSecretRef: {{name: rabbit}}}}}}",
+            rabbit.host, rabbit.port, rabbit.management
+        )),
+    )
+    .await;
+    wait_ready(&client, &ns, "bus", TIMEOUT).await;
+    let app = Client::from_secret(&client, &ns, "bus-prd")
+        .await
+        .expect("client");
+    let publisher = app.publisher("orders");
+    let mut sent = BTreeSet::new();
+    for i in 0..QUEUED {
+        let m = Message::new(format!("queued {i}").into_bytes());
+        sent.insert(m.id.clone());
+        publisher.publish(m).await.expect("publish");
+    }
+
+    let swapped = std::time::Instant::now();
+    apply_mb(
+        &client,
+        &ns,
+        &manifest(format!(
+            "{{slug: prd, type: Kafka, kafka: {{bootstrapServers: [\"{}\"]}}}}",
+            env_var("SWITCHYARD_KAFKA_BOOTSTRAP")
+        )),
+    )
+    .await;
+    let mut app_view = app.clone();
+    while app.binding().broker_type() != "kafka" {
+        tokio::time::timeout(TIMEOUT, app_view.binding_changed())
+            .await
+            .expect("the binding flips to Kafka")
+            .expect("the client follows its binding");
+    }
+    assert!(app.draining(), "the old side is still drained");
+    let mut sub = app
+        .subscriber("orders", "billing")
+        .await
+        .expect("subscribe");
+    let mut got = BTreeSet::new();
+    let mut deliveries = 0;
+    while got.len() < sent.len() {
+        let d = tokio::time::timeout(Duration::from_secs(20), sub.next())
+            .await
+            .unwrap_or_else(|_| panic!("{} of {} received, then nothing", got.len(), sent.len()))
+            .expect("receive");
+        deliveries += 1;
+        got.insert(d.message.id.clone());
+        d.ack().await.expect("ack");
+    }
+    let drained = swapped.elapsed();
+    assert_eq!(got, sent, "every queued message reaches the app");
+    // Drained: the RabbitMQ queue is retired and the binding no longer names it.
+    wait_for_mb(
+        &client,
+        &ns,
+        "bus",
+        TIMEOUT,
+        "swap complete and Ready",
+        |m| phase(m) == Some(SwapPhase::Complete) && condition_true(m, "Ready"),
+    )
+    .await;
+    wait_until(TIMEOUT, "the app to stop draining", async || {
+        !app.draining()
+    })
+    .await;
+    eprintln!(
+        "drain: {QUEUED} queued on RabbitMQ, swap to Kafka: all received {drained:?} after the swap began, {deliveries} deliveries ({} duplicates)",
+        deliveries - got.len()
+    );
+    ctl.stop().await;
+}
