@@ -427,6 +427,18 @@ pub trait Backend: Send + Sync {
 
     /// Apply actions in order; one outcome per action. Independent actions may be batched.
     async fn apply(&self, scope: &Scope, actions: &[Action]) -> Vec<ActionOutcome>;
+
+    /// What objects about to be deleted still hold for their subscribers, where that is not
+    /// what observation counts: a Kafka topic keeps its records after every group read them,
+    /// so it holds what its consumer groups (named in `names`, logical to physical) have not
+    /// committed. Objects left out keep their observed count.
+    async fn unconsumed(
+        &self,
+        _leaving: &[ObjectKey],
+        _names: &BTreeMap<String, String>,
+    ) -> Result<BTreeMap<ObjectKey, u64>, BrokerError> {
+        Ok(BTreeMap::new())
+    }
 }
 
 /// Builds backends for an env's settings and credentials. The real one dispatches to the
@@ -606,9 +618,42 @@ pub async fn observe_and_plan(
     desired: &DesiredState,
     input: &plan::PlanInput<'_>,
 ) -> Result<(Observed, plan::Plan), BrokerError> {
-    let observed = observe_wanted(backend, desired, input).await?;
+    let mut observed = observe_wanted(backend, desired, input).await?;
+    count_unconsumed(backend, desired, &desired.names, input, &mut observed).await?;
     let plan = plan::plan(desired, &observed, input);
     Ok((observed, plan))
+}
+
+/// Under Delete, replace the observed message counts of owned objects the spec no longer
+/// wants by what their subscribers have not consumed yet, where the broker counts that
+/// differently ([`Backend::unconsumed`]); `names` says which subscriptions read them. No
+/// broker call when nothing leaves.
+pub async fn count_unconsumed(
+    backend: &dyn Backend,
+    desired: &DesiredState,
+    names: &BTreeMap<String, String>,
+    input: &plan::PlanInput<'_>,
+    observed: &mut Observed,
+) -> Result<(), BrokerError> {
+    if input.deletion_policy != crate::api::DeletionPolicy::Delete {
+        return Ok(());
+    }
+    let wanted: BTreeSet<&ObjectKey> = desired.objects.iter().map(|o| &o.key).collect();
+    let leaving: Vec<ObjectKey> = input
+        .owned
+        .iter()
+        .filter(|k| !wanted.contains(k) && observed.objects.contains_key(k))
+        .cloned()
+        .collect();
+    if leaving.is_empty() {
+        return Ok(());
+    }
+    for (key, n) in backend.unconsumed(&leaving, names).await? {
+        if let Some(o) = observed.objects.get_mut(&key) {
+            o.messages = Some(n);
+        }
+    }
+    Ok(())
 }
 
 /// Observe what a plan needs: the desired objects and the owned ones.

@@ -95,6 +95,23 @@ fn owned_set(list: &[String]) -> BTreeSet<ObjectKey> {
     list.iter().filter_map(|s| ObjectKey::parse(s)).collect()
 }
 
+/// The logical → physical names status records for its topics (`topic`, `topic/sub`,
+/// `topic/sub/dlq`), as in a binding's `names.json`.
+pub(super) fn status_names(topics: &[crate::api::TopicStatus]) -> BTreeMap<String, String> {
+    let mut names = BTreeMap::new();
+    for t in topics {
+        names.insert(t.name.clone(), t.physical_name.clone());
+        for s in &t.subscriptions {
+            let logical = format!("{}/{}", t.name, s.name);
+            if let Some(dl) = &s.dead_letter {
+                names.insert(format!("{logical}/dlq"), dl.clone());
+            }
+            names.insert(logical, s.physical_name.clone());
+        }
+    }
+    names
+}
+
 fn owned_list(set: &BTreeSet<ObjectKey>) -> Vec<String> {
     set.iter().map(ToString::to_string).collect()
 }
@@ -229,19 +246,24 @@ async fn prepare_stage(shared: &Shared<'_>, env: &EnvSpec, status: &mut EnvStatu
         adopt_existing: env.adopt_existing,
         capabilities: brokers::capabilities(env.broker_type),
     };
-    let observed = brokers::observe_wanted(backend.as_ref(), &desired, &input)
-        .await
-        .map(|mut observed| {
-            // Kafka topics carry no owner marker: the other MessageBrokers' status says whose
-            // they are (see owner_index).
-            shared.ctx.owners.mark(
-                &endpoint_identity(env),
-                &shared.scope.owner(),
-                &mut observed,
-            );
-            let plan = brokers::plan::plan(&desired, &observed, &input);
-            (observed, plan)
-        });
+    let observed = async {
+        let mut observed = brokers::observe_wanted(backend.as_ref(), &desired, &input).await?;
+        // Kafka topics carry no owner marker: the other MessageBrokers' status says whose
+        // they are (see owner_index).
+        shared.ctx.owners.mark(
+            &endpoint_identity(env),
+            &shared.scope.owner(),
+            &mut observed,
+        );
+        // Topics that left the spec are read by the subscriptions status still names.
+        let mut names = status_names(&status.topics);
+        names.extend(desired.names.clone());
+        brokers::count_unconsumed(backend.as_ref(), &desired, &names, &input, &mut observed)
+            .await?;
+        let plan = brokers::plan::plan(&desired, &observed, &input);
+        Ok::<_, BrokerError>((observed, plan))
+    }
+    .await;
     shared
         .ctx
         .metrics
@@ -655,7 +677,19 @@ async fn retire_old_side(shared: &Shared<'_>, status: &EnvStatus) -> swap::Retir
         return swap::Retirement::Unknown;
     };
     let owned = owned_set(&w.old_owned);
-    match retire(shared.ctx, shared.scope, &old, &owned, shared.policy).await {
+    let names = brokers::desired(shared.scope, &old, shared.topics, &owned)
+        .map(|d| d.names)
+        .unwrap_or_default();
+    match retire(
+        shared.ctx,
+        shared.scope,
+        &old,
+        &owned,
+        &names,
+        shared.policy,
+    )
+    .await
+    {
         Ok(r) => {
             let retained = r.retained.iter().map(ToString::to_string).collect();
             match r.blocked {
@@ -688,6 +722,7 @@ pub(super) async fn retire(
     scope: &Scope,
     env: &EnvSpec,
     owned: &BTreeSet<ObjectKey>,
+    names: &BTreeMap<String, String>,
     policy: DeletionPolicy,
 ) -> Result<Retired, Error> {
     if policy == DeletionPolicy::Retain || owned.is_empty() {
@@ -711,12 +746,17 @@ pub(super) async fn retire(
         adopt_existing: false,
         capabilities: brokers::capabilities(env.broker_type),
     };
+    // Nothing is wanted; `names` says which subscriptions read what leaves.
+    let nothing = DesiredState {
+        names: names.clone(),
+        ..DesiredState::default()
+    };
     let brokers::Converged {
         plan: the_plan,
         outcomes,
         owned: remaining,
         ..
-    } = brokers::converge_desired(backend.as_ref(), DesiredState::default(), &input)
+    } = brokers::converge_desired(backend.as_ref(), nothing, &input)
         .await
         .map_err(Error::Broker)?;
     let failed = outcomes

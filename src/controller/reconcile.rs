@@ -1,7 +1,7 @@
 //! Reconcile one MessageBroker: parse → validate → per env (phase 1: connect, observe, plan) →
 //! record intents → per env (phase 2: apply, bind, swap, retire) → status, written only when it changed.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Secret;
@@ -358,12 +358,19 @@ async fn retire_env_status(
     s: &EnvStatus,
     policy: DeletionPolicy,
 ) -> Result<Option<String>, String> {
-    let mut sides: Vec<(Option<serde_json::Value>, Vec<String>)> =
-        vec![(s.active.clone(), s.owned.clone())];
-    if let Some(swap) = &s.swap {
-        sides.push((swap.old.clone(), swap.old_owned.clone()));
-    }
-    for (active, owned) in sides {
+    // The serving side's subscriptions are in status; the old side of a swap under way keeps
+    // its observed counts.
+    let serving = (
+        s.active.clone(),
+        s.owned.clone(),
+        env::status_names(&s.topics),
+    );
+    let old = s
+        .swap
+        .as_ref()
+        .map(|w| (w.old.clone(), w.old_owned.clone(), BTreeMap::new()));
+    let sides = std::iter::once(serving).chain(old);
+    for (active, owned, names) in sides {
         let owned: BTreeSet<ObjectKey> = owned.iter().filter_map(|k| ObjectKey::parse(k)).collect();
         if owned.is_empty() || policy == DeletionPolicy::Retain {
             continue;
@@ -371,7 +378,7 @@ async fn retire_env_status(
         let Some(env) = active.and_then(|v| serde_json::from_value::<EnvSpec>(v).ok()) else {
             continue;
         };
-        let r = env::retire(ctx, scope, &env, &owned, policy)
+        let r = env::retire(ctx, scope, &env, &owned, &names, policy)
             .await
             .map_err(|e| e.to_string())?;
         if let Some(blocked) = r.blocked {

@@ -237,3 +237,101 @@ async fn a_thousand_messages_queued_on_rabbitmq_reach_the_app_after_a_swap_to_ka
     );
     ctl.stop().await;
 }
+
+/// Leaving Kafka: a topic keeps its records after they are read, so what blocks its deletion
+/// is what the subscription's consumer group has not read. Unread messages keep it; once the
+/// app has consumed them, the topic is deleted and the swap completes.
+#[tokio::test]
+async fn a_kafka_topic_is_retired_once_its_consumer_group_has_read_everything() {
+    const QUEUED: usize = 50;
+    let (client, ns) = setup("drain-kafka").await;
+    let ctl = start_real_controller(client.clone(), &ns);
+    let manifest = |env: String| {
+        format!(
+            "{}spec:\n  deletionPolicy: Delete\n  topics:\n    - name: orders\n      partitions: 3\n      subscriptions: [{{name: billing}}]\n  envs:\n    - {env}\n",
+            mb_header("bus")
+        )
+    };
+    apply_mb(
+        &client,
+        &ns,
+        &manifest(format!(
+            "{{slug: prd, type: Kafka, kafka: {{bootstrapServers: [\"{}\"]}}}}",
+            env_var("SWITCHYARD_KAFKA_BOOTSTRAP")
+        )),
+    )
+    .await;
+    wait_ready(&client, &ns, "bus", TIMEOUT).await;
+    let app = Client::from_secret(&client, &ns, "bus-prd")
+        .await
+        .expect("client");
+    let kafka_topic = app.binding().topic("orders").expect("topic");
+    let mut sent = BTreeSet::new();
+    for i in 0..QUEUED {
+        let m = Message::new(format!("queued {i}").into_bytes());
+        sent.insert(m.id.clone());
+        app.publisher("orders").publish(m).await.expect("publish");
+    }
+
+    apply_mb(
+        &client,
+        &ns,
+        &manifest(format!(
+            "{{slug: prd, type: Redis, redis: {{url: \"{}\"}}}}",
+            env_var("SWITCHYARD_REDIS_URL")
+        )),
+    )
+    .await;
+    // Nobody has read them: the topic is kept, and status says why.
+    let held = format!("holds {QUEUED} message(s)");
+    wait_for_mb(
+        &client,
+        &ns,
+        "bus",
+        TIMEOUT,
+        "blocked on the unread messages",
+        |m| {
+            m.status
+                .as_ref()
+                .and_then(|s| s.envs.first()?.swap.as_ref()?.message.clone())
+                .is_some_and(|msg| msg.contains(&held))
+        },
+    )
+    .await;
+    assert_eq!(
+        crate::kafka::Raw::new().partitions(&[&kafka_topic]).len(),
+        1,
+        "the topic is kept while its group has not read it"
+    );
+
+    let mut sub = app
+        .subscriber("orders", "billing")
+        .await
+        .expect("subscribe");
+    let mut got = BTreeSet::new();
+    while got.len() < sent.len() {
+        let d = tokio::time::timeout(Duration::from_secs(30), sub.next())
+            .await
+            .unwrap_or_else(|_| panic!("{} of {} received, then nothing", got.len(), sent.len()))
+            .expect("receive");
+        got.insert(d.message.id.clone());
+        d.ack().await.expect("ack");
+    }
+    assert_eq!(got, sent);
+    wait_for_mb(
+        &client,
+        &ns,
+        "bus",
+        TIMEOUT,
+        "swap complete and Ready",
+        |m| phase(m) == Some(SwapPhase::Complete) && condition_true(m, "Ready"),
+    )
+    .await;
+    assert!(
+        crate::kafka::Raw::new()
+            .partitions(&[&kafka_topic])
+            .is_empty(),
+        "the read topic is deleted under Delete"
+    );
+    ctl.stop().await;
+}

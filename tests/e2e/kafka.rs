@@ -103,13 +103,13 @@ async fn plan_only(
 }
 
 /// A raw admin client, independent of the backend, to look behind its back.
-struct Raw {
+pub(crate) struct Raw {
     admin: AdminClient<DefaultClientContext>,
     config: ClientConfig,
 }
 
 impl Raw {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let mut config = ClientConfig::new();
         config.set("bootstrap.servers", bootstrap());
         Raw {
@@ -123,7 +123,7 @@ impl Raw {
     }
 
     /// Partition count of each existing topic among `names`.
-    fn partitions(&self, names: &[&str]) -> HashMap<String, usize> {
+    pub(crate) fn partitions(&self, names: &[&str]) -> HashMap<String, usize> {
         let md = self
             .admin
             .inner()

@@ -134,6 +134,11 @@ struct SettleWaiter {
 struct Inner {
     admin: AdminClient<CaptureContext>,
     consumer: BaseConsumer<CaptureContext>,
+    /// The client settings, for the short-lived consumers that read a group's offsets.
+    config: ClientConfig,
+    /// Topics whose every consumer group had read everything, with the record count then:
+    /// deleting one is safe while the count is unchanged (no record arrived since).
+    drained: std::sync::Mutex<HashMap<String, u64>>,
     context: CaptureContext,
     endpoint: String,
     /// Topic config keys reported by observe: retention.ms and the env's topicConfig keys.
@@ -316,6 +321,97 @@ impl Inner {
     /// partition answered: one ListOffsets round for the earliest and one for the latest
     /// offsets. Topics still getting partition leaders (just created or moving) are not asked
     /// and get no count: a Delete policy never removes a topic whose count is unknown.
+    /// The offsets `group` committed on `topic`'s partitions (absent: none committed).
+    fn committed_blocking(
+        &self,
+        group: &str,
+        topic: &str,
+        partitions: i32,
+    ) -> Result<HashMap<i32, i64>, BrokerError> {
+        let what = || {
+            format!(
+                "reading the offsets of consumer group {group} on {}",
+                self.endpoint
+            )
+        };
+        let mut config = self.config.clone();
+        config
+            .set("group.id", group)
+            .set("enable.auto.commit", "false");
+        let consumer: BaseConsumer<CaptureContext> =
+            BaseConsumer::from_config_and_context(&config, self.context.clone())
+                .map_err(|e| classify_kafka(&e, None, &what()))?;
+        let mut tpl = TopicPartitionList::with_capacity(usize::try_from(partitions).unwrap_or(0));
+        for p in 0..partitions {
+            tpl.add_partition(topic, p);
+        }
+        self.count("OffsetFetch");
+        let committed = consumer
+            .committed_offsets(tpl, OBSERVE_TIMEOUT)
+            .map_err(|e| classify_kafka(&e, self.last_error().as_ref(), &what()))?;
+        Ok(committed
+            .elements()
+            .iter()
+            .filter_map(|e| match e.offset() {
+                Offset::Offset(n) => Some((e.partition(), n)),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// For each topic, what the slowest of its consumer groups has not committed yet (a
+    /// group that committed nothing has read nothing). Topics not on the broker, or whose
+    /// offsets cannot all be read, are left out.
+    fn unconsumed_blocking(
+        &self,
+        groups: &BTreeMap<String, Vec<String>>,
+    ) -> Result<BTreeMap<String, u64>, BrokerError> {
+        let layout = self.metadata_blocking(OBSERVE_TIMEOUT)?;
+        let topics: Vec<(String, i32)> = groups
+            .keys()
+            .filter_map(|t| {
+                layout
+                    .get(t)
+                    .filter(|m| m.led)
+                    .map(|m| (t.clone(), m.partitions))
+            })
+            .collect();
+        let low = self.offsets_blocking(&topics, Offset::Beginning, OBSERVE_TIMEOUT)?;
+        let high = self.offsets_blocking(&topics, Offset::End, OBSERVE_TIMEOUT)?;
+        let mut out = BTreeMap::new();
+        'topics: for (topic, partitions) in &topics {
+            let mut marks = Vec::new();
+            for p in 0..*partitions {
+                let key = (topic.clone(), p);
+                let (Some(l), Some(h)) = (low.get(&key), high.get(&key)) else {
+                    continue 'topics;
+                };
+                marks.push((p, *l, *h));
+            }
+            let mut held = 0u64;
+            for group in &groups[topic] {
+                let committed = self.committed_blocking(group, topic, *partitions)?;
+                let lag: u64 = marks
+                    .iter()
+                    .map(|(p, l, h)| {
+                        let read = committed.get(p).copied().unwrap_or(*l).max(*l);
+                        u64::try_from(h - read).unwrap_or(0)
+                    })
+                    .sum();
+                held = held.max(lag);
+            }
+            if held == 0 {
+                let records = marks
+                    .iter()
+                    .map(|(_, l, h)| u64::try_from(h - l).unwrap_or(0))
+                    .sum();
+                lock_drained(&self.drained).insert(topic.clone(), records);
+            }
+            out.insert(topic.clone(), held);
+        }
+        Ok(out)
+    }
+
     fn message_counts_blocking(
         &self,
         topics: &[(String, i32)],
@@ -856,8 +952,11 @@ impl Inner {
             Ok(h) => h,
             Err(e) => return names.iter().map(|_| Err(e.clone())).collect(),
         };
+        let drained = lock_drained(&self.drained).clone();
         let kept = |name: &str| match holding.get(name) {
             None | Some(Some(0)) => None,
+            // Every group had read it all, and no record arrived since.
+            Some(Some(n)) if drained.get(name) == Some(n) => None,
             Some(Some(n)) => Some(format!(
                 "topic {name} received {n} message(s) since it was observed; it is deleted once drained"
             )),
@@ -896,6 +995,12 @@ impl Inner {
         }
         results
     }
+}
+
+fn lock_drained(
+    m: &std::sync::Mutex<HashMap<String, u64>>,
+) -> std::sync::MutexGuard<'_, HashMap<String, u64>> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn duplicate(name: &str) -> BrokerError {
@@ -1026,6 +1131,8 @@ impl KafkaBackend {
         let inner = Arc::new(Inner {
             admin,
             consumer,
+            config: config.clone(),
+            drained: std::sync::Mutex::new(HashMap::new()),
             context,
             endpoint: spec.bootstrap_servers.join(","),
             managed_keys,
@@ -1072,6 +1179,42 @@ fn is_topic_kind(kind: ObjectKind) -> bool {
 impl Backend for KafkaBackend {
     fn broker_type(&self) -> BrokerType {
         BrokerType::Kafka
+    }
+
+    /// A Kafka topic keeps its records after they are read: what it holds for its
+    /// subscriptions is the lag of its slowest consumer group (read with OffsetFetch, one
+    /// short-lived client per group, only for topics about to be deleted).
+    async fn unconsumed(
+        &self,
+        leaving: &[ObjectKey],
+        names: &BTreeMap<String, String>,
+    ) -> Result<BTreeMap<ObjectKey, u64>, BrokerError> {
+        let mut groups: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (logical, group) in names {
+            let mut parts = logical.split('/');
+            if let (Some(topic), Some(_), None) = (parts.next(), parts.next(), parts.next())
+                && let Some(physical) = names.get(topic)
+                && leaving
+                    .iter()
+                    .any(|k| k.kind == ObjectKind::Topic && &k.name == physical)
+            {
+                groups
+                    .entry(physical.clone())
+                    .or_default()
+                    .push(group.clone());
+            }
+        }
+        if groups.is_empty() {
+            return Ok(BTreeMap::new());
+        }
+        let held = self
+            .inner
+            .blocking(move |inner| inner.unconsumed_blocking(&groups))
+            .await?;
+        Ok(held
+            .into_iter()
+            .map(|(topic, n)| (ObjectKey::new(ObjectKind::Topic, topic), n))
+            .collect())
     }
 
     async fn check(&self) -> Result<(), BrokerError> {
