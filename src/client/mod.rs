@@ -439,15 +439,17 @@ impl Client {
         let target = sides.current.binding.target(topic, subscription)?;
         let first = sides.current.transport.subscribe(&target).await?;
         let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let demand = Arc::new(tokio::sync::watch::Sender::new(0));
         let follow = Follow {
             topic: topic.to_string(),
             subscription: subscription.to_string(),
             tx,
+            demand: demand.clone(),
             pumps: Vec::new(),
         };
         let task = tokio::spawn(follow.run(self.sides.clone(), first, sides.current.key().clone()));
         Ok(Subscriber {
-            consumer: Box::new(Merged { rx }),
+            consumer: Box::new(Merged { rx, demand }),
             _task: AbortOnDrop(task),
         })
     }
@@ -490,6 +492,8 @@ struct Follow {
     topic: String,
     subscription: String,
     tx: tokio::sync::mpsc::Sender<Result<Delivery, ClientError>>,
+    /// Calls of the app waiting for a delivery that no consumer has answered yet.
+    demand: Arc<tokio::sync::watch::Sender<usize>>,
     pumps: Vec<Pump>,
 }
 
@@ -597,7 +601,12 @@ impl Follow {
             broker = side.get("type").map(String::as_str).unwrap_or_default()
         );
         let task = tokio::spawn(tracing::Instrument::instrument(
-            pump(consumer, self.tx.clone(), current.clone()),
+            pump(
+                consumer,
+                self.tx.clone(),
+                self.demand.clone(),
+                current.clone(),
+            ),
             span,
         ));
         self.pumps.push(Pump {
@@ -609,12 +618,24 @@ impl Follow {
     }
 }
 
+/// Feed `consumer`'s deliveries to the subscriber while the app waits for one: a subscriber
+/// the app does not read holds no message (a competing consumer gets it). During a swap both
+/// sides receive for one call, and the delivery that loses waits in the channel for the next.
 async fn pump(
     mut consumer: Box<dyn Consumer>,
     tx: tokio::sync::mpsc::Sender<Result<Delivery, ClientError>>,
+    demand: Arc<tokio::sync::watch::Sender<usize>>,
     current: Arc<std::sync::atomic::AtomicBool>,
 ) {
+    let mut waiting = demand.subscribe();
     loop {
+        let wanted = tokio::select! {
+            w = waiting.wait_for(|n| *n > 0) => w.is_ok(),
+            () = tx.closed() => false,
+        };
+        if !wanted {
+            return;
+        }
         let next = tokio::select! {
             n = consumer.next() => n,
             () = tx.closed() => return,
@@ -628,6 +649,8 @@ async fn pump(
         if let Ok(d) = &next {
             tracing::trace!(id = %d.message.id, attempt = d.attempt, "delivered");
         }
+        // This call is answered: no consumer fetches again until the app asks again.
+        demand.send_modify(|n| *n = n.saturating_sub(1));
         let failed = next.is_err();
         if tx.send(next).await.is_err() || failed {
             return;
@@ -647,12 +670,46 @@ impl Drop for AbortOnDrop {
 /// The deliveries of several consumers, as one.
 struct Merged {
     rx: tokio::sync::mpsc::Receiver<Result<Delivery, ClientError>>,
+    demand: Arc<tokio::sync::watch::Sender<usize>>,
+}
+
+/// One call waiting for a delivery; a call cancelled before any consumer answered it takes
+/// its request back.
+struct Waiting<'a> {
+    demand: &'a tokio::sync::watch::Sender<usize>,
+    answered: bool,
+}
+
+impl<'a> Waiting<'a> {
+    fn new(demand: &'a tokio::sync::watch::Sender<usize>) -> Self {
+        demand.send_modify(|n| *n += 1);
+        Waiting {
+            demand,
+            answered: false,
+        }
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        if !self.answered {
+            self.demand.send_modify(|n| *n = n.saturating_sub(1));
+        }
+    }
 }
 
 #[async_trait]
 impl Consumer for Merged {
     async fn next(&mut self) -> Result<Delivery, ClientError> {
-        self.rx.recv().await.unwrap_or(Err(ClientError::Closed))
+        // One already received (the losing side of a swap, or a cancelled call) comes first.
+        if let Ok(d) = self.rx.try_recv() {
+            return d;
+        }
+        let mut waiting = Waiting::new(&self.demand);
+        let next = self.rx.recv().await;
+        // The consumer that answered took the request back.
+        waiting.answered = next.is_some();
+        next.unwrap_or(Err(ClientError::Closed))
     }
 }
 

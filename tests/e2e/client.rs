@@ -452,3 +452,78 @@ async fn sqs_conformance() {
     );
     ctl.stop().await;
 }
+
+#[tokio::test]
+async fn pubsub_conformance() {
+    use base64::Engine as _;
+    use serde_json::{Value, json};
+
+    let endpoint = env_var("SWITCHYARD_PUBSUB_ENDPOINT");
+    let project = "switchyard-test";
+    let env = format!(
+        "{{slug: prd, type: GooglePubSub, googlePubSub: {{projectId: {project}, endpoint: \"{endpoint}\"}}}}"
+    );
+    let (client, ctl) = provisioned("client-pubsub", &env).await;
+    assert_eq!(client.binding().broker_type(), "google-pubsub");
+    conformance(&client).await;
+
+    // The poison message sits in the subscription's dead-letter topic (read through the
+    // subscription of the same id the operator keeps on it), and nothing else does.
+    let dlq = dead_letter(&client);
+    let billing = client
+        .binding()
+        .target("orders", "billing")
+        .expect("target")
+        .physical_subscription;
+    let http = reqwest::Client::new();
+    let call = async |verb: &str, body: Value| -> Value {
+        let url = format!("{endpoint}/v1/projects/{project}/subscriptions/{dlq}:{verb}");
+        let resp = http.post(&url).json(&body).send().await.expect(verb);
+        assert!(resp.status().is_success(), "{verb}: {}", resp.status());
+        resp.json().await.expect("json")
+    };
+    let pull = json!({"maxMessages": 10, "returnImmediately": true});
+    let mut dead = Vec::new();
+    // Pub/Sub forwards the dead letter on its own time: wait for it.
+    wait_until(DELIVERY, "the dead letter", async || {
+        dead = call("pull", pull.clone())
+            .await
+            .get("receivedMessages")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        !dead.is_empty()
+    })
+    .await;
+    assert_eq!(dead.len(), 1, "one dead letter");
+    let m = &dead[0]["message"];
+    let data = base64::engine::general_purpose::STANDARD
+        .decode(m["data"].as_str().unwrap_or_default())
+        .expect("base64 data");
+    assert_eq!(data, b"poison");
+    let attribute = |name: &str| m["attributes"][name].as_str();
+    assert_eq!(
+        attribute("ce_specversion"),
+        Some("1.0"),
+        "CloudEvents attributes kept"
+    );
+    assert!(attribute("ce_id").is_some(), "CloudEvents id kept");
+    assert_eq!(
+        attribute("CloudPubSubDeadLetterSourceDeliveryCount"),
+        Some("5"),
+        "dead-lettered after five deliveries"
+    );
+    assert_eq!(
+        attribute("CloudPubSubDeadLetterSourceSubscription"),
+        Some(billing.as_str()),
+        "dead-lettered from the billing subscription"
+    );
+    let ack = dead[0]["ackId"].as_str().expect("ackId").to_string();
+    call("acknowledge", json!({"ackIds": [ack]})).await;
+    let rest = call("pull", pull).await;
+    assert!(
+        rest.get("receivedMessages").is_none(),
+        "one dead letter: {rest}"
+    );
+    ctl.stop().await;
+}

@@ -45,25 +45,11 @@ async fn a_steady_stream_crosses_every_broker_without_loss() {
         .with_test_writer()
         .try_init();
     let (kube, ns) = setup("continuity").await;
-    let rabbit = crate::rabbitmq::broker();
+    let rabbitmq = crate::rabbitmq::env_with_secret(&kube, &ns).await;
     let moto = Moto::new();
-    put_secret(
-        &kube,
-        &ns,
-        "rabbit",
-        &[
-            ("username", &rabbit.username),
-            ("password", &rabbit.password),
-        ],
-    )
-    .await;
     put_secret(&kube, &ns, "aws", &moto.credentials()).await;
     let ctl = start_real_controller(kube.clone(), &ns);
 
-    let rabbitmq = format!(
-        "{{slug: prd, type: RabbitMQ, rabbitmq: {{host: \"{}\", port: {}, managementUrl: \"{}\", credentialsSecretRef: {{name: rabbit}}}}}}",
-        rabbit.host, rabbit.port, rabbit.management
-    );
     let redis = |db: u32| {
         let url = env_var("SWITCHYARD_REDIS_URL");
         let base = url
@@ -72,25 +58,22 @@ async fn a_steady_stream_crosses_every_broker_without_loss() {
             .expect("url");
         format!("{{slug: prd, type: Redis, redis: {{url: \"{base}/{db}\"}}}}")
     };
-    let kafka = format!(
-        "{{slug: prd, type: Kafka, kafka: {{bootstrapServers: [\"{}\"]}}}}",
-        env_var("SWITCHYARD_KAFKA_BOOTSTRAP")
-    );
     // The chain of the issue: every broker is left once, and the first is come back to.
     let chain: Vec<(&str, String)> = vec![
         ("RabbitMQ", rabbitmq.clone()),
-        ("Kafka", kafka),
+        ("Kafka", kafka_env()),
         ("Redis", redis(2)),
+        (
+            "GooglePubSub",
+            format!(
+                "{{slug: prd, type: GooglePubSub, googlePubSub: {{projectId: switchyard-test, endpoint: \"{}\"}}}}",
+                env_var("SWITCHYARD_PUBSUB_ENDPOINT")
+            ),
+        ),
         ("AwsSqs", moto.env.clone()),
         ("RabbitMQ", rabbitmq),
     ];
-    let manifest = |env: &str| {
-        format!(
-            "{}spec:\n  deletionPolicy: Delete\n  topics:\n    - name: orders\n      partitions: 3\n      subscriptions: [{{name: billing}}]\n  envs:\n    - {env}\n",
-            mb_header("bus")
-        )
-    };
-    apply_mb(&kube, &ns, &manifest(&chain[0].1)).await;
+    apply_mb(&kube, &ns, &orders_on(&chain[0].1)).await;
     wait_ready(&kube, &ns, "bus", TIMEOUT).await;
 
     let app = Client::from_secret(&kube, &ns, "bus-prd")
@@ -154,7 +137,7 @@ async fn a_steady_stream_crosses_every_broker_without_loss() {
     for (broker, env) in &chain[1..] {
         let started = Instant::now();
         let before = log.lock().expect("log").sent.len();
-        apply_mb(&kube, &ns, &manifest(env)).await;
+        apply_mb(&kube, &ns, &orders_on(env)).await;
         wait_for_mb(
             &kube,
             &ns,

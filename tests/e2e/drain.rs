@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use switchyard::api::{MessageBroker, SwapPhase};
-use switchyard::client::{Binding, Client, Message};
+use switchyard::client::{Binding, Client, Message, Subscriber};
 
 use crate::support::*;
 
@@ -28,6 +28,44 @@ fn phase(mb: &MessageBroker) -> Option<SwapPhase> {
         .map(|s| s.phase)
 }
 
+/// Wait until the swap of `bus` completed and it is Ready.
+async fn swap_complete(client: &kube::Client, ns: &str) -> MessageBroker {
+    wait_for_mb(client, ns, "bus", TIMEOUT, "swap complete and Ready", |m| {
+        phase(m) == Some(SwapPhase::Complete) && condition_true(m, "Ready")
+    })
+    .await
+}
+
+/// Publish `n` messages (payload `<label> <i>`) through `client`, adding their ids to `sent`.
+async fn publish_n(client: &Client, label: &str, n: usize, sent: &mut BTreeSet<String>) {
+    let publisher = client.publisher("orders");
+    for i in 0..n {
+        let m = Message::new(format!("{label} {i}").into_bytes());
+        sent.insert(m.id.clone());
+        publisher.publish(m).await.expect("publish");
+    }
+}
+
+/// Receive until every message of `sent` arrived, acking each; the deliveries it took.
+pub(crate) async fn consume_all(sub: &mut Subscriber, sent: &BTreeSet<String>) -> usize {
+    let mut got = BTreeSet::new();
+    let mut deliveries = 0;
+    while got.len() < sent.len() {
+        let d = tokio::time::timeout(Duration::from_secs(30), sub.next())
+            .await
+            .unwrap_or_else(|_| panic!("{} of {} received, then nothing", got.len(), sent.len()))
+            .expect("receive");
+        deliveries += 1;
+        assert!(
+            sent.contains(&d.message.id),
+            "only messages that were sent arrive"
+        );
+        got.insert(d.message.id.clone());
+        d.ack().await.expect("ack");
+    }
+    deliveries
+}
+
 #[tokio::test]
 async fn messages_queued_at_a_swap_are_drained_and_the_old_side_retired() {
     let (client, ns) = setup("drain").await;
@@ -39,9 +77,9 @@ async fn messages_queued_at_a_swap_are_drained_and_the_old_side_retired() {
         .map(|(b, _)| b.to_string())
         .expect("url");
     let manifest = |db: u32| {
-        format!(
-            "apiVersion: switchyard.dev/v1alpha1\nkind: MessageBroker\nmetadata: {{name: bus}}\nspec:\n  deletionPolicy: Delete\n  topics:\n    - name: orders\n      subscriptions: [{{name: billing}}]\n  envs:\n    - {{slug: prd, type: Redis, redis: {{url: \"{base}/{db}\"}}}}\n"
-        )
+        orders_on(&format!(
+            "{{slug: prd, type: Redis, redis: {{url: \"{base}/{db}\"}}}}"
+        ))
     };
     apply_mb(&client, &ns, &manifest(0)).await;
     wait_ready(&client, &ns, "bus", TIMEOUT).await;
@@ -51,11 +89,7 @@ async fn messages_queued_at_a_swap_are_drained_and_the_old_side_retired() {
         .await
         .expect("client");
     let mut sent = BTreeSet::new();
-    for i in 0..100 {
-        let m = Message::new(format!("old {i}").into_bytes());
-        sent.insert(m.id.clone());
-        old.publisher("orders").publish(m).await.expect("publish");
-    }
+    publish_n(&old, "old", 100, &mut sent).await;
 
     // The swap: the binding flips, and the old stream cannot be deleted while it holds them.
     apply_mb(&client, &ns, &manifest(1)).await;
@@ -73,44 +107,21 @@ async fn messages_queued_at_a_swap_are_drained_and_the_old_side_retired() {
     assert!(app.draining());
 
     // New messages go to the new side; the subscriber gets old and new.
-    for i in 0..20 {
-        let m = Message::new(format!("new {i}").into_bytes());
-        sent.insert(m.id.clone());
-        app.publisher("orders").publish(m).await.expect("publish");
-    }
+    publish_n(&app, "new", 20, &mut sent).await;
     let mut sub = app
         .subscriber("orders", "billing")
         .await
         .expect("subscribe");
-    let mut got = BTreeSet::new();
-    let mut deliveries = 0;
-    while got.len() < sent.len() {
-        let d = tokio::time::timeout(Duration::from_secs(20), sub.next())
-            .await
-            .unwrap_or_else(|_| panic!("{} of {} received, then nothing", got.len(), sent.len()))
-            .expect("receive");
-        deliveries += 1;
-        got.insert(d.message.id.clone());
-        d.ack().await.expect("ack");
-    }
-    assert_eq!(got, sent, "every message published is consumed");
+    let deliveries = consume_all(&mut sub, &sent).await;
     eprintln!(
         "drain: {} messages, {} deliveries ({} duplicates)",
         sent.len(),
         deliveries,
-        deliveries - got.len()
+        deliveries - sent.len()
     );
 
     // Drained: the operator retires the old side and drops `previous.` from the binding.
-    let mb = wait_for_mb(
-        &client,
-        &ns,
-        "bus",
-        TIMEOUT,
-        "swap complete and Ready",
-        |m| phase(m) == Some(SwapPhase::Complete) && condition_true(m, "Ready"),
-    )
-    .await;
+    let mb = swap_complete(&client, &ns).await;
     assert!(
         mb.metadata.annotations.unwrap_or_default().is_empty(),
         "no annotation was needed"
@@ -143,55 +154,18 @@ async fn messages_queued_at_a_swap_are_drained_and_the_old_side_retired() {
 async fn a_thousand_messages_queued_on_rabbitmq_reach_the_app_after_a_swap_to_kafka() {
     const QUEUED: usize = 1_000;
     let (client, ns) = setup("drain-1000").await;
-    let rabbit = crate::rabbitmq::broker();
-    put_secret(
-        &client,
-        &ns,
-        "rabbit",
-        &[
-            ("username", &rabbit.username),
-            ("password", &rabbit.password),
-        ],
-    )
-    .await;
+    let rabbitmq = crate::rabbitmq::env_with_secret(&client, &ns).await;
     let ctl = start_real_controller(client.clone(), &ns);
-    let manifest = |env: String| {
-        format!(
-            "{}spec:\n  deletionPolicy: Delete\n  topics:\n    - name: orders\n      partitions: 3\n      subscriptions: [{{name: billing}}]\n  envs:\n    - {env}\n",
-            mb_header("bus")
-        )
-    };
-    apply_mb(
-        &client,
-        &ns,
-        &manifest(format!(
-            "{{slug: prd, type: RabbitMQ, rabbitmq: {{host: \"{}\", port: {}, managementUrl: \"{}\", credentialsSecretRef: {{name: rabbit}}}}}}",
-            rabbit.host, rabbit.port, rabbit.management
-        )),
-    )
-    .await;
+    apply_mb(&client, &ns, &orders_on(&rabbitmq)).await;
     wait_ready(&client, &ns, "bus", TIMEOUT).await;
     let app = Client::from_secret(&client, &ns, "bus-prd")
         .await
         .expect("client");
-    let publisher = app.publisher("orders");
     let mut sent = BTreeSet::new();
-    for i in 0..QUEUED {
-        let m = Message::new(format!("queued {i}").into_bytes());
-        sent.insert(m.id.clone());
-        publisher.publish(m).await.expect("publish");
-    }
+    publish_n(&app, "queued", QUEUED, &mut sent).await;
 
     let swapped = std::time::Instant::now();
-    apply_mb(
-        &client,
-        &ns,
-        &manifest(format!(
-            "{{slug: prd, type: Kafka, kafka: {{bootstrapServers: [\"{}\"]}}}}",
-            env_var("SWITCHYARD_KAFKA_BOOTSTRAP")
-        )),
-    )
-    .await;
+    apply_mb(&client, &ns, &orders_on(&kafka_env())).await;
     let mut app_view = app.clone();
     while app.binding().broker_type() != "kafka" {
         tokio::time::timeout(TIMEOUT, app_view.binding_changed())
@@ -204,36 +178,17 @@ async fn a_thousand_messages_queued_on_rabbitmq_reach_the_app_after_a_swap_to_ka
         .subscriber("orders", "billing")
         .await
         .expect("subscribe");
-    let mut got = BTreeSet::new();
-    let mut deliveries = 0;
-    while got.len() < sent.len() {
-        let d = tokio::time::timeout(Duration::from_secs(20), sub.next())
-            .await
-            .unwrap_or_else(|_| panic!("{} of {} received, then nothing", got.len(), sent.len()))
-            .expect("receive");
-        deliveries += 1;
-        got.insert(d.message.id.clone());
-        d.ack().await.expect("ack");
-    }
+    let deliveries = consume_all(&mut sub, &sent).await;
     let drained = swapped.elapsed();
-    assert_eq!(got, sent, "every queued message reaches the app");
     // Drained: the RabbitMQ queue is retired and the binding no longer names it.
-    wait_for_mb(
-        &client,
-        &ns,
-        "bus",
-        TIMEOUT,
-        "swap complete and Ready",
-        |m| phase(m) == Some(SwapPhase::Complete) && condition_true(m, "Ready"),
-    )
-    .await;
+    swap_complete(&client, &ns).await;
     wait_until(TIMEOUT, "the app to stop draining", async || {
         !app.draining()
     })
     .await;
     eprintln!(
         "drain: {QUEUED} queued on RabbitMQ, swap to Kafka: all received {drained:?} after the swap began, {deliveries} deliveries ({} duplicates)",
-        deliveries - got.len()
+        deliveries - sent.len()
     );
     ctl.stop().await;
 }
@@ -246,37 +201,19 @@ async fn a_kafka_topic_is_retired_once_its_consumer_group_has_read_everything() 
     const QUEUED: usize = 50;
     let (client, ns) = setup("drain-kafka").await;
     let ctl = start_real_controller(client.clone(), &ns);
-    let manifest = |env: String| {
-        format!(
-            "{}spec:\n  deletionPolicy: Delete\n  topics:\n    - name: orders\n      partitions: 3\n      subscriptions: [{{name: billing}}]\n  envs:\n    - {env}\n",
-            mb_header("bus")
-        )
-    };
-    apply_mb(
-        &client,
-        &ns,
-        &manifest(format!(
-            "{{slug: prd, type: Kafka, kafka: {{bootstrapServers: [\"{}\"]}}}}",
-            env_var("SWITCHYARD_KAFKA_BOOTSTRAP")
-        )),
-    )
-    .await;
+    apply_mb(&client, &ns, &orders_on(&kafka_env())).await;
     wait_ready(&client, &ns, "bus", TIMEOUT).await;
     let app = Client::from_secret(&client, &ns, "bus-prd")
         .await
         .expect("client");
     let kafka_topic = app.binding().topic("orders").expect("topic");
     let mut sent = BTreeSet::new();
-    for i in 0..QUEUED {
-        let m = Message::new(format!("queued {i}").into_bytes());
-        sent.insert(m.id.clone());
-        app.publisher("orders").publish(m).await.expect("publish");
-    }
+    publish_n(&app, "queued", QUEUED, &mut sent).await;
 
     apply_mb(
         &client,
         &ns,
-        &manifest(format!(
+        &orders_on(&format!(
             "{{slug: prd, type: Redis, redis: {{url: \"{}\"}}}}",
             env_var("SWITCHYARD_REDIS_URL")
         )),
@@ -308,25 +245,8 @@ async fn a_kafka_topic_is_retired_once_its_consumer_group_has_read_everything() 
         .subscriber("orders", "billing")
         .await
         .expect("subscribe");
-    let mut got = BTreeSet::new();
-    while got.len() < sent.len() {
-        let d = tokio::time::timeout(Duration::from_secs(30), sub.next())
-            .await
-            .unwrap_or_else(|_| panic!("{} of {} received, then nothing", got.len(), sent.len()))
-            .expect("receive");
-        got.insert(d.message.id.clone());
-        d.ack().await.expect("ack");
-    }
-    assert_eq!(got, sent);
-    wait_for_mb(
-        &client,
-        &ns,
-        "bus",
-        TIMEOUT,
-        "swap complete and Ready",
-        |m| phase(m) == Some(SwapPhase::Complete) && condition_true(m, "Ready"),
-    )
-    .await;
+    consume_all(&mut sub, &sent).await;
+    swap_complete(&client, &ns).await;
     assert!(
         crate::kafka::Raw::new()
             .partitions(&[&kafka_topic])

@@ -34,6 +34,23 @@ pub(crate) struct Broker {
     pub management: String,
 }
 
+/// The env `prd` on the test RabbitMQ, with its credentials in a Secret `rabbit` created in
+/// `namespace`.
+pub(crate) async fn env_with_secret(client: &kube::Client, namespace: &str) -> String {
+    let b = broker();
+    support::put_secret(
+        client,
+        namespace,
+        "rabbit",
+        &[("username", &b.username), ("password", &b.password)],
+    )
+    .await;
+    format!(
+        "{{slug: prd, type: RabbitMQ, rabbitmq: {{host: \"{}\", port: {}, managementUrl: \"{}\", credentialsSecretRef: {{name: rabbit}}}}}}",
+        b.host, b.port, b.management
+    )
+}
+
 pub(crate) fn broker() -> Broker {
     Broker {
         host: env_var("SWITCHYARD_RABBITMQ_HOST"),

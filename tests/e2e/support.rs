@@ -355,3 +355,20 @@ pub fn mb_header(name: &str) -> String {
         "apiVersion: switchyard.dev/v1alpha1\nkind: MessageBroker\nmetadata: {{name: {name}}}\n"
     )
 }
+
+/// MessageBroker `bus` under Delete with one topic `orders` (3 partitions) read by `billing`,
+/// on `env` (one flow mapping): the shape the swap tests move from broker to broker.
+pub fn orders_on(env: &str) -> String {
+    format!(
+        "{}spec:\n  deletionPolicy: Delete\n  topics:\n    - name: orders\n      partitions: 3\n      subscriptions: [{{name: billing}}]\n  envs:\n    - {env}\n",
+        mb_header("bus")
+    )
+}
+
+/// The env `prd` on the test Kafka.
+pub fn kafka_env() -> String {
+    format!(
+        "{{slug: prd, type: Kafka, kafka: {{bootstrapServers: [\"{}\"]}}}}",
+        env_var("SWITCHYARD_KAFKA_BOOTSTRAP")
+    )
+}
