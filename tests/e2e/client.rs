@@ -188,10 +188,7 @@ async fn rabbitmq_conformance() {
     use lapin::types::AMQPValue;
 
     let b = crate::rabbitmq::broker();
-    let env = format!(
-        "{{slug: prd, type: RabbitMQ, rabbitmq: {{host: \"{}\", port: {}, managementUrl: \"{}\", credentialsSecretRef: {{name: rabbit}}}}}}",
-        b.host, b.port, b.management
-    );
+    let env = crate::rabbitmq::env(&b);
     let credentials: &[(&str, &[(&str, &str)])] = &[(
         "rabbit",
         &[("username", &b.username), ("password", &b.password)],

@@ -401,10 +401,7 @@ async fn expect_on_rabbitmq(queue: &str, tokens: &[&str]) {
 #[tokio::test]
 async fn rabbitmq_binding_feeds_spring_and_rhea() {
     let r = crate::rabbitmq::broker();
-    let env = format!(
-        "    - {{slug: prd, type: RabbitMQ, rabbitmq: {{host: \"{}\", port: {}, managementUrl: \"{}\", credentialsSecretRef: {{name: rabbit}}}}}}",
-        r.host, r.port, r.management
-    );
+    let env = format!("    - {}", crate::rabbitmq::env(&r));
     let secrets: &[(&str, &[(&str, &str)])] = &[(
         "rabbit",
         &[

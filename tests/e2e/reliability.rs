@@ -559,9 +559,11 @@ async fn a_broker_killed_mid_reconcile_is_reported_unreachable_and_recovered_fro
     .await;
     let detected = killed.elapsed();
     eprintln!("broker killed → Connected=False/Unreachable: {detected:?}");
-    // The pass under way fails, one backoff step (1s) later the check fails within its timeout.
+    // The pass under way fails, one backoff step (1s) later the check fails within its timeout
+    // (3s); the rest is the pass itself and the status write, which take seconds when the whole
+    // suite shares two cores. Far below the 60s resync that would otherwise bring it back.
     assert!(
-        detected < Duration::from_secs(1 + 3 + 2),
+        detected < Duration::from_secs(1 + 3 + 6),
         "took {detected:?} to notice"
     );
     let ready = condition(&down, "Ready").expect("Ready");

@@ -40,11 +40,7 @@ fn pubsub_env(endpoint: &str) -> String {
 }
 
 fn rabbit_env() -> String {
-    let b = rabbitmq::broker();
-    format!(
-        "    - {{slug: prd, type: RabbitMQ, rabbitmq: {{host: \"{}\", port: {}, managementUrl: \"{}\", credentialsSecretRef: {{name: rabbit}}}}}}",
-        b.host, b.port, b.management
-    )
+    format!("    - {}", rabbitmq::env(&rabbitmq::broker()))
 }
 
 async fn binding(client: &Client, ns: &str, name: &str) -> Option<BTreeMap<String, String>> {
