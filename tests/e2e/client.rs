@@ -188,7 +188,7 @@ async fn rabbitmq_conformance() {
     use lapin::types::AMQPValue;
 
     let b = crate::rabbitmq::broker();
-    let env = crate::rabbitmq::env(&b);
+    let env = crate::rabbitmq::env_yaml(&b);
     let credentials: &[(&str, &[(&str, &str)])] = &[(
         "rabbit",
         &[("username", &b.username), ("password", &b.password)],

@@ -45,11 +45,11 @@ pub(crate) async fn env_with_secret(client: &kube::Client, namespace: &str) -> S
         &[("username", &b.username), ("password", &b.password)],
     )
     .await;
-    env(&b)
+    env_yaml(&b)
 }
 
 /// The env `prd` on broker `b`, with its credentials in the Secret `rabbit`.
-pub(crate) fn env(b: &Broker) -> String {
+pub(crate) fn env_yaml(b: &Broker) -> String {
     format!(
         "{{slug: prd, type: RabbitMQ, rabbitmq: {{host: \"{}\", port: {}, managementUrl: \"{}\", credentialsSecretRef: {{name: rabbit}}}}}}",
         b.host, b.port, b.management

@@ -401,7 +401,7 @@ async fn expect_on_rabbitmq(queue: &str, tokens: &[&str]) {
 #[tokio::test]
 async fn rabbitmq_binding_feeds_spring_and_rhea() {
     let r = crate::rabbitmq::broker();
-    let env = format!("    - {}", crate::rabbitmq::env(&r));
+    let env = format!("    - {}", crate::rabbitmq::env_yaml(&r));
     let secrets: &[(&str, &[(&str, &str)])] = &[(
         "rabbit",
         &[

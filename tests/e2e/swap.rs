@@ -40,7 +40,7 @@ fn pubsub_env(endpoint: &str) -> String {
 }
 
 fn rabbit_env() -> String {
-    format!("    - {}", rabbitmq::env(&rabbitmq::broker()))
+    format!("    - {}", rabbitmq::env_yaml(&rabbitmq::broker()))
 }
 
 async fn binding(client: &Client, ns: &str, name: &str) -> Option<BTreeMap<String, String>> {
