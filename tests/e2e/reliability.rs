@@ -1198,12 +1198,7 @@ async fn secret_values_never_reach_logs_events_status_metrics_or_binding_metadat
         ],
     )
     .await;
-    let ctl = start_controller(
-        client.clone(),
-        &ns,
-        Arc::new(RealConnector::default()),
-        fast_config(),
-    );
+    let ctl = start_real_controller(client.clone(), &ns);
     let topics = names("t", 2);
     let redis_block = redis_env(&redis.url(), Some("redis-auth"));
 

@@ -131,12 +131,7 @@ async fn wait_binding_type(client: &Client, ns: &str, name: &str, want: &str) {
 #[tokio::test]
 async fn redis_to_pubsub_flips_the_binding_once_and_retains_the_old_side() {
     let (client, ns) = setup("swap-rp").await;
-    let ctl = start_controller(
-        client.clone(),
-        &ns,
-        Arc::new(RealConnector::default()),
-        fast_config(),
-    );
+    let ctl = start_real_controller(client.clone(), &ns);
 
     apply_mb(&client, &ns, &manifest("bus", "Retain", 10, &redis_env())).await;
     let before = wait_for_mb(&client, &ns, "bus", TIMEOUT, "Ready on Redis", |m| {
@@ -216,12 +211,7 @@ async fn redis_to_pubsub_flips_the_binding_once_and_retains_the_old_side() {
 #[tokio::test]
 async fn an_unreachable_target_never_flips_and_a_restarted_operator_resumes() {
     let (client, ns) = setup("swap-down").await;
-    let ctl = start_controller(
-        client.clone(),
-        &ns,
-        Arc::new(RealConnector::default()),
-        fast_config(),
-    );
+    let ctl = start_real_controller(client.clone(), &ns);
     apply_mb(&client, &ns, &manifest("bus", "Retain", 2, &redis_env())).await;
     wait_for_mb(&client, &ns, "bus", TIMEOUT, "Ready on Redis", |m| {
         condition_true(m, "Ready")
@@ -278,12 +268,7 @@ async fn an_unreachable_target_never_flips_and_a_restarted_operator_resumes() {
         ),
     )
     .await;
-    let ctl = start_controller(
-        client.clone(),
-        &ns,
-        Arc::new(RealConnector::default()),
-        fast_config(),
-    );
+    let ctl = start_real_controller(client.clone(), &ns);
     let done = wait_for_mb(
         &client,
         &ns,
@@ -309,19 +294,8 @@ async fn an_unreachable_target_never_flips_and_a_restarted_operator_resumes() {
 async fn delete_policy_retires_the_old_side_only_when_drained_across_a_restart() {
     let (client, ns) = setup("swap-del").await;
     let b = rabbitmq::broker();
-    put_secret(
-        &client,
-        &ns,
-        "rabbit",
-        &[("username", &b.username), ("password", &b.password)],
-    )
-    .await;
-    let ctl = start_controller(
-        client.clone(),
-        &ns,
-        Arc::new(RealConnector::default()),
-        fast_config(),
-    );
+    rabbitmq::env_with_secret(&client, &ns).await;
+    let ctl = start_real_controller(client.clone(), &ns);
     apply_mb(&client, &ns, &manifest("bus", "Delete", 1, &rabbit_env())).await;
     let ready = wait_for_mb(&client, &ns, "bus", TIMEOUT, "Ready on RabbitMQ", |m| {
         condition_true(m, "Ready")
@@ -379,12 +353,7 @@ async fn delete_policy_retires_the_old_side_only_when_drained_across_a_restart()
     ch.queue_purge(queue.as_str().into(), QueuePurgeOptions::default())
         .await
         .expect("purge");
-    let ctl = start_controller(
-        client.clone(),
-        &ns,
-        Arc::new(RealConnector::default()),
-        fast_config(),
-    );
+    let ctl = start_real_controller(client.clone(), &ns);
     wait_for_mb(
         &client,
         &ns,
@@ -505,20 +474,8 @@ fn kafka_env() -> String {
 #[tokio::test]
 async fn rabbitmq_to_kafka_and_back_flips_once_each_way() {
     let (client, ns) = setup("swap-rk").await;
-    let b = rabbitmq::broker();
-    put_secret(
-        &client,
-        &ns,
-        "rabbit",
-        &[("username", &b.username), ("password", &b.password)],
-    )
-    .await;
-    let ctl = start_controller(
-        client.clone(),
-        &ns,
-        Arc::new(RealConnector::default()),
-        fast_config(),
-    );
+    rabbitmq::env_with_secret(&client, &ns).await;
+    let ctl = start_real_controller(client.clone(), &ns);
     apply_mb(&client, &ns, &manifest("bus", "Retain", 10, &rabbit_env())).await;
     wait_for_mb(&client, &ns, "bus", TIMEOUT, "Ready on RabbitMQ", |m| {
         condition_true(m, "Ready")
