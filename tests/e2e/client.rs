@@ -384,7 +384,7 @@ async fn sqs_conformance() {
     use aws_sdk_sqs::types::MessageSystemAttributeName;
 
     let moto = Moto::new();
-    let (endpoint, region, key) = (moto.endpoint.clone(), moto.region.clone(), &moto.key);
+    let key = &moto.key;
     let credentials = moto.credentials();
     let secrets: &[(&str, &[(&str, &str)])] = &[("aws", &credentials)];
     let (client, ctl) = provisioned_with("client-sqs", &moto.env, secrets).await;
@@ -398,12 +398,7 @@ async fn sqs_conformance() {
 
     // The poison message sits in the subscription's dead-letter queue, and nothing else does.
     let dlq = dead_letter(&client);
-    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .endpoint_url(&endpoint)
-        .region(aws_config::Region::new(region))
-        .load()
-        .await;
-    let sqs = aws_sdk_sqs::Client::new(&config);
+    let sqs = aws_sdk_sqs::Client::new(&moto.sdk_config().await);
     let url = sqs
         .get_queue_url()
         .queue_name(&dlq)

@@ -473,7 +473,7 @@ async fn pubsub_binding_configures_the_google_sdk() {
 #[tokio::test]
 async fn sqs_binding_configures_the_aws_sdk() {
     let moto = Moto::new();
-    let (endpoint, region) = (moto.endpoint.clone(), moto.region.clone());
+    let endpoint = moto.endpoint.clone();
     let secret = &moto.secret;
     let credentials = moto.credentials();
     let secrets: &[(&str, &[(&str, &str)])] = &[("aws", &credentials)];
@@ -486,12 +486,7 @@ async fn sqs_binding_configures_the_aws_sdk() {
     );
     let token = unique("aws-sdk");
     b.python("aws-sqs", &token).await;
-    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .endpoint_url(&endpoint)
-        .region(aws_config::Region::new(region))
-        .load()
-        .await;
-    let sqs = aws_sdk_sqs::Client::new(&config);
+    let sqs = aws_sdk_sqs::Client::new(&moto.sdk_config().await);
     let url = sqs
         .get_queue_url()
         .queue_name(b.subscription())

@@ -41,6 +41,16 @@ impl Moto {
         }
     }
 
+    /// An SDK config for moto, signed with the test's own credentials (to look at queues
+    /// behind the operator's and the app's back).
+    pub async fn sdk_config(&self) -> aws_config::SdkConfig {
+        aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .endpoint_url(&self.endpoint)
+            .region(aws_config::Region::new(self.region.clone()))
+            .load()
+            .await
+    }
+
     /// The entries of the `aws` Secret.
     pub fn credentials(&self) -> [(&str, &str); 2] {
         [
