@@ -24,6 +24,8 @@ crds: ## Regenerate the CRD YAML from the Rust types
 lint: ## rustfmt and clippy, warnings are errors
 	cargo fmt --all -- --check
 	cargo clippy --all-targets -- -D warnings
+	cargo clippy --lib --example app --no-default-features --features client -- -D warnings
+	cargo clippy --lib --example app --no-default-features --features secret-watch -- -D warnings
 
 test-unit: ## Unit tests only (no environment needed)
 	cargo test --lib --bins

@@ -124,8 +124,7 @@ pub fn content(
     BindingContent::new(data)
 }
 
-/// Prefix of the previous side's entries while a swap drains it.
-pub const PREVIOUS: &str = "previous.";
+pub use crate::client::binding::PREVIOUS;
 
 impl BindingContent {
     fn new(data: BTreeMap<String, String>) -> Self {

@@ -9,6 +9,7 @@ trap 'bash tests/env/down.sh' EXIT
 # shellcheck disable=SC1091
 source target/testenv/env.sh
 
+bash tests/client_only.sh
 cargo build --bin switchyard
 export SWITCHYARD_BIN="$CARGO_TARGET_DIR/debug/switchyard"
 cargo test --all-targets --no-fail-fast

@@ -585,27 +585,6 @@ pub fn secret_names(env: &EnvSpec) -> Vec<String> {
 pub mod driver;
 pub use driver::{ConnectOptions, Driver, EnvDriver, RealConnector, driver};
 
-/// The client data plane of a binding's broker: the one place a binding `type` meets its
-/// transport.
-pub async fn transport(
-    binding: &crate::client::Binding,
-) -> Result<std::sync::Arc<dyn crate::client::Transport>, crate::client::ClientError> {
-    let broker_type = BrokerType::ALL
-        .iter()
-        .copied()
-        .find(|t| driver(*t).binding_type() == binding.broker_type());
-    match broker_type {
-        Some(BrokerType::Redis) => Ok(std::sync::Arc::new(redis::data::transport(binding).await?)),
-        Some(BrokerType::Kafka) => kafka::data::transport(binding).await,
-        Some(BrokerType::RabbitMQ) => rabbitmq::data::transport(binding).await,
-        Some(BrokerType::GooglePubSub) => pubsub::data::transport(binding).await,
-        Some(BrokerType::AwsSqs) => sqs::data::transport(binding).await,
-        None => Err(crate::client::ClientError::Unsupported(
-            binding.broker_type().to_string(),
-        )),
-    }
-}
-
 pub mod kafka;
 pub mod pubsub;
 pub mod rabbitmq;

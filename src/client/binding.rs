@@ -6,6 +6,9 @@ use std::path::Path;
 
 use super::{ClientError, SubscriptionTarget};
 
+/// Prefix of the previous side's entries while a swap drains it.
+pub const PREVIOUS: &str = "previous.";
+
 /// The entries of one binding.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Binding {
@@ -59,6 +62,7 @@ impl Binding {
     }
 
     /// Read a binding Secret through the Kubernetes API (for use outside the cluster).
+    #[cfg(feature = "secret-watch")]
     pub async fn from_secret(
         client: &kube::Client,
         namespace: &str,
@@ -75,6 +79,7 @@ impl Binding {
     }
 
     /// A binding from a Secret's data.
+    #[cfg(feature = "secret-watch")]
     pub fn from_secret_data(
         data: BTreeMap<String, k8s_openapi::ByteString>,
     ) -> Result<Binding, ClientError> {
@@ -104,7 +109,7 @@ impl Binding {
         };
         let own = entries
             .iter()
-            .filter(|(k, _)| !k.starts_with(crate::binding::PREVIOUS))
+            .filter(|(k, _)| !k.starts_with(PREVIOUS))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         Ok(Binding {
@@ -129,7 +134,7 @@ impl Binding {
             .entries
             .iter()
             .filter_map(|(k, v)| {
-                k.strip_prefix(crate::binding::PREVIOUS)
+                k.strip_prefix(PREVIOUS)
                     .map(|k| (k.to_string(), v.clone()))
             })
             .collect();

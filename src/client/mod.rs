@@ -28,6 +28,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 pub mod binding;
+#[cfg(feature = "secret-watch")]
 pub mod cli;
 
 pub use binding::Binding;
@@ -188,6 +189,19 @@ pub trait Transport: Send + Sync {
     ) -> Result<Box<dyn Consumer>, ClientError>;
 }
 
+/// The data plane of a binding's broker: the one place a binding `type` meets its transport.
+pub async fn transport(binding: &Binding) -> Result<Arc<dyn Transport>, ClientError> {
+    use crate::brokers::{kafka, pubsub, rabbitmq, redis, sqs};
+    match binding.broker_type() {
+        kafka::data::BINDING_TYPE => kafka::data::transport(binding).await,
+        redis::data::BINDING_TYPE => Ok(Arc::new(redis::data::transport(binding).await?)),
+        rabbitmq::data::BINDING_TYPE => rabbitmq::data::transport(binding).await,
+        pubsub::data::BINDING_TYPE => pubsub::data::transport(binding).await,
+        sqs::data::BINDING_TYPE => sqs::data::transport(binding).await,
+        other => Err(ClientError::Unsupported(other.to_string())),
+    }
+}
+
 /// An open subscription of one transport.
 #[async_trait]
 pub trait Consumer: Send {
@@ -284,7 +298,7 @@ impl Sides {
         let side = |b: Binding| async {
             let transport = match known(&b) {
                 Some(t) => t,
-                None => crate::brokers::transport(&b).await?,
+                None => transport(&b).await?,
             };
             Ok::<_, ClientError>(Side {
                 binding: Arc::new(b),
@@ -347,6 +361,7 @@ impl Client {
 
     /// Read a binding Secret through the Kubernetes API (for use outside the cluster), and
     /// follow its changes with a watch.
+    #[cfg(feature = "secret-watch")]
     pub async fn from_secret(
         kube: &kube::Client,
         namespace: &str,

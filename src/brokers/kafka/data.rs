@@ -36,6 +36,9 @@ use crate::client::{
     Binding, ClientError, Consumer, Delivery, Message, Settle, SubscriptionTarget, Transport,
 };
 
+/// The `type` entry of a binding this data plane serves.
+pub const BINDING_TYPE: &str = "kafka";
+
 const BROKER: &str = "kafka";
 /// CloudEvents attribute prefix of Kafka headers (the CloudEvents Kafka binding).
 const CE: &str = "ce_";

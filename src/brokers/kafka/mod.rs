@@ -242,7 +242,7 @@ pub struct Kafka;
 
 impl super::Driver for Kafka {
     const TYPE: crate::api::BrokerType = crate::api::BrokerType::Kafka;
-    const BINDING_TYPE: &'static str = "kafka";
+    const BINDING_TYPE: &'static str = data::BINDING_TYPE;
 
     super::driver::forward_to_folder!(KafkaSpec, kafka);
 

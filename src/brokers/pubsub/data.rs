@@ -53,6 +53,9 @@ use crate::client::{
     Binding, ClientError, Consumer, Delivery, Message, Settle, SubscriptionTarget, Transport,
 };
 
+/// The `type` entry of a binding this data plane serves.
+pub const BINDING_TYPE: &str = "google-pubsub";
+
 const BROKER: &str = "google-pubsub";
 /// CloudEvents attribute prefix in message attributes (as on Kafka, Redis and SQS).
 const CE: &str = "ce_";

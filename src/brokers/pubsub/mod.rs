@@ -838,7 +838,7 @@ pub struct GooglePubSub;
 
 impl super::Driver for GooglePubSub {
     const TYPE: crate::api::BrokerType = crate::api::BrokerType::GooglePubSub;
-    const BINDING_TYPE: &'static str = "google-pubsub";
+    const BINDING_TYPE: &'static str = data::BINDING_TYPE;
 
     super::driver::forward_to_folder!(GooglePubSubSpec, google_pub_sub);
 

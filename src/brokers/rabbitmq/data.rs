@@ -34,6 +34,9 @@ use crate::client::{
     Binding, ClientError, Consumer, Delivery, Message, Settle, SubscriptionTarget, Transport,
 };
 
+/// The `type` entry of a binding this data plane serves.
+pub const BINDING_TYPE: &str = "rabbitmq";
+
 const BROKER: &str = "rabbitmq";
 /// CloudEvents attribute prefix in headers (the CloudEvents AMQP binding).
 const CE: &str = "cloudEvents:";

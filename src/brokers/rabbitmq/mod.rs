@@ -345,7 +345,7 @@ pub struct RabbitMq;
 
 impl super::Driver for RabbitMq {
     const TYPE: crate::api::BrokerType = crate::api::BrokerType::RabbitMQ;
-    const BINDING_TYPE: &'static str = "rabbitmq";
+    const BINDING_TYPE: &'static str = data::BINDING_TYPE;
 
     super::driver::forward_to_folder!(RabbitMqSpec, rabbitmq);
 

@@ -22,6 +22,9 @@ use crate::client::{
     Binding, ClientError, Consumer, Delivery, Message, Settle, SubscriptionTarget, Transport,
 };
 
+/// The `type` entry of a binding this data plane serves.
+pub const BINDING_TYPE: &str = "redis";
+
 const BROKER: &str = "redis";
 /// CloudEvents attribute prefix in entry fields (as in the Kafka binding's headers).
 const CE: &str = "ce_";

@@ -319,7 +319,7 @@ pub struct Redis;
 
 impl super::Driver for Redis {
     const TYPE: crate::api::BrokerType = crate::api::BrokerType::Redis;
-    const BINDING_TYPE: &'static str = "redis";
+    const BINDING_TYPE: &'static str = data::BINDING_TYPE;
 
     super::driver::forward_to_folder!(RedisSpec, redis);
 

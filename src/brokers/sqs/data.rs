@@ -34,6 +34,9 @@ use crate::client::{
     Binding, ClientError, Consumer, Delivery, Message, Settle, SubscriptionTarget, Transport,
 };
 
+/// The `type` entry of a binding this data plane serves.
+pub const BINDING_TYPE: &str = "aws-sqs";
+
 const BROKER: &str = "aws-sqs";
 /// CloudEvents attribute prefix in message attributes.
 const CE: &str = "ce_";

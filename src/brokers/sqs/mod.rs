@@ -1297,7 +1297,7 @@ pub struct AwsSqs;
 
 impl super::Driver for AwsSqs {
     const TYPE: crate::api::BrokerType = crate::api::BrokerType::AwsSqs;
-    const BINDING_TYPE: &'static str = "aws-sqs";
+    const BINDING_TYPE: &'static str = data::BINDING_TYPE;
 
     super::driver::forward_to_folder!(AwsSqsSpec, aws_sqs);
 
