@@ -133,10 +133,7 @@ impl Binding {
         let entries: BTreeMap<String, String> = self
             .entries
             .iter()
-            .filter_map(|(k, v)| {
-                k.strip_prefix(PREVIOUS)
-                    .map(|k| (k.to_string(), v.clone()))
-            })
+            .filter_map(|(k, v)| k.strip_prefix(PREVIOUS).map(|k| (k.to_string(), v.clone())))
             .collect();
         Binding::from_entries(entries).ok()
     }
