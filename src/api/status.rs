@@ -157,4 +157,20 @@ pub struct SwapStatus {
     /// Objects the old side owned.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub old_owned: Vec<String>,
+    /// What the old side still holds for its subscriptions while retirement waits for apps to
+    /// drain it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub draining: Vec<DrainingStatus>,
+}
+
+/// Messages an old side's object still holds for its subscribers.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DrainingStatus {
+    /// The logical name: `topic/subscription` where the broker keeps one object per
+    /// subscription (RabbitMQ, Pub/Sub, SQS), else `topic`, counting what its slowest
+    /// subscription has not consumed (Kafka, Redis).
+    pub name: String,
+    /// Messages not consumed yet.
+    pub messages: u64,
 }

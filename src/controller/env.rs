@@ -10,8 +10,8 @@ use kube::runtime::events::EventType;
 use super::{Context, swap};
 use crate::api::conditions::{self, Desired, reasons, types};
 use crate::api::{
-    BindingStatus, DeletionPolicy, EnvSpec, EnvStatus, SubscriptionStatus, SwapPhase, TopicSpec,
-    TopicStatus,
+    BindingStatus, DeletionPolicy, DrainingStatus, EnvSpec, EnvStatus, SubscriptionStatus,
+    SwapPhase, TopicSpec, TopicStatus,
 };
 use crate::binding;
 use crate::brokers::plan::{Plan, PlanInput, owned_after};
@@ -677,32 +677,175 @@ async fn retire_old_side(shared: &Shared<'_>, status: &EnvStatus) -> swap::Retir
         return swap::Retirement::Unknown;
     };
     let owned = owned_set(&w.old_owned);
-    let names = brokers::desired(shared.scope, &old, shared.topics, &owned)
-        .map(|d| d.names)
+    let old_desired = brokers::desired(shared.scope, &old, shared.topics, &owned).ok();
+    let names = old_desired
+        .as_ref()
+        .map(|d| d.names.clone())
         .unwrap_or_default();
-    match retire(
-        shared.ctx,
-        shared.scope,
-        &old,
-        &owned,
-        &names,
-        shared.policy,
-    )
-    .await
-    {
+    let logical: BTreeMap<&ObjectKey, &str> = old_desired
+        .iter()
+        .flat_map(|d| &d.objects)
+        .map(|o| (&o.key, o.logical.as_str()))
+        .collect();
+    // Under Retain the old side is released untouched, but only once its subscribers have
+    // drained it: the binding stops naming it then, and nothing would read it after.
+    let retired = match shared.policy {
+        DeletionPolicy::Retain => unread(shared.ctx, shared.scope, &old, &owned, &names)
+            .await
+            .map(|mut held| {
+                // Dead letters are kept with the rest; no subscriber drains them.
+                held.retain(|k, _| k.kind != ObjectKind::DeadLetter);
+                let drained = held.is_empty();
+                Retired {
+                    remaining: if drained {
+                        BTreeSet::new()
+                    } else {
+                        owned.clone()
+                    },
+                    retained: if drained {
+                        owned.iter().cloned().collect()
+                    } else {
+                        Vec::new()
+                    },
+                    blocked: None,
+                    held,
+                }
+            }),
+        DeletionPolicy::Delete => {
+            retire(
+                shared.ctx,
+                shared.scope,
+                &old,
+                &owned,
+                &names,
+                shared.policy,
+            )
+            .await
+        }
+    };
+    match retired {
         Ok(r) => {
             let retained = r.retained.iter().map(ToString::to_string).collect();
-            match r.blocked {
+            let draining = draining(&r.held, &logical);
+            let message = match (&r.blocked, draining.is_empty()) {
+                (_, false) => Some(draining_message(&draining)),
+                (Some(m), true) => Some(m.clone()),
+                (None, true) => None,
+            };
+            match message {
                 Some(message) => swap::Retirement::Waiting {
                     remaining: owned_list(&r.remaining),
                     retained,
                     message,
+                    draining,
                 },
                 None => swap::Retirement::Done { retained },
             }
         }
         Err(e) => swap::Retirement::Failed(e.to_string()),
     }
+}
+
+/// "waiting for subscribers to drain 15 messages of the old side (orders/billing: 12, …)".
+fn draining_message(draining: &[DrainingStatus]) -> String {
+    let total: u64 = draining.iter().map(|d| d.messages).sum();
+    let each: Vec<String> = draining
+        .iter()
+        .map(|d| format!("{}: {}", d.name, d.messages))
+        .collect();
+    let plural = if total == 1 { "" } else { "s" };
+    format!(
+        "waiting for subscribers to drain {total} message{plural} of the old side ({})",
+        each.join(", ")
+    )
+}
+
+/// The messages the owned objects of `observed` still hold, where there are any.
+fn held(observed: &Observed, owned: &BTreeSet<ObjectKey>) -> BTreeMap<ObjectKey, u64> {
+    observed
+        .objects
+        .iter()
+        .filter(|(k, _)| owned.contains(k))
+        .filter_map(|(k, o)| Some((k.clone(), o.messages.filter(|n| *n > 0)?)))
+        .collect()
+}
+
+/// What is left to drain, by logical name (`logical` names each object): per subscription
+/// where the broker tells (a queue, a Redis group), else per topic (a Kafka topic counts its
+/// slowest consumer group).
+fn draining(
+    held: &BTreeMap<ObjectKey, u64>,
+    logical: &BTreeMap<&ObjectKey, &str>,
+) -> Vec<DrainingStatus> {
+    let named: BTreeMap<String, u64> = held
+        .iter()
+        .map(|(k, n)| {
+            let name = logical
+                .get(k)
+                .map_or_else(|| k.name.clone(), |l| l.to_string());
+            (name, *n)
+        })
+        .collect();
+    named
+        .iter()
+        .filter(|(name, _)| {
+            // A topic's count is its subscriptions' when they have their own.
+            let per_subscription = format!("{name}/");
+            !named
+                .keys()
+                .any(|other| other.starts_with(&per_subscription))
+        })
+        .map(|(name, n)| DrainingStatus {
+            name: name.clone(),
+            messages: *n,
+        })
+        .collect()
+}
+
+/// What the subscriptions of an env's owned objects have not consumed yet (nothing changes
+/// on the broker).
+async fn unread(
+    ctx: &Context,
+    scope: &Scope,
+    env: &EnvSpec,
+    owned: &BTreeSet<ObjectKey>,
+    names: &BTreeMap<String, String>,
+) -> Result<BTreeMap<ObjectKey, u64>, Error> {
+    if owned.is_empty() {
+        return Ok(BTreeMap::new());
+    }
+    let backend = pooled_backend(ctx, scope, env).await?;
+    // Counted as for a deletion: every owned object leaves this env.
+    let input = PlanInput {
+        scope,
+        owned,
+        deletion_policy: DeletionPolicy::Delete,
+        adopt_existing: false,
+        capabilities: brokers::capabilities(env.broker_type),
+    };
+    let nothing = DesiredState {
+        names: names.clone(),
+        ..DesiredState::default()
+    };
+    let (observed, _) = brokers::observe_and_plan(backend.as_ref(), &nothing, &input)
+        .await
+        .map_err(Error::Broker)?;
+    Ok(held(&observed, owned))
+}
+
+/// The pooled backend of an env's endpoint.
+async fn pooled_backend(
+    ctx: &Context,
+    scope: &Scope,
+    env: &EnvSpec,
+) -> Result<Arc<dyn Backend>, Error> {
+    let secrets = secrets::resolve(&ctx.client, &scope.namespace, env).await?;
+    Ok(ctx
+        .pool
+        .get(env, &secrets)
+        .await
+        .map_err(Error::Broker)?
+        .backend)
 }
 
 /// Result of retiring owned objects.
@@ -713,6 +856,8 @@ pub(super) struct Retired {
     pub retained: Vec<ObjectKey>,
     /// Why retirement is not finished, if it is not.
     pub blocked: Option<String>,
+    /// Messages the objects that wait still hold.
+    pub held: BTreeMap<ObjectKey, u64>,
 }
 
 /// Remove (Delete) or leave (Retain) every owned object of an env. Retain never touches the
@@ -730,15 +875,10 @@ pub(super) async fn retire(
             remaining: BTreeSet::new(),
             retained: owned.iter().cloned().collect(),
             blocked: None,
+            held: BTreeMap::new(),
         });
     }
-    let secrets = secrets::resolve(&ctx.client, &scope.namespace, env).await?;
-    let backend = ctx
-        .pool
-        .get(env, &secrets)
-        .await
-        .map_err(Error::Broker)?
-        .backend;
+    let backend = pooled_backend(ctx, scope, env).await?;
     let input = PlanInput {
         scope,
         owned,
@@ -753,6 +893,7 @@ pub(super) async fn retire(
     };
     let brokers::Converged {
         plan: the_plan,
+        observed,
         outcomes,
         owned: remaining,
         ..
@@ -769,6 +910,7 @@ pub(super) async fn retire(
             .map(|r| format!("{}: {}", crate::failure::refusal_reason(r.kind), r.message))
     });
     Ok(Retired {
+        held: held(&observed, &remaining),
         remaining,
         retained: Vec::new(),
         blocked,
@@ -884,5 +1026,47 @@ fn summarise_actions(
             "Deleted".into(),
             format!("env {}: deleted {deleted} object(s)", env.slug),
         ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn draining_counts_per_subscription_where_the_broker_tells_else_per_topic() {
+        let stream = ObjectKey::new(ObjectKind::Topic, "ns:bus:orders");
+        let group = ObjectKey::new(ObjectKind::Subscription, "ns:bus:orders/billing");
+        let kafka = ObjectKey::new(ObjectKind::Topic, "ns.bus.payments");
+        let gone = ObjectKey::new(ObjectKind::Queue, "ns.bus.refunds.audit");
+        let logical = BTreeMap::from([
+            (&stream, "orders"),
+            (&group, "orders/billing"),
+            (&kafka, "payments"),
+        ]);
+        let held = BTreeMap::from([
+            (stream.clone(), 12),
+            (group.clone(), 12),
+            (kafka.clone(), 4),
+            (gone.clone(), 1),
+        ]);
+        let got: Vec<(String, u64)> = draining(&held, &logical)
+            .into_iter()
+            .map(|d| (d.name, d.messages))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                // A topic no longer in the spec keeps its physical name.
+                ("ns.bus.refunds.audit".to_string(), 1),
+                ("orders/billing".to_string(), 12),
+                ("payments".to_string(), 4),
+            ]
+        );
+        assert_eq!(
+            draining_message(&draining(&held, &logical)),
+            "waiting for subscribers to drain 17 messages of the old side \
+             (ns.bus.refunds.audit: 1, orders/billing: 12, payments: 4)"
+        );
     }
 }

@@ -18,7 +18,7 @@
 //! The controller calls these functions with what it observed and performs the I/O they ask
 //! for; the status records the phase, so a restart resumes where the last pass stopped.
 
-use crate::api::{EnvSpec, EnvStatus, SwapPhase, SwapStatus};
+use crate::api::{DrainingStatus, EnvSpec, EnvStatus, SwapPhase, SwapStatus};
 
 /// The identity of the endpoint an env points at (see `Driver::endpoint_identity`).
 pub type Identity = serde_json::Value;
@@ -72,6 +72,7 @@ pub fn on_spec(
             message: None,
             old: status.active.clone(),
             old_owned: std::mem::take(&mut status.owned),
+            draining: Vec::new(),
         });
         return Some(Announcement {
             reason: "SwapStarted",
@@ -192,6 +193,8 @@ pub enum Retirement {
         retained: Vec<String>,
         /// Why.
         message: String,
+        /// What apps have still to consume there.
+        draining: Vec<DrainingStatus>,
     },
     /// The broker call failed; retried.
     Failed(String),
@@ -210,9 +213,11 @@ pub fn retired(status: &mut EnvStatus, slug: &str, outcome: Retirement) -> Optio
             remaining,
             retained,
             message,
+            draining,
         } => {
             swap.old_owned = remaining;
             swap.message = Some(message);
+            swap.draining = draining;
             (retained, false)
         }
         Retirement::Failed(message) => {
@@ -227,6 +232,7 @@ pub fn retired(status: &mut EnvStatus, slug: &str, outcome: Retirement) -> Optio
         swap.phase = SwapPhase::Complete;
         swap.message = None;
         swap.old_owned.clear();
+        swap.draining.clear();
         Announcement {
             reason: "SwapComplete",
             note: format!(
@@ -332,14 +338,20 @@ mod tests {
         let waiting = Retirement::Waiting {
             remaining: vec!["stream/a".into()],
             retained: vec![],
-            message: "stream/a still holds 3 message(s)".into(),
+            message: "waiting for subscribers to drain 3 messages".into(),
+            draining: vec![DrainingStatus {
+                name: "t/s".into(),
+                messages: 3,
+            }],
         };
         assert_eq!(retired(&mut s, "prd", waiting), None);
         assert_eq!(phase(&s), Some(SwapPhase::Retiring));
+        assert_eq!(s.swap.as_ref().map(|w| w.draining.len()), Some(1));
         let done = retired(&mut s, "prd", Retirement::Done { retained: vec![] }).expect("complete");
         assert_eq!(done.reason, "SwapComplete");
         assert_eq!(phase(&s), Some(SwapPhase::Complete));
         assert!(!in_progress(&s));
+        assert!(s.swap.as_ref().is_some_and(|w| w.draining.is_empty()));
     }
 
     #[test]

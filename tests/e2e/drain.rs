@@ -18,6 +18,52 @@ async fn binding(client: &kube::Client, ns: &str) -> Binding {
         .expect("binding Secret")
 }
 
+/// What the swap's status says the old side still holds, by logical name.
+fn draining(mb: &MessageBroker) -> Vec<(String, u64)> {
+    mb.status
+        .as_ref()
+        .and_then(|s| s.envs.first())
+        .and_then(|e| e.swap.as_ref())
+        .map(|s| {
+            s.draining
+                .iter()
+                .map(|d| (d.name.clone(), d.messages))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Two databases of the test Redis are two endpoints: moving between them is a swap. The
+/// manifest of `bus` on database `db` under `policy`, and the database's URL.
+fn redis_db(db: u32, policy: &str) -> (String, String) {
+    let base = env_var("SWITCHYARD_REDIS_URL");
+    let base = base.rsplit_once('/').map(|(b, _)| b).expect("url");
+    let url = format!("{base}/{db}");
+    let manifest = orders_on(&format!(
+        "{{slug: prd, type: Redis, redis: {{url: \"{url}\"}}}}"
+    ))
+    .replace(
+        "deletionPolicy: Delete",
+        &format!("deletionPolicy: {policy}"),
+    );
+    (manifest, url)
+}
+
+/// Whether the Redis stream `name` exists at `url`.
+async fn stream_exists(url: &str, name: &str) -> bool {
+    let mut conn = ::redis::Client::open(url)
+        .expect("redis")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    let n: u32 = ::redis::cmd("EXISTS")
+        .arg(name)
+        .query_async(&mut conn)
+        .await
+        .expect("EXISTS");
+    n == 1
+}
+
 fn phase(mb: &MessageBroker) -> Option<SwapPhase> {
     mb.status
         .as_ref()?
@@ -70,18 +116,8 @@ pub(crate) async fn consume_all(sub: &mut Subscriber, sent: &BTreeSet<String>) -
 async fn messages_queued_at_a_swap_are_drained_and_the_old_side_retired() {
     let (client, ns) = setup("drain").await;
     let ctl = start_real_controller(client.clone(), &ns);
-    // Two Redis databases are two endpoints: moving between them is a swap.
-    let base = env_var("SWITCHYARD_REDIS_URL");
-    let base = base
-        .rsplit_once('/')
-        .map(|(b, _)| b.to_string())
-        .expect("url");
-    let manifest = |db: u32| {
-        orders_on(&format!(
-            "{{slug: prd, type: Redis, redis: {{url: \"{base}/{db}\"}}}}"
-        ))
-    };
-    apply_mb(&client, &ns, &manifest(0)).await;
+    let (on_0, url_0) = redis_db(0, "Delete");
+    apply_mb(&client, &ns, &on_0).await;
     wait_ready(&client, &ns, "bus", TIMEOUT).await;
 
     // 100 messages queued with no consumer running.
@@ -92,9 +128,14 @@ async fn messages_queued_at_a_swap_are_drained_and_the_old_side_retired() {
     publish_n(&old, "old", 100, &mut sent).await;
 
     // The swap: the binding flips, and the old stream cannot be deleted while it holds them.
-    apply_mb(&client, &ns, &manifest(1)).await;
+    apply_mb(&client, &ns, &redis_db(1, "Delete").0).await;
     wait_for_mb(&client, &ns, "bus", TIMEOUT, "flipped", |m| {
         phase(m) == Some(SwapPhase::Retiring)
+    })
+    .await;
+    // Status says what is left to drain, per subscription (the consumer group's count).
+    wait_for_mb(&client, &ns, "bus", TIMEOUT, "100 messages draining", |m| {
+        draining(m) == [("orders/billing".to_string(), 100)]
     })
     .await;
     let flipped = binding(&client, &ns).await;
@@ -132,18 +173,59 @@ async fn messages_queued_at_a_swap_are_drained_and_the_old_side_retired() {
         "{:?}",
         after.entries().keys().collect::<Vec<_>>()
     );
-    let mut conn = ::redis::Client::open(format!("{base}/0").as_str())
-        .expect("redis")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connect");
     let old_stream = old.binding().topic("orders").expect("topic");
-    let exists: u32 = ::redis::cmd("EXISTS")
-        .arg(&old_stream)
-        .query_async(&mut conn)
+    assert!(
+        !stream_exists(&url_0, &old_stream).await,
+        "the old stream is retired under Delete"
+    );
+    ctl.stop().await;
+}
+
+/// Under Retain the old side is released untouched, and only once its subscribers have drained
+/// it: until then the binding keeps naming it, so nothing is left where no app reads.
+#[tokio::test]
+async fn under_retain_the_old_side_is_released_once_drained_and_kept() {
+    let (client, ns) = setup("drain-retain").await;
+    let ctl = start_real_controller(client.clone(), &ns);
+    let (on_0, url_0) = redis_db(0, "Retain");
+    apply_mb(&client, &ns, &on_0).await;
+    wait_ready(&client, &ns, "bus", TIMEOUT).await;
+    let old = Client::new(binding(&client, &ns).await)
         .await
-        .expect("EXISTS");
-    assert_eq!(exists, 0, "the old stream is retired under Delete");
+        .expect("client");
+    let mut sent = BTreeSet::new();
+    publish_n(&old, "old", 30, &mut sent).await;
+
+    apply_mb(&client, &ns, &redis_db(1, "Retain").0).await;
+    // Past the grace period, retirement waits for the 30 messages instead of releasing.
+    let mb = wait_for_mb(&client, &ns, "bus", TIMEOUT, "30 messages draining", |m| {
+        draining(m) == [("orders/billing".to_string(), 30)]
+    })
+    .await;
+    assert_eq!(phase(&mb), Some(SwapPhase::Retiring));
+    let app = Client::new(binding(&client, &ns).await)
+        .await
+        .expect("client");
+    assert!(app.draining(), "the binding still names the old side");
+    let mut sub = app
+        .subscriber("orders", "billing")
+        .await
+        .expect("subscribe");
+    consume_all(&mut sub, &sent).await;
+
+    let mb = swap_complete(&client, &ns).await;
+    let after = binding(&client, &ns).await;
+    assert!(after.entries().keys().all(|k| !k.starts_with("previous.")));
+    let old_stream = old.binding().topic("orders").expect("topic");
+    assert!(
+        stream_exists(&url_0, &old_stream).await,
+        "Retain leaves the old stream in place"
+    );
+    let retained = &mb.status.expect("status").envs[0].retained;
+    assert!(
+        retained.iter().any(|k| k.ends_with(&old_stream)),
+        "status lists the retained stream: {retained:?}"
+    );
     ctl.stop().await;
 }
 
@@ -219,20 +301,15 @@ async fn a_kafka_topic_is_retired_once_its_consumer_group_has_read_everything() 
         )),
     )
     .await;
-    // Nobody has read them: the topic is kept, and status says why.
-    let held = format!("holds {QUEUED} message(s)");
+    // Nobody has read them: the topic is kept, and status says how many wait, per topic
+    // (consumer groups are no objects on Kafka: the slowest group's lag).
     wait_for_mb(
         &client,
         &ns,
         "bus",
         TIMEOUT,
         "blocked on the unread messages",
-        |m| {
-            m.status
-                .as_ref()
-                .and_then(|s| s.envs.first()?.swap.as_ref()?.message.clone())
-                .is_some_and(|msg| msg.contains(&held))
-        },
+        |m| draining(m) == [("orders".to_string(), QUEUED as u64)],
     )
     .await;
     assert_eq!(

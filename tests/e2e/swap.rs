@@ -329,8 +329,7 @@ async fn delete_policy_retires_the_old_side_only_when_drained_across_a_restart()
                     s.envs[0]
                         .swap
                         .as_ref()
-                        .and_then(|w| w.message.clone())
-                        .is_some_and(|msg| msg.contains("RetireBlocked"))
+                        .is_some_and(|w| w.draining.iter().map(|d| d.messages).sum::<u64>() == 1)
                 })
         },
     )
