@@ -10,7 +10,7 @@ bash tests/env/up.sh
 # shellcheck disable=SC1091
 source "$RUN_DIR/env.sh"
 
-kubectl apply --server-side -f crds/switchyard.dev_messagebrokers.yaml >/dev/null
+kubectl apply --server-side --force-conflicts -f crds/switchyard.dev_messagebrokers.yaml >/dev/null
 kubectl wait --for=condition=Established crd/messagebrokers.switchyard.dev --timeout=60s >/dev/null
 
 cargo build --bin switchyard
@@ -83,12 +83,41 @@ kubectl apply --server-side -f "$RUN_DIR/dev-samples.yaml"
 log "waiting for the MessageBrokers to become Ready"
 kubectl wait --for=condition=Ready mb --all -n shop --timeout=120s || true
 kubectl get mb -n shop -o wide
+
+# The README's app (examples/app.rs) on the prd binding, projected as the kubelet projects a
+# binding into a pod: one file per key, refreshed while `make dev` runs it.
+bindings="$RUN_DIR/bindings"
+project_binding() {
+  local dir="$bindings/$1" ts f
+  ts="..$(date +%s%N)"
+  mkdir -p "$dir/$ts"
+  kubectl get secret "$1" -n shop -o go-template='{{range $k, $v := .data}}{{$k}} {{$v}}{{"\n"}}{{end}}' |
+    while read -r key value; do printf '%s' "$value" | base64 -d >"$dir/$ts/$key"; done
+  for f in "$dir/$ts"/*; do ln -sfn "..data/${f##*/}" "$dir/${f##*/}"; done
+  ln -sfn "$ts" "$dir/..data_tmp" && mv -T "$dir/..data_tmp" "$dir/..data"
+  find "$dir" -maxdepth 1 -xtype l -delete
+  find "$dir" -maxdepth 1 -name '..[0-9]*' ! -name "$ts" -exec rm -rf {} +
+}
+mkdir -p "$bindings"
+project_binding message-bus-prd
+cargo build --example app
+if ! is_running app; then
+  # Its output goes nowhere: it outlives this script.
+  ( while sleep 5; do project_binding message-bus-prd || true; done ) >/dev/null 2>&1 &
+  record_pid binding-refresh $!
+  SERVICE_BINDING_ROOT="$bindings" "$CARGO_TARGET_DIR/debug/examples/app" >"$RUN_DIR/app.log" 2>&1 &
+  record_pid app $!
+fi
+for _ in $(seq 60); do [ -s "$RUN_DIR/app.log" ] && break; sleep 0.5; done
+log "the example app published an order and received: $(head -1 "$RUN_DIR/app.log")"
 echo
 cat <<TXT
 Try:
   source $RUN_DIR/env.sh
   kubectl describe mb message-bus -n shop
   kubectl get secret message-bus-prd -n shop -o yaml      # the binding apps read
-  kubectl edit mb message-bus -n shop                     # e.g. switch dev to another type
+  tail -f $RUN_DIR/app.log        # the app, reading $bindings/message-bus-prd
+  $CARGO_TARGET_DIR/debug/switchyard publish --binding $bindings/message-bus-prd order-created -m '{"order":43}'
+  kubectl edit mb message-bus -n shop                     # e.g. switch prd to another type: the app follows
 Stop everything with: make env-down
 TXT

@@ -172,5 +172,6 @@ pub struct DrainingStatus {
     /// subscription has not consumed (Kafka, Redis).
     pub name: String,
     /// Messages not consumed yet.
+    #[schemars(extend("format" = "int64"))]
     pub messages: u64,
 }
