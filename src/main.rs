@@ -150,6 +150,10 @@ struct ConsumeArgs {
     /// How long an empty subscription is waited on before stopping.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     idle: Duration,
+    /// Print messages without acking them: they stay with this consumer until it exits, then
+    /// the broker delivers them again (some only after their redelivery delay).
+    #[arg(long)]
+    no_ack: bool,
 }
 
 fn parse_header(s: &str) -> Result<(String, String), String> {
@@ -322,6 +326,7 @@ async fn consume(args: ConsumeArgs) -> ExitCode {
         &args.topic,
         &args.subscription,
         until,
+        !args.no_ack,
         &mut out,
     )
     .await

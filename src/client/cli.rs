@@ -108,16 +108,21 @@ pub struct Until {
     pub idle: Duration,
 }
 
-/// Consume a subscription, printing and acking each message.
+/// Consume a subscription, printing each message and acking it once printed. Without `ack`
+/// the messages are held unsettled until `consume` returns (or the process dies), and the broker
+/// delivers them again, some brokers only after their redelivery delay.
 pub async fn consume(
     source: &BindingSource,
     topic: &str,
     subscription: &str,
     until: Until,
+    ack: bool,
     out: &mut impl Write,
 ) -> Result<usize, ClientError> {
     let client = source.client().await?;
     let mut sub = client.subscriber(topic, subscription).await?;
+    // Held, not dropped: some brokers redeliver a dropped delivery at once.
+    let mut held = Vec::new();
     let mut n = 0;
     while until.count.is_none_or(|c| n < c) {
         let delivery = if until.follow {
@@ -146,7 +151,11 @@ pub async fn consume(
                     .then(|| base64::engine::general_purpose::STANDARD.encode(&m.payload)),
             },
         )?;
-        delivery.ack().await?;
+        if ack {
+            delivery.ack().await?;
+        } else {
+            held.push(delivery);
+        }
         n += 1;
     }
     Ok(n)

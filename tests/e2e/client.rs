@@ -12,6 +12,10 @@ use crate::support::*;
 const TIMEOUT: Duration = Duration::from_secs(60);
 /// Bound on waiting for one delivery.
 const DELIVERY: Duration = Duration::from_secs(20);
+/// Bound on a dead consumer's messages coming back. Kafka takes its 45 s session timeout, Redis
+/// and SQS 30 s, Pub/Sub its 10 s stream ack deadline, but the emulator goes on handing them to
+/// the dead stream too: each time another deadline.
+const REDELIVERY: Duration = Duration::from_secs(120);
 
 /// Provision a MessageBroker on `env_yaml` with the conformance topics and return a client for
 /// its binding, read from the binding Secret as a projected binding would be.
@@ -145,6 +149,100 @@ async fn conformance(client: &Client) {
         "competing consumers: a took {}, b took {}",
         from_a.len(),
         from_b.len()
+    );
+
+    in_key_order(client).await;
+    killed_consumer_redelivers(client).await;
+}
+
+/// On the ordered topic, keys interleaved at publish arrive each in publish order (first
+/// deliveries, each acked).
+async fn in_key_order(client: &Client) {
+    const KEYS: usize = 3;
+    const PER_KEY: usize = 10;
+    let publisher = client.publisher("ledger");
+    let mut audit = client.subscriber("ledger", "audit").await.expect("audit");
+    for seq in 0..PER_KEY {
+        for k in 0..KEYS {
+            let m = Message::new(seq.to_string().into_bytes()).with_key(format!("account-{k}"));
+            publisher.publish(m).await.expect("publish");
+        }
+    }
+    let mut got: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    for _ in 0..KEYS * PER_KEY {
+        let d = next(&mut audit, "audit").await;
+        assert_eq!(d.attempt, 1, "first delivery of {:?}", d.message);
+        let seq = String::from_utf8_lossy(&d.message.payload)
+            .parse()
+            .expect("seq");
+        got.entry(d.message.key.clone().expect("key"))
+            .or_default()
+            .push(seq);
+        d.ack().await.expect("ack");
+    }
+    let want = (0..KEYS)
+        .map(|k| (format!("account-{k}"), (0..PER_KEY).collect()))
+        .collect();
+    assert_eq!(got, want, "each key in publish order");
+}
+
+/// `switchyard consume --no-ack` receives, prints and is SIGKILLed holding what it received
+/// unacked; a consumer on the same subscription then gets every message, those included.
+async fn killed_consumer_redelivers(client: &Client) {
+    use tokio::io::AsyncBufReadExt;
+
+    let dir = std::env::temp_dir().join(unique("sy-client-binding"));
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    for (k, v) in client.binding().entries() {
+        std::fs::write(dir.join(k), v).expect("write");
+    }
+    let publisher = client.publisher("jobs");
+    let mut ids = BTreeSet::new();
+    for i in 0..3 {
+        let m = Message::new(format!("job {i}").into_bytes());
+        ids.insert(m.id.clone());
+        publisher.publish(m).await.expect("publish");
+    }
+    let mut cli = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .arg("consume")
+        .arg("--binding")
+        .arg(&dir)
+        .args(["jobs", "workers", "--follow", "--no-ack"])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("run switchyard consume");
+    let mut lines = tokio::io::BufReader::new(cli.stdout.take().expect("stdout")).lines();
+    let line = tokio::time::timeout(DELIVERY, lines.next_line())
+        .await
+        .unwrap_or_else(|_| panic!("switchyard consume: nothing within {DELIVERY:?}"))
+        .expect("read")
+        .expect("switchyard consume exited");
+    let held: serde_json::Value = serde_json::from_str(&line).expect("a JSON line");
+    let held = held["id"].as_str().expect("id").to_string();
+    assert!(ids.contains(&held), "{line}");
+    cli.start_kill().expect("SIGKILL");
+    cli.wait().await.expect("wait");
+    let killed = tokio::time::Instant::now();
+    std::fs::remove_dir_all(&dir).expect("cleanup");
+
+    let mut workers = client.subscriber("jobs", "workers").await.expect("workers");
+    let mut got = BTreeMap::new();
+    while got.len() < ids.len() {
+        let d = tokio::time::timeout_at(killed + REDELIVERY, workers.next())
+            .await
+            .unwrap_or_else(|_| {
+                panic!("after the kill, only {got:?} of {ids:?} within {REDELIVERY:?}")
+            })
+            .expect("receive");
+        got.insert(d.message.id.clone(), (d.attempt, killed.elapsed()));
+        d.ack().await.expect("ack");
+    }
+    assert_eq!(got.keys().cloned().collect::<BTreeSet<_>>(), ids);
+    let (attempt, after) = got[&held];
+    eprintln!(
+        "{}: the killed consumer's message came back after {after:?}, attempt {attempt}",
+        client.binding().broker_type()
     );
 }
 
@@ -369,7 +467,7 @@ async fn provisioned_with(
     }
     let ctl = start_real_controller(client.clone(), &ns);
     let manifest = format!(
-        "apiVersion: switchyard.dev/v1alpha1\nkind: MessageBroker\nmetadata: {{name: bus}}\nspec:\n  deletionPolicy: Delete\n  topics:\n    - name: orders\n      partitions: 3\n      subscriptions:\n        - {{name: billing, deadLetter: {{maxDeliveryAttempts: 5}}}}\n        - {{name: shipping}}\n  envs:\n    - {env_yaml}\n"
+        "apiVersion: switchyard.dev/v1alpha1\nkind: MessageBroker\nmetadata: {{name: bus}}\nspec:\n  deletionPolicy: Delete\n  topics:\n    - name: orders\n      partitions: 3\n      subscriptions:\n        - {{name: billing, deadLetter: {{maxDeliveryAttempts: 5}}}}\n        - {{name: shipping}}\n    - name: ledger\n      partitions: 3\n      ordered: true\n      subscriptions: [{{name: audit}}]\n    - name: jobs\n      subscriptions: [{{name: workers}}]\n  envs:\n    - {env_yaml}\n"
     );
     apply_mb(&client, &ns, &manifest).await;
     wait_ready(&client, &ns, "bus", TIMEOUT).await;

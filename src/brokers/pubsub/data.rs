@@ -16,9 +16,10 @@
 //!   is kept for the next call. When the consumer goes away, the pool is handed back
 //!   (ModifyAckDeadline 0) after the stream is closed, so other subscribers get it at once.
 //!   (The emulator goes on treating a closed stream as open, as it does for the official
-//!   clients: what it handed or still hands to one comes back only after the stream's 60 s ack
-//!   deadline.) Attributes under `ce-` (the prefix of the Pub/Sub CloudEvents binding) are
-//!   read as CloudEvents attributes when there are no `ce_` ones;
+//!   clients: what it handed or still hands to one comes back only after the stream's ack
+//!   deadline, and may be handed to it again each time.) Attributes under `ce-` (the prefix
+//!   of the Pub/Sub CloudEvents binding) are read as CloudEvents attributes when there are no
+//!   `ce_` ones;
 //! - attempt: Pub/Sub's `delivery_attempt`, which it sets only on subscriptions with a
 //!   dead-letter policy. Elsewhere the transport counts deliveries itself, best effort: in
 //!   memory, across the subscribers of one subscription in this process, forgotten on ack, and
@@ -27,7 +28,7 @@
 //!   it; a dropped delivery is nacked. The client sends both in batches (every 100 ms) and
 //!   Pub/Sub answers them only on exactly-once subscriptions, where `ack` and `nack` wait for
 //!   that answer; elsewhere they return once queued. A message of a subscriber that died comes
-//!   back after 60 s;
+//!   back after the stream's ack deadline, [`STREAM_ACK_DEADLINE`];
 //! - dead letters: the subscription's dead-letter policy, set by the operator; Pub/Sub forwards
 //!   a message delivered `maxDeliveryAttempts` times (at least 5) to the dead-letter topic
 //!   instead of delivering it again (on Google Cloud that count is best effort, as Pub/Sub
@@ -66,6 +67,11 @@ const KEY: &str = "ce_partitionkey";
 /// Messages leased to one subscriber at a time: enough to keep a subscriber busy while its
 /// acks are batched, few enough that competing subscribers share a burst.
 pub const MAX_OUTSTANDING: i64 = 10;
+/// The ack deadline of a streaming pull (the subscription's own deadline does not apply to
+/// it): how long the messages of a subscriber that died stay leased to it. The client extends
+/// the leases of held messages before they expire. Pub/Sub's minimum, and the ack deadline
+/// the operator gives subscriptions by default (the client library's default is 60 s).
+pub const STREAM_ACK_DEADLINE: Duration = Duration::from_secs(10);
 /// How long a publish waits for other messages to share its request.
 const BATCH_DELAY: Duration = Duration::from_millis(1);
 /// How long a publish is retried before it fails.
@@ -285,6 +291,7 @@ impl Transport for PubSubTransport {
             .pull
             .subscribe(&subscription)
             .set_max_outstanding_messages(MAX_OUTSTANDING)
+            .set_max_lease_extension(STREAM_ACK_DEADLINE)
             .set_shutdown_behavior(ShutdownBehavior::WaitForProcessing)
             .build();
         Ok(Box::new(PubSubConsumer {
