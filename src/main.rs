@@ -190,6 +190,10 @@ struct RunArgs {
     /// minute after the Secret changed).
     #[arg(long, default_value = "90s", value_parser = humantime::parse_duration)]
     swap_grace: Duration,
+    /// Export per-subscription series (backlog, dead letters); off keeps only the
+    /// per-MessageBroker and per-env ones, for clusters with very many subscriptions.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    subscription_metrics: bool,
     /// How long one read of a broker endpoint may answer later passes of any MessageBroker
     /// on it (Kafka): drift made outside the operator shows within this plus the resync.
     /// Defaults to the resync interval; 0s reads the broker on every pass.
@@ -353,6 +357,7 @@ async fn run(args: RunArgs) -> ExitCode {
     let metrics = Arc::new(Metrics::default());
     let mut registry = Registry::default();
     metrics.register(&mut registry);
+    metrics.flow.per_subscription(args.subscription_metrics);
     let state = Arc::new(ServerState {
         registry,
         ready: Default::default(),

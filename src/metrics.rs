@@ -84,6 +84,8 @@ pub struct Metrics {
     pub pooled_clients: Gauge,
     /// Whether this instance leads (1) or waits (0).
     pub leader: Gauge,
+    /// Readiness and message flow per MessageBroker, env and subscription.
+    pub flow: Flow,
 }
 
 impl Default for Metrics {
@@ -98,6 +100,7 @@ impl Default for Metrics {
             binding_writes: Counter::default(),
             pooled_clients: Gauge::default(),
             leader: Gauge::default(),
+            flow: Flow::default(),
         }
     }
 }
@@ -147,6 +150,7 @@ impl Metrics {
             "1 when this instance holds the leader lease",
             self.leader.clone(),
         );
+        self.flow.register(r);
     }
 
     /// Count a broker call.
@@ -190,5 +194,327 @@ impl Drop for ReconcileTimer<'_> {
         self.metrics
             .duration
             .observe(self.start.elapsed().as_secs_f64());
+    }
+}
+
+/// Labels of one MessageBroker.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MessageBrokerLabels {
+    /// Its namespace.
+    pub namespace: String,
+    /// Its name.
+    pub messagebroker: String,
+}
+
+/// Labels of one env of a MessageBroker.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EnvLabels {
+    /// The MessageBroker's namespace.
+    pub namespace: String,
+    /// The MessageBroker's name.
+    pub messagebroker: String,
+    /// The env's slug.
+    pub env: String,
+    /// The env's broker type.
+    pub backend: String,
+}
+
+/// Labels of one subscription of one env: logical names only, so a swap keeps the series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SubscriptionLabels {
+    /// The MessageBroker's namespace.
+    pub namespace: String,
+    /// The MessageBroker's name.
+    pub messagebroker: String,
+    /// The env's slug.
+    pub env: String,
+    /// The logical topic.
+    pub topic: String,
+    /// The logical subscription.
+    pub subscription: String,
+    /// The env's broker type.
+    pub backend: String,
+}
+
+/// What one reconcile saw of one MessageBroker.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct MessageBrokerFigures {
+    /// Ready condition true.
+    pub ready: bool,
+    /// Stalled condition true.
+    pub stalled: bool,
+    /// Per env.
+    pub envs: Vec<EnvFigures>,
+}
+
+/// What one reconcile saw of one env.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct EnvFigures {
+    /// Slug.
+    pub env: String,
+    /// Broker type.
+    pub backend: String,
+    /// Every env condition true.
+    pub ready: bool,
+    /// Connected condition true.
+    pub connected: bool,
+    /// The subscriptions whose figures the broker told.
+    pub subscriptions: Vec<SubscriptionFigures>,
+}
+
+/// The message figures of one subscription, where the broker tells them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SubscriptionFigures {
+    /// Logical topic.
+    pub topic: String,
+    /// Logical subscription.
+    pub subscription: String,
+    /// Messages not acknowledged yet.
+    pub backlog: Option<u64>,
+    /// Messages in its dead-letter destination.
+    pub dead_letters: Option<u64>,
+}
+
+/// The label sets one MessageBroker has series under.
+#[derive(Clone, Default)]
+struct Series {
+    envs: Vec<EnvLabels>,
+    backlog: Vec<SubscriptionLabels>,
+    dead_letters: Vec<SubscriptionLabels>,
+}
+
+/// Readiness and message-flow gauges per MessageBroker, env and subscription. A MessageBroker's
+/// series are replaced as a whole on each record, so series of envs, topics and subscriptions
+/// that left the spec go away, and all of them go when the MessageBroker does.
+#[derive(Default)]
+pub struct Flow {
+    mb_ready: Family<MessageBrokerLabels, Gauge>,
+    mb_stalled: Family<MessageBrokerLabels, Gauge>,
+    env_ready: Family<EnvLabels, Gauge>,
+    env_connected: Family<EnvLabels, Gauge>,
+    backlog: Family<SubscriptionLabels, Gauge>,
+    dead_letters: Family<SubscriptionLabels, Gauge>,
+    oldest_unacked: Family<SubscriptionLabels, Gauge>,
+    /// Per-subscription series off: only the per-MessageBroker and per-env ones.
+    per_subscription_off: std::sync::atomic::AtomicBool,
+    series: std::sync::Mutex<std::collections::HashMap<MessageBrokerLabels, Series>>,
+}
+
+impl Flow {
+    /// Turn the per-subscription series on or off (they are on by default).
+    pub fn per_subscription(&self, on: bool) {
+        self.per_subscription_off
+            .store(!on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Record what a reconcile of `namespace/name` saw.
+    pub fn record(&self, namespace: &str, name: &str, figures: &MessageBrokerFigures) {
+        let mb = MessageBrokerLabels {
+            namespace: namespace.to_string(),
+            messagebroker: name.to_string(),
+        };
+        self.mb_ready.get_or_create(&mb).set(figures.ready.into());
+        self.mb_stalled
+            .get_or_create(&mb)
+            .set(figures.stalled.into());
+        let per_subscription = !self
+            .per_subscription_off
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let mut now = Series::default();
+        for e in &figures.envs {
+            let env = EnvLabels {
+                namespace: namespace.to_string(),
+                messagebroker: name.to_string(),
+                env: e.env.clone(),
+                backend: e.backend.clone(),
+            };
+            self.env_ready.get_or_create(&env).set(e.ready.into());
+            self.env_connected
+                .get_or_create(&env)
+                .set(e.connected.into());
+            now.envs.push(env);
+            for s in e.subscriptions.iter().filter(|_| per_subscription) {
+                let labels = SubscriptionLabels {
+                    namespace: namespace.to_string(),
+                    messagebroker: name.to_string(),
+                    env: e.env.clone(),
+                    topic: s.topic.clone(),
+                    subscription: s.subscription.clone(),
+                    backend: e.backend.clone(),
+                };
+                if let Some(n) = s.backlog {
+                    self.backlog.get_or_create(&labels).set(gauge_value(n));
+                    now.backlog.push(labels.clone());
+                }
+                if let Some(n) = s.dead_letters {
+                    self.dead_letters.get_or_create(&labels).set(gauge_value(n));
+                    now.dead_letters.push(labels);
+                }
+            }
+        }
+        let before = self
+            .series
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(mb, now.clone());
+        if let Some(before) = before {
+            self.drop_series(&before, &now);
+        }
+    }
+
+    /// Drop every series of `namespace/name` (it is gone).
+    pub fn forget(&self, namespace: &str, name: &str) {
+        let mb = MessageBrokerLabels {
+            namespace: namespace.to_string(),
+            messagebroker: name.to_string(),
+        };
+        self.mb_ready.remove(&mb);
+        self.mb_stalled.remove(&mb);
+        let before = self
+            .series
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&mb);
+        if let Some(before) = before {
+            self.drop_series(&before, &Series::default());
+        }
+    }
+
+    /// Remove the series of `old` that `keep` does not have.
+    fn drop_series(&self, old: &Series, keep: &Series) {
+        for l in old.envs.iter().filter(|l| !keep.envs.contains(l)) {
+            self.env_ready.remove(l);
+            self.env_connected.remove(l);
+        }
+        for l in old.backlog.iter().filter(|l| !keep.backlog.contains(l)) {
+            self.backlog.remove(l);
+            self.oldest_unacked.remove(l);
+        }
+        for l in old
+            .dead_letters
+            .iter()
+            .filter(|l| !keep.dead_letters.contains(l))
+        {
+            self.dead_letters.remove(l);
+        }
+    }
+
+    fn register(&self, r: &mut Registry) {
+        r.register(
+            "messagebroker_ready",
+            "1 when the MessageBroker is Ready",
+            self.mb_ready.clone(),
+        );
+        r.register(
+            "messagebroker_stalled",
+            "1 when the MessageBroker is Stalled",
+            self.mb_stalled.clone(),
+        );
+        r.register(
+            "env_ready",
+            "1 when every condition of the env holds",
+            self.env_ready.clone(),
+        );
+        r.register(
+            "env_connected",
+            "1 when the env's broker answers",
+            self.env_connected.clone(),
+        );
+        r.register(
+            "subscription_backlog_messages",
+            "Messages of a subscription not acknowledged yet, where the broker tells",
+            self.backlog.clone(),
+        );
+        r.register(
+            "subscription_oldest_unacked_seconds",
+            "Age of a subscription's oldest unacknowledged message, where the broker tells",
+            self.oldest_unacked.clone(),
+        );
+        r.register(
+            "deadletter_messages",
+            "Messages in a subscription's dead-letter destination",
+            self.dead_letters.clone(),
+        );
+    }
+}
+
+fn gauge_value(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(metrics: &Metrics) -> String {
+        let mut registry = Registry::default();
+        metrics.register(&mut registry);
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &registry).expect("encode");
+        out
+    }
+
+    fn figures(subs: &[(&str, u64)]) -> MessageBrokerFigures {
+        MessageBrokerFigures {
+            ready: true,
+            stalled: false,
+            envs: vec![EnvFigures {
+                env: "prd".into(),
+                backend: "Redis".into(),
+                ready: true,
+                connected: true,
+                subscriptions: subs
+                    .iter()
+                    .map(|(s, n)| SubscriptionFigures {
+                        topic: "orders".into(),
+                        subscription: s.to_string(),
+                        backlog: Some(*n),
+                        dead_letters: None,
+                    })
+                    .collect(),
+            }],
+        }
+    }
+
+    #[test]
+    fn flow_series_follow_the_resource_and_go_with_it() {
+        let metrics = Metrics::default();
+        metrics
+            .flow
+            .record("shop", "bus", &figures(&[("billing", 6), ("audit", 2)]));
+        let t = text(&metrics);
+        assert!(t.contains(r#"switchyard_subscription_backlog_messages{namespace="shop",messagebroker="bus",env="prd",topic="orders",subscription="billing",backend="Redis"} 6"#), "{t}");
+        assert!(
+            t.contains(r#"switchyard_messagebroker_ready{namespace="shop",messagebroker="bus"} 1"#),
+            "{t}"
+        );
+
+        // A subscription that left the spec loses its series.
+        metrics
+            .flow
+            .record("shop", "bus", &figures(&[("billing", 4)]));
+        let t = text(&metrics);
+        assert!(
+            t.contains(r#"subscription="billing",backend="Redis"} 4"#),
+            "{t}"
+        );
+        assert!(!t.contains(r#"subscription="audit""#), "{t}");
+
+        // Off: no per-subscription series, the rest stays.
+        metrics.flow.per_subscription(false);
+        metrics
+            .flow
+            .record("shop", "bus", &figures(&[("billing", 4)]));
+        let t = text(&metrics);
+        assert!(
+            !t.contains("switchyard_subscription_backlog_messages{"),
+            "{t}"
+        );
+        assert!(t.contains("switchyard_env_ready{"), "{t}");
+
+        // Deleted: nothing of it is left.
+        metrics.flow.forget("shop", "bus");
+        let t = text(&metrics);
+        assert!(!t.contains(r#"messagebroker="bus""#), "{t}");
     }
 }

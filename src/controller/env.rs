@@ -21,6 +21,7 @@ use crate::brokers::{
 };
 use crate::error::Error;
 use crate::failure::Failure;
+use crate::metrics::SubscriptionFigures;
 use crate::secrets::{self, ResolvedSecrets};
 
 /// What every env of one reconcile shares.
@@ -72,6 +73,8 @@ pub(super) struct Finished {
     pub stalled: Option<(String, String)>,
     /// Events to publish.
     pub events: Vec<(EventType, String, String)>,
+    /// The message figures the observation read, per subscription.
+    pub flow: Vec<SubscriptionFigures>,
 }
 
 impl Prepared {
@@ -330,6 +333,7 @@ pub(super) async fn finish(shared: &Shared<'_>, prepared: Prepared) -> Finished 
             .map(|a| (EventType::Normal, a.reason.to_string(), a.note))
             .into_iter()
             .collect(),
+        flow: Vec::new(),
     };
     let mut conds: Vec<Desired> = Vec::new();
     // This side's binding content, when written in this pass.
@@ -375,6 +379,7 @@ pub(super) async fn finish(shared: &Shared<'_>, prepared: Prepared) -> Finished 
                 plan: the_plan,
                 owned,
             } = *p;
+            out.flow = flow_figures(&desired, &observed);
             conds.push(Desired::new(
                 types::CONNECTED,
                 true,
@@ -846,6 +851,55 @@ async fn pooled_backend(
         .await
         .map_err(Error::Broker)?
         .backend)
+}
+
+/// What the observation told of each subscription: its backlog (the messages its queue or
+/// group holds: ready + unacked on RabbitMQ, pending + lag on Redis, visible + in flight on
+/// SQS) and the depth of its dead-letter destination (on Redis one stream per topic, shared by
+/// its subscriptions). Brokers that count neither per subscription (Kafka, whose groups are no
+/// objects, and Pub/Sub) give none.
+fn flow_figures(desired: &DesiredState, observed: &Observed) -> Vec<SubscriptionFigures> {
+    let messages = |key: &ObjectKey| observed.objects.get(key).and_then(|o| o.messages);
+    let dead: BTreeMap<&str, u64> = desired
+        .objects
+        .iter()
+        .filter(|o| o.key.kind == ObjectKind::DeadLetter)
+        .filter_map(|o| Some((o.key.name.as_str(), messages(&o.key)?)))
+        .collect();
+    let mut out: BTreeMap<(String, String), SubscriptionFigures> = BTreeMap::new();
+    fn entry<'a>(
+        out: &'a mut BTreeMap<(String, String), SubscriptionFigures>,
+        topic: &str,
+        sub: &str,
+    ) -> &'a mut SubscriptionFigures {
+        out.entry((topic.to_string(), sub.to_string()))
+            .or_insert_with(|| SubscriptionFigures {
+                topic: topic.to_string(),
+                subscription: sub.to_string(),
+                ..SubscriptionFigures::default()
+            })
+    }
+    for o in &desired.objects {
+        let Some((topic, sub)) = o.logical.split_once('/').filter(|(_, s)| !s.contains('/')) else {
+            continue;
+        };
+        if matches!(o.key.kind, ObjectKind::Queue | ObjectKind::Subscription)
+            && let Some(n) = messages(&o.key)
+        {
+            let f = entry(&mut out, topic, sub);
+            f.backlog = Some(f.backlog.unwrap_or(0).max(n));
+        }
+    }
+    for (logical, physical) in &desired.names {
+        let Some((topic, sub)) = logical.strip_suffix("/dlq").and_then(|l| l.split_once('/'))
+        else {
+            continue;
+        };
+        if let Some(n) = dead.get(physical.as_str()) {
+            entry(&mut out, topic, sub).dead_letters = Some(*n);
+        }
+    }
+    out.into_values().collect()
 }
 
 /// Result of retiring owned objects.

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, OwnerReference, Time};
 use kube::api::DeleteParams;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event as KubeEvent, EventType};
@@ -23,6 +23,7 @@ use crate::api::{
 };
 use crate::brokers::{ObjectKey, Scope};
 use crate::error::Error;
+use crate::metrics::{EnvFigures, MessageBrokerFigures, SubscriptionFigures};
 
 /// The reconcile entry point: hold the object with the finalizer, then apply; on deletion,
 /// clean up and release it (see [`finalizer`]).
@@ -158,6 +159,13 @@ async fn stall(
         Verdict::Stalled(reasons::INVALID_SPEC.into(), message.clone()),
     );
     status::write_if_changed(ctx, raw, prev, &next).await?;
+    if let Some(namespace) = raw.namespace() {
+        ctx.metrics.flow.record(
+            &namespace,
+            &raw.name_any(),
+            &figures(&next, BTreeMap::new()),
+        );
+    }
     publish(
         ctx,
         raw,
@@ -253,7 +261,9 @@ async fn apply(raw: Arc<RawMessageBroker>, ctx: &Context) -> Result<Action, Erro
     let mut events = Vec::new();
     let mut transient = None;
     let mut stalled = None;
+    let mut flow = BTreeMap::new();
     for f in finished {
+        flow.insert(f.status.slug.clone(), f.flow);
         events.extend(f.events);
         transient = transient.or(f.transient);
         stalled = stalled.or(f.stalled);
@@ -277,6 +287,9 @@ async fn apply(raw: Arc<RawMessageBroker>, ctx: &Context) -> Result<Action, Erro
     if wrote {
         debug!("status updated");
     }
+    ctx.metrics
+        .flow
+        .record(&scope.namespace, &scope.name, &figures(&next, flow));
     publish(ctx, &raw, events).await;
 
     let key = format!("{}/{}", scope.namespace, scope.name);
@@ -291,6 +304,40 @@ async fn apply(raw: Arc<RawMessageBroker>, ctx: &Context) -> Result<Action, Erro
             ctx.reset_backoff(&key);
             Ok(Action::requeue(spread(ctx.config.resync, &key)))
         }
+    }
+}
+
+/// What the metrics say of a MessageBroker after a reconcile: its conditions, and per env
+/// the figures its observation read (`flow`, by env slug).
+fn figures(
+    status: &MessageBrokerStatus,
+    mut flow: BTreeMap<String, Vec<SubscriptionFigures>>,
+) -> MessageBrokerFigures {
+    let holds = |conds: &[Condition], t: &str| {
+        conds
+            .iter()
+            .any(|c| c.type_ == t && c.status == crate::api::conditions::status::TRUE)
+    };
+    MessageBrokerFigures {
+        ready: holds(&status.conditions, types::READY),
+        stalled: holds(&status.conditions, types::STALLED),
+        envs: status
+            .envs
+            .iter()
+            .map(|e| EnvFigures {
+                env: e.slug.clone(),
+                backend: e
+                    .broker_type
+                    .map(|t| t.as_str().to_string())
+                    .unwrap_or_default(),
+                ready: !e.conditions.is_empty()
+                    && e.conditions
+                        .iter()
+                        .all(|c| c.status == crate::api::conditions::status::TRUE),
+                connected: holds(&e.conditions, types::CONNECTED),
+                subscriptions: flow.remove(&e.slug).unwrap_or_default(),
+            })
+            .collect(),
     }
 }
 
@@ -451,6 +498,7 @@ async fn cleanup(raw: &RawMessageBroker, ctx: &Context) -> Result<Cleanup, Error
             vec![(EventType::Normal, reasons::DELETING.into(), note.into())],
         )
         .await;
+        ctx.metrics.flow.forget(&scope.namespace, &scope.name);
         return Ok(Cleanup::Done);
     }
     let message = format!(

@@ -456,7 +456,7 @@ async fn kafka_conformance() {
 
 /// [`provisioned`] with Secrets (name, entries) created in the namespace before the
 /// MessageBroker, for envs whose credentials come from a `credentialsSecretRef`.
-async fn provisioned_with(
+pub(crate) async fn provisioned_with(
     prefix: &str,
     env_yaml: &str,
     secrets: &[(&str, &[(&str, &str)])],

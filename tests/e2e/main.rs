@@ -13,6 +13,7 @@ mod continuity;
 mod controller;
 mod deploy;
 mod drain;
+mod flow;
 mod flux;
 mod kafka;
 mod kstatus;
