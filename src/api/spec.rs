@@ -35,6 +35,7 @@ pub const MAX_ENVS: usize = 16;
     printcolumn(name = "Envs", type_ = "string", json_path = ".status.envSummary"),
     printcolumn(name = "Topics", type_ = "integer", json_path = ".status.topicCount"),
     printcolumn(name = "Reason", type_ = "string", priority = 1, json_path = ".status.conditions[?(@.type==\"Ready\")].reason"),
+    printcolumn(name = "Backlog", type_ = "integer", priority = 1, json_path = ".status.backlog"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
     validation = Rule::new("self.metadata.name.size() <= 63").message("metadata.name: must be at most 63 characters (it is part of broker-side names)"),
 )]

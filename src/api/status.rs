@@ -25,6 +25,11 @@ pub struct MessageBrokerStatus {
     /// Number of logical topics in the spec.
     #[serde(default)]
     pub topic_count: i32,
+    /// The backlogs of every subscription of every env added up, where the brokers tell
+    /// (`kubectl get mb -o wide`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("format" = "int64"))]
+    pub backlog: Option<u64>,
     /// Per-environment state.
     #[serde(default)]
     pub envs: Vec<EnvStatus>,
@@ -107,6 +112,15 @@ pub struct SubscriptionStatus {
     /// Broker-side dead-letter destination, when configured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dead_letter: Option<String>,
+    /// Messages not acknowledged yet, where the broker tells. Rewritten only when it moves by a
+    /// meaningful amount (see the README), so a steady backlog costs no status write.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("format" = "int64"))]
+    pub backlog: Option<u64>,
+    /// Messages in the dead-letter destination, where the broker tells; rewritten likewise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("format" = "int64"))]
+    pub dead_letters: Option<u64>,
 }
 
 /// The connection Secret of an env.

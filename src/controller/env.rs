@@ -416,7 +416,9 @@ pub(super) async fn finish(shared: &Shared<'_>, prepared: Prepared) -> Finished 
                 }
             }
             status.notes = desired.notes.clone();
+            let before = std::mem::take(&mut status.topics);
             status.topics = topic_statuses(shared.topics, &desired, &the_plan, &outcomes);
+            steady_figures(&before, &mut status.topics, &out.flow);
             summarise_actions(&env, &the_plan, &outcomes, &mut out.events);
 
             let failed = outcomes
@@ -902,6 +904,40 @@ fn flow_figures(desired: &DesiredState, observed: &Observed) -> Vec<Subscription
     out.into_values().collect()
 }
 
+/// Put the flow figures into the topic statuses, keeping the written value while the new one
+/// is within [`moved`] of it, so steady or slowly moving backlogs make no status write.
+fn steady_figures(
+    before: &[TopicStatus],
+    topics: &mut [TopicStatus],
+    flow: &[SubscriptionFigures],
+) {
+    for t in topics.iter_mut() {
+        let old = before.iter().find(|b| b.name == t.name);
+        for s in &mut t.subscriptions {
+            let written = old.and_then(|o| o.subscriptions.iter().find(|p| p.name == s.name));
+            let now = flow
+                .iter()
+                .find(|f| f.topic == t.name && f.subscription == s.name);
+            let keep = |was: Option<u64>, now: Option<u64>| match (was, now) {
+                (Some(w), Some(n)) if !moved(w, n) => Some(w),
+                (_, n) => n,
+            };
+            s.backlog = keep(written.and_then(|w| w.backlog), now.and_then(|f| f.backlog));
+            s.dead_letters = keep(
+                written.and_then(|w| w.dead_letters),
+                now.and_then(|f| f.dead_letters),
+            );
+        }
+    }
+}
+
+/// Whether a count moved enough to be written again: it reached or left zero, or changed by at
+/// least 10 messages and 20 %.
+fn moved(was: u64, now: u64) -> bool {
+    let delta = was.abs_diff(now);
+    (was == 0) != (now == 0) || (delta >= 10 && delta * 5 >= was.max(now))
+}
+
 /// Result of retiring owned objects.
 pub(super) struct Retired {
     /// Still owned (blocked or failed deletes).
@@ -1021,6 +1057,8 @@ fn topic_statuses(
                             name: s.name.clone(),
                             physical_name: desired.names.get(&key).cloned().unwrap_or_default(),
                             dead_letter: desired.names.get(&format!("{key}/dlq")).cloned(),
+                            backlog: None,
+                            dead_letters: None,
                         }
                     })
                     .collect(),
@@ -1086,6 +1124,48 @@ fn summarise_actions(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_backlog_is_rewritten_only_when_it_moves_by_a_meaningful_amount() {
+        // (written, now, rewritten)
+        for (was, now, rewrite) in [
+            (0, 0, false),
+            (0, 1, true),
+            (1, 0, true),
+            (6, 4, false),
+            (100, 110, false),
+            (100, 125, true),
+            (100, 75, true),
+            (40, 49, false),
+            (40, 50, true),
+        ] {
+            assert_eq!(moved(was, now), rewrite, "{was} → {now}");
+        }
+        let status = |backlog| {
+            vec![TopicStatus {
+                name: "orders".into(),
+                subscriptions: vec![SubscriptionStatus {
+                    name: "billing".into(),
+                    backlog,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }]
+        };
+        let flow = |n| {
+            vec![SubscriptionFigures {
+                topic: "orders".into(),
+                subscription: "billing".into(),
+                backlog: Some(n),
+                dead_letters: None,
+            }]
+        };
+        let mut topics = status(None);
+        steady_figures(&status(Some(100)), &mut topics, &flow(104));
+        assert_eq!(topics[0].subscriptions[0].backlog, Some(100), "kept");
+        steady_figures(&status(Some(100)), &mut topics, &flow(0));
+        assert_eq!(topics[0].subscriptions[0].backlog, Some(0), "drained");
+    }
 
     #[test]
     fn draining_counts_per_subscription_where_the_broker_tells_else_per_topic() {

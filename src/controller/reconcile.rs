@@ -279,6 +279,13 @@ async fn apply(raw: Arc<RawMessageBroker>, ctx: &Context) -> Result<Action, Erro
             .unwrap_or(usize::MAX)
     });
     next.topic_count = i32::try_from(spec.topics.len()).unwrap_or(i32::MAX);
+    next.backlog = next
+        .envs
+        .iter()
+        .flat_map(|e| &e.topics)
+        .flat_map(|t| &t.subscriptions)
+        .filter_map(|s| s.backlog)
+        .reduce(|a, b| a + b);
     next.env_summary = status::env_summary(&spec, &next.envs);
     next.binding = status::provisioned_binding(&next.envs);
     let verdict = status::verdict(&spec, &next.envs, stalled, transient.clone());

@@ -461,6 +461,16 @@ pub(crate) async fn provisioned_with(
     env_yaml: &str,
     secrets: &[(&str, &[(&str, &str)])],
 ) -> (Client, RunningController) {
+    let (app, ctl, _, _) = provisioned_in(prefix, env_yaml, secrets).await;
+    (app, ctl)
+}
+
+/// [`provisioned_with`], and the API client and namespace of the MessageBroker `bus`.
+pub(crate) async fn provisioned_in(
+    prefix: &str,
+    env_yaml: &str,
+    secrets: &[(&str, &[(&str, &str)])],
+) -> (Client, RunningController, kube::Client, String) {
     let (client, ns) = setup(prefix).await;
     for (name, data) in secrets {
         put_secret(&client, &ns, name, data).await;
@@ -474,7 +484,7 @@ pub(crate) async fn provisioned_with(
     let binding = Binding::from_secret(&client, &ns, "bus-prd")
         .await
         .expect("binding Secret");
-    (Client::new(binding).await.expect("client"), ctl)
+    (Client::new(binding).await.expect("client"), ctl, client, ns)
 }
 
 #[tokio::test]

@@ -7,7 +7,7 @@ use std::time::Duration;
 use prometheus_client::registry::Registry;
 use switchyard::client::{Client, Message};
 
-use crate::client::provisioned_with;
+use crate::client::provisioned_in;
 use crate::support::*;
 
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -31,7 +31,12 @@ fn scrape(ctl: &RunningController) -> String {
 
 /// Publish 10, consume and ack 4 on billing, dead-letter one more on billing: billing's backlog
 /// is 6, shipping's (nobody reads it) 10; then a poison message ends in billing's dead letters.
-async fn backlog_and_dead_letters(client: &Client, ctl: &RunningController) {
+async fn backlog_and_dead_letters(
+    client: &Client,
+    ctl: &RunningController,
+    kube: &kube::Client,
+    ns: &str,
+) {
     let publisher = client.publisher("orders");
     for i in 0..10 {
         publisher
@@ -58,6 +63,29 @@ async fn backlog_and_dead_letters(client: &Client, ctl: &RunningController) {
             "billing",
         ) == Some(6)
     })
+    .await;
+    // Status carries it too: shipping went from 0 to 10, a move it always writes.
+    wait_for_mb(
+        kube,
+        ns,
+        "bus",
+        TIMEOUT,
+        "shipping's backlog in status",
+        |m| {
+            let Some(s) = &m.status else { return false };
+            let shipping = s.envs[0]
+                .topics
+                .iter()
+                .find(|t| t.name == "orders")
+                .and_then(|t| {
+                    t.subscriptions
+                        .iter()
+                        .find(|s| s.name == "shipping")?
+                        .backlog
+                });
+            shipping == Some(10) && s.backlog >= Some(10)
+        },
+    )
     .await;
     let text = scrape(ctl);
     assert_eq!(
@@ -130,8 +158,8 @@ async fn redis_backlog_and_dead_letters_reach_the_metrics() {
         "{{slug: prd, type: Redis, redis: {{url: \"{}\"}}}}",
         env_var("SWITCHYARD_REDIS_URL")
     );
-    let (client, ctl) = provisioned_with("flow-redis", &env, &[]).await;
-    backlog_and_dead_letters(&client, &ctl).await;
+    let (client, ctl, kube, ns) = provisioned_in("flow-redis", &env, &[]).await;
+    backlog_and_dead_letters(&client, &ctl, &kube, &ns).await;
     ctl.stop().await;
 }
 
@@ -143,8 +171,8 @@ async fn rabbitmq_backlog_and_dead_letters_reach_the_metrics() {
         "rabbit",
         &[("username", &b.username), ("password", &b.password)],
     )];
-    let (client, ctl) = provisioned_with("flow-rabbitmq", &env, credentials).await;
-    backlog_and_dead_letters(&client, &ctl).await;
+    let (client, ctl, kube, ns) = provisioned_in("flow-rabbitmq", &env, credentials).await;
+    backlog_and_dead_letters(&client, &ctl, &kube, &ns).await;
     ctl.stop().await;
 }
 
@@ -153,7 +181,7 @@ async fn sqs_backlog_and_dead_letters_reach_the_metrics() {
     let moto = Moto::new();
     let credentials = moto.credentials();
     let secrets: &[(&str, &[(&str, &str)])] = &[("aws", &credentials)];
-    let (client, ctl) = provisioned_with("flow-sqs", &moto.env, secrets).await;
-    backlog_and_dead_letters(&client, &ctl).await;
+    let (client, ctl, kube, ns) = provisioned_in("flow-sqs", &moto.env, secrets).await;
+    backlog_and_dead_letters(&client, &ctl, &kube, &ns).await;
     ctl.stop().await;
 }
