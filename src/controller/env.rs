@@ -702,18 +702,14 @@ async fn retire_old_side(shared: &Shared<'_>, status: &EnvStatus) -> swap::Retir
             .map(|mut held| {
                 // Dead letters are kept with the rest; no subscriber drains them.
                 held.retain(|k, _| k.kind != ObjectKind::DeadLetter);
-                let drained = held.is_empty();
+                let (remaining, retained) = if held.is_empty() {
+                    (BTreeSet::new(), owned.iter().cloned().collect())
+                } else {
+                    (owned.clone(), Vec::new())
+                };
                 Retired {
-                    remaining: if drained {
-                        BTreeSet::new()
-                    } else {
-                        owned.clone()
-                    },
-                    retained: if drained {
-                        owned.iter().cloned().collect()
-                    } else {
-                        Vec::new()
-                    },
+                    remaining,
+                    retained,
                     blocked: None,
                     held,
                 }

@@ -49,6 +49,18 @@ fn redis_db(db: u32, policy: &str) -> (String, String) {
     (manifest, url)
 }
 
+/// `bus` Ready on Redis database 0 under `policy`: a client of its binding, and the
+/// database's URL.
+async fn ready_on_redis(client: &kube::Client, ns: &str, policy: &str) -> (Client, String) {
+    let (manifest, url) = redis_db(0, policy);
+    apply_mb(client, ns, &manifest).await;
+    wait_ready(client, ns, "bus", TIMEOUT).await;
+    let app = Client::new(binding(client, ns).await)
+        .await
+        .expect("client");
+    (app, url)
+}
+
 /// Whether the Redis stream `name` exists at `url`.
 async fn stream_exists(url: &str, name: &str) -> bool {
     let mut conn = ::redis::Client::open(url)
@@ -116,14 +128,9 @@ pub(crate) async fn consume_all(sub: &mut Subscriber, sent: &BTreeSet<String>) -
 async fn messages_queued_at_a_swap_are_drained_and_the_old_side_retired() {
     let (client, ns) = setup("drain").await;
     let ctl = start_real_controller(client.clone(), &ns);
-    let (on_0, url_0) = redis_db(0, "Delete");
-    apply_mb(&client, &ns, &on_0).await;
-    wait_ready(&client, &ns, "bus", TIMEOUT).await;
+    let (old, url_0) = ready_on_redis(&client, &ns, "Delete").await;
 
     // 100 messages queued with no consumer running.
-    let old = Client::new(binding(&client, &ns).await)
-        .await
-        .expect("client");
     let mut sent = BTreeSet::new();
     publish_n(&old, "old", 100, &mut sent).await;
 
@@ -187,12 +194,7 @@ async fn messages_queued_at_a_swap_are_drained_and_the_old_side_retired() {
 async fn under_retain_the_old_side_is_released_once_drained_and_kept() {
     let (client, ns) = setup("drain-retain").await;
     let ctl = start_real_controller(client.clone(), &ns);
-    let (on_0, url_0) = redis_db(0, "Retain");
-    apply_mb(&client, &ns, &on_0).await;
-    wait_ready(&client, &ns, "bus", TIMEOUT).await;
-    let old = Client::new(binding(&client, &ns).await)
-        .await
-        .expect("client");
+    let (old, url_0) = ready_on_redis(&client, &ns, "Retain").await;
     let mut sent = BTreeSet::new();
     publish_n(&old, "old", 30, &mut sent).await;
 
