@@ -118,17 +118,23 @@ impl Message {
     /// The headers as sent in binary mode: CloudEvents attributes under `prefix` (`ce_` on
     /// Kafka, Redis and SQS, `cloudEvents:` on AMQP), then the application headers.
     pub fn wire_headers(&self, prefix: &str) -> Vec<(String, String)> {
-        let mut out = vec![
-            (format!("{prefix}specversion"), "1.0".to_string()),
-            (format!("{prefix}id"), self.id.clone()),
-            (format!("{prefix}source"), self.source.clone()),
-            (format!("{prefix}type"), self.type_.clone()),
-        ];
-        if let Some(t) = &self.time {
-            out.push((format!("{prefix}time"), t.clone()));
-        }
-        out.extend(self.headers.iter().map(|(k, v)| (k.clone(), v.clone())));
-        out
+        self.attributes()
+            .map(|(k, v)| (format!("{prefix}{k}"), v.to_string()))
+            .chain(self.headers.iter().map(|(k, v)| (k.clone(), v.clone())))
+            .collect()
+    }
+
+    /// The CloudEvents context attributes as sent, by their names without a prefix:
+    /// `specversion`, `id`, `source`, `type` and, when set, `time`.
+    pub fn attributes(&self) -> impl Iterator<Item = (&'static str, &str)> {
+        [
+            ("specversion", "1.0"),
+            ("id", self.id.as_str()),
+            ("source", self.source.as_str()),
+            ("type", self.type_.as_str()),
+        ]
+        .into_iter()
+        .chain(self.time.as_deref().map(|t| ("time", t)))
     }
 
     /// The message from headers as received: CloudEvents attributes under `prefix` are taken

@@ -18,6 +18,7 @@ async fn the_bench_harness_measures_every_scenario_at_a_tiny_size() {
             Scenario::Idle,
             Scenario::Latency,
             Scenario::Swap,
+            Scenario::Client,
         ],
         brokers: 2,
         topics: 2,
@@ -30,6 +31,12 @@ async fn the_bench_harness_measures_every_scenario_at_a_tiny_size() {
         subscriptions: 1,
         backends: BACKENDS.iter().map(|b| b.to_string()).collect(),
         swap_topics: 2,
+        client_window: Duration::from_millis(200),
+        client_rounds: 1,
+        client_inflight: 4,
+        client_samples: 5,
+        payload_bytes: 64,
+        drain_messages: 20,
         // The shared API server: request counts are noisy, which this test does not look at.
         private_apiserver: false,
         operator_log_level: "warn".into(),
@@ -61,6 +68,22 @@ async fn the_bench_harness_measures_every_scenario_at_a_tiny_size() {
         number(&l["p99Seconds"], &format!("{} p99", l["backend"]));
     }
     number(&json["swap"]["flipSeconds"], "swap flip");
+    let client = json["client"].as_array().expect("client entries");
+    assert_eq!(client.len(), BACKENDS.len());
+    for c in client {
+        let b = &c["backend"];
+        for k in [
+            "clientMsgPerSec",
+            "nativeMsgPerSec",
+            "clientP50Seconds",
+            "nativeP50Seconds",
+        ] {
+            number(&c[k], &format!("{b} {k}"));
+            assert!(c[k].as_f64() > Some(0.0), "{b} {k} is not positive: {c}");
+        }
+    }
+    number(&json["drain"]["drainSeconds"], "drain after a swap");
+    assert_eq!(json["drain"]["queued"], 20);
     assert!(report.table().contains("apply -> all Ready"));
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -1,6 +1,7 @@
 //! The benchmark harness behind `make bench`: runs the `switchyard` binary as a child process
 //! against a real API server and the real brokers of the test environment, measures four
-//! scenarios (scale, idle cost, latency, swap), prints a table and writes JSON.
+//! scenarios (scale, idle cost, latency, swap) and the client library against each broker's own
+//! client, prints a table and writes JSON.
 //!
 //! Sizes come from `SWITCHYARD_BENCH_*` variables (see [`Config::from_env`]); the e2e smoke test
 //! calls [`run`] with tiny sizes.
@@ -11,8 +12,10 @@ use std::time::Duration;
 use serde::Serialize;
 
 pub mod apiserver;
+pub mod clients;
 pub mod cpu;
 pub mod kafka;
+pub mod native;
 pub mod operator;
 pub mod report;
 pub mod scenarios;
@@ -20,7 +23,7 @@ pub mod watch;
 
 pub use report::Report;
 
-/// One of the four scenarios.
+/// One of the scenarios.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub enum Scenario {
@@ -32,6 +35,9 @@ pub enum Scenario {
     Latency,
     /// RabbitMQ → Kafka: apply → binding flip.
     Swap,
+    /// Publish throughput and end-to-end latency through the client library next to the
+    /// native client, per backend; and the drain of messages queued at a swap.
+    Client,
 }
 
 impl Scenario {
@@ -41,6 +47,7 @@ impl Scenario {
             "idle" => Some(Scenario::Idle),
             "latency" => Some(Scenario::Latency),
             "swap" => Some(Scenario::Swap),
+            "client" => Some(Scenario::Client),
             _ => None,
         }
     }
@@ -79,6 +86,19 @@ pub struct Config {
     pub backends: Vec<String>,
     /// Swap: topics.
     pub swap_topics: usize,
+    /// Client: length of one throughput round.
+    #[serde(with = "secs")]
+    pub client_window: Duration,
+    /// Client: throughput rounds per side (the median is reported).
+    pub client_rounds: usize,
+    /// Client: publishes in flight during a throughput round.
+    pub client_inflight: usize,
+    /// Client: end-to-end latency samples per side.
+    pub client_samples: usize,
+    /// Client: payload size in bytes.
+    pub payload_bytes: usize,
+    /// Client: messages queued on the old side before the drain's swap.
+    pub drain_messages: usize,
     /// Log level of the operator under test (its log lands in the work dir).
     pub operator_log_level: String,
     /// Start a private API server for clean request counts (else use KUBECONFIG's).
@@ -125,7 +145,7 @@ impl Config {
     ///
     /// | variable | default | meaning |
     /// |---|---|---|
-    /// | `SWITCHYARD_BENCH_SCENARIOS` | `scale,idle,latency,swap` | which scenarios |
+    /// | `SWITCHYARD_BENCH_SCENARIOS` | `scale,idle,latency,swap,client` | which scenarios |
     /// | `SWITCHYARD_BENCH_BROKERS` | 1000 | scale: MessageBrokers |
     /// | `SWITCHYARD_BENCH_TOPICS` | 10 | scale: topics per MessageBroker |
     /// | `SWITCHYARD_BENCH_APPLY_CONCURRENCY` | 32 | scale: applies in flight |
@@ -137,6 +157,12 @@ impl Config {
     /// | `SWITCHYARD_BENCH_SUBSCRIPTIONS` | 2 | latency: subscriptions per topic |
     /// | `SWITCHYARD_BENCH_BACKENDS` | all five | latency: backends |
     /// | `SWITCHYARD_BENCH_SWAP_TOPICS` | 10 | swap: topics |
+    /// | `SWITCHYARD_BENCH_CLIENT_WINDOW` | 3s | client: one throughput round |
+    /// | `SWITCHYARD_BENCH_CLIENT_ROUNDS` | 3 | client: rounds per side (median) |
+    /// | `SWITCHYARD_BENCH_CLIENT_INFLIGHT` | 32 | client: publishes in flight |
+    /// | `SWITCHYARD_BENCH_CLIENT_SAMPLES` | 200 | client: latency samples per side |
+    /// | `SWITCHYARD_BENCH_PAYLOAD_BYTES` | 256 | client: payload size |
+    /// | `SWITCHYARD_BENCH_DRAIN_MESSAGES` | 1000 | client: queued at the drain's swap |
     /// | `SWITCHYARD_BENCH_PRIVATE_APISERVER` | true | start a private API server |
     /// | `SWITCHYARD_BENCH_OPERATOR_LOG` | `warn` | the operator's `--log-level` |
     /// | `SWITCHYARD_BENCH_OUTPUT` | `target/bench/results.json` | JSON output |
@@ -152,6 +178,7 @@ impl Config {
                 Scenario::Idle,
                 Scenario::Latency,
                 Scenario::Swap,
+                Scenario::Client,
             ],
         };
         let backends = match std::env::var("SWITCHYARD_BENCH_BACKENDS") {
@@ -191,6 +218,12 @@ impl Config {
             subscriptions: var("SWITCHYARD_BENCH_SUBSCRIPTIONS", 2)?,
             backends,
             swap_topics: var("SWITCHYARD_BENCH_SWAP_TOPICS", 10)?,
+            client_window: duration_var("SWITCHYARD_BENCH_CLIENT_WINDOW", "3s")?,
+            client_rounds: var("SWITCHYARD_BENCH_CLIENT_ROUNDS", 3)?,
+            client_inflight: var("SWITCHYARD_BENCH_CLIENT_INFLIGHT", 32)?,
+            client_samples: var("SWITCHYARD_BENCH_CLIENT_SAMPLES", 200)?,
+            payload_bytes: var("SWITCHYARD_BENCH_PAYLOAD_BYTES", 256)?,
+            drain_messages: var("SWITCHYARD_BENCH_DRAIN_MESSAGES", 1000)?,
             private_apiserver: var("SWITCHYARD_BENCH_PRIVATE_APISERVER", true)?,
             operator_log_level: var("SWITCHYARD_BENCH_OPERATOR_LOG", "warn".to_string())?,
             operator_bin,

@@ -47,6 +47,11 @@ pub struct Report {
     /// Scenario 4.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub swap: Option<serde_json::Value>,
+    /// Scenario 5, one entry per backend: the client library next to the native client.
+    pub client: Vec<serde_json::Value>,
+    /// Scenario 5: the drain of messages queued at a swap.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub drain: Option<serde_json::Value>,
     /// The table.
     pub rows: Vec<Row>,
     /// What failed (a failed scenario does not stop the others).
@@ -67,6 +72,8 @@ impl Report {
             idle: None,
             latency: Vec::new(),
             swap: None,
+            client: Vec::new(),
+            drain: None,
             rows: Vec::new(),
             errors: Vec::new(),
         }

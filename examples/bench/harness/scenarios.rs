@@ -1,4 +1,4 @@
-//! The four scenarios. Each group runs its own operator process in its own namespace, so
+//! The scenarios (the client one is in [`super::clients`]). Each group runs its own operator process in its own namespace, so
 //! counters and memory belong to one scenario.
 
 use std::collections::BTreeMap;
@@ -21,16 +21,16 @@ use super::watch::ReadyWatch;
 use super::{Brokers, Config, Scenario};
 
 const MANAGER: &str = "switchyard-bench";
-const RABBIT_SECRET: &str = "bench-rabbit";
-const AWS_SECRET: &str = "bench-aws";
+pub const RABBIT_SECRET: &str = "bench-rabbit";
+pub const AWS_SECRET: &str = "bench-aws";
 /// Latency and swap: how long one MessageBroker may take.
-const ONE_TIMEOUT: Duration = Duration::from_secs(60);
+pub const ONE_TIMEOUT: Duration = Duration::from_secs(60);
 
 fn secs(d: Duration) -> f64 {
     (d.as_secs_f64() * 1000.0).round() / 1000.0
 }
 
-fn fmt_s(v: f64) -> String {
+pub fn fmt_s(v: f64) -> String {
     format!("{v:.3} s")
 }
 
@@ -64,10 +64,16 @@ pub async fn run_all(
             report.errors.push(format!("swap: {e}"));
         }
     }
+    if config.wants(Scenario::Client) {
+        let ns = format!("bench-client-{run_id}");
+        if let Err(e) = super::clients::run(config, brokers, plane, &ns, report).await {
+            report.errors.push(format!("client: {e}"));
+        }
+    }
     Ok(())
 }
 
-async fn create_namespace(client: &Client, name: &str) -> Result<(), String> {
+pub async fn create_namespace(client: &Client, name: &str) -> Result<(), String> {
     let api: Api<Namespace> = Api::all(client.clone());
     let ns: Namespace =
         serde_json::from_value(json!({"metadata": {"name": name}})).map_err(|e| e.to_string())?;
@@ -78,7 +84,7 @@ async fn create_namespace(client: &Client, name: &str) -> Result<(), String> {
     }
 }
 
-async fn put_secret(client: &Client, ns: &str, name: &str, data: Value) -> Result<(), String> {
+pub async fn put_secret(client: &Client, ns: &str, name: &str, data: Value) -> Result<(), String> {
     let api: Api<Secret> = Api::namespaced(client.clone(), ns);
     let s = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "stringData": data});
     api.patch(
@@ -92,7 +98,7 @@ async fn put_secret(client: &Client, ns: &str, name: &str, data: Value) -> Resul
 }
 
 /// The env block of a backend.
-fn env_block(backend: &str, b: &Brokers) -> Value {
+pub fn env_block(backend: &str, b: &Brokers) -> Value {
     let settings = match backend {
         "Kafka" => ("kafka", json!({"bootstrapServers": [b.kafka]})),
         "Redis" => ("redis", json!({"url": b.redis})),
@@ -116,7 +122,7 @@ fn env_block(backend: &str, b: &Brokers) -> Value {
     env
 }
 
-fn manifest(name: &str, policy: &str, topics: usize, subs: usize, env: Value) -> Value {
+pub fn manifest(name: &str, policy: &str, topics: usize, subs: usize, env: Value) -> Value {
     let topics: Vec<Value> = (0..topics)
         .map(|t| {
             let subs: Vec<Value> = (0..subs)
@@ -133,7 +139,7 @@ fn manifest(name: &str, policy: &str, topics: usize, subs: usize, env: Value) ->
     })
 }
 
-async fn apply(api: &Api<MessageBroker>, name: &str, m: &Value) -> Result<i64, String> {
+pub async fn apply(api: &Api<MessageBroker>, name: &str, m: &Value) -> Result<i64, String> {
     api.patch(name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(m))
         .await
         .map(|mb| mb.metadata.generation.unwrap_or(0))
@@ -141,7 +147,7 @@ async fn apply(api: &Api<MessageBroker>, name: &str, m: &Value) -> Result<i64, S
 }
 
 /// Delete and wait until gone (the operator's cleanup ran); returns how long it took.
-async fn delete_and_wait(
+pub async fn delete_and_wait(
     api: &Api<MessageBroker>,
     name: &str,
     timeout: Duration,

@@ -85,20 +85,41 @@ impl RedisTransport {
     }
 }
 
-fn fields(message: &Message) -> Vec<(String, Vec<u8>)> {
-    let mut out = vec![("payload".to_string(), message.payload.clone())];
+/// The entry of a message, as XADD field/value pairs appended to `cmd`: `payload`, `key`, the
+/// CloudEvents attributes under `ce_`, and the application headers under [`HEADER`].
+fn add_fields(cmd: &mut redis::Cmd, message: &Message) {
+    cmd.arg("payload").arg(&message.payload);
     if let Some(k) = &message.key {
-        out.push(("key".to_string(), k.clone().into_bytes()));
+        cmd.arg("key").arg(k);
     }
-    for (k, v) in message.wire_headers(CE) {
-        let name = if k.starts_with(CE) {
-            k
-        } else {
-            format!("{HEADER}{k}")
+    for (name, value) in message.attributes() {
+        match ce_field(name) {
+            Some(field) => cmd.arg(field),
+            None => cmd.arg(format!("{CE}{name}")),
         };
-        out.push((name, v.into_bytes()));
+        cmd.arg(value);
     }
-    out
+    for (k, v) in &message.headers {
+        if k.starts_with(CE) {
+            cmd.arg(k);
+        } else {
+            cmd.arg(format!("{HEADER}{k}"));
+        }
+        cmd.arg(v);
+    }
+}
+
+/// The field name of a CloudEvents attribute (see [`Message::attributes`]), without building
+/// it on every publish.
+fn ce_field(attribute: &str) -> Option<&'static str> {
+    Some(match attribute {
+        "specversion" => "ce_specversion",
+        "id" => "ce_id",
+        "source" => "ce_source",
+        "type" => "ce_type",
+        "time" => "ce_time",
+        _ => return None,
+    })
 }
 
 fn message(entry: &StreamId) -> Message {
@@ -124,9 +145,7 @@ impl Transport for RedisTransport {
     async fn publish(&self, stream: &str, message: &Message) -> Result<(), ClientError> {
         let mut cmd = redis::cmd("XADD");
         cmd.arg(stream).arg("*");
-        for (k, v) in fields(message) {
-            cmd.arg(k).arg(v);
-        }
+        add_fields(&mut cmd, message);
         let mut conn = self.conn.clone();
         let _: String = cmd.query_async(&mut conn).await.map_err(err)?;
         Ok(())
@@ -209,9 +228,7 @@ impl RedisConsumer {
     ) -> Result<(), ClientError> {
         let mut xadd = redis::cmd("XADD");
         xadd.arg(dlq).arg("*");
-        for (k, v) in fields(&message(entry)) {
-            xadd.arg(k).arg(v);
-        }
+        add_fields(&mut xadd, &message(entry));
         xadd.arg("delivery-count").arg(count);
         let mut pipe = redis::pipe();
         pipe.atomic()
