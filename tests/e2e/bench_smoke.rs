@@ -31,6 +31,7 @@ async fn the_bench_harness_measures_every_scenario_at_a_tiny_size() {
         subscriptions: 1,
         backends: BACKENDS.iter().map(|b| b.to_string()).collect(),
         swap_topics: 2,
+        swap_grace: Duration::from_secs(1),
         client_window: Duration::from_millis(200),
         client_rounds: 1,
         client_inflight: 4,

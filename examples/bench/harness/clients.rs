@@ -9,9 +9,11 @@ use std::time::Duration;
 
 use futures::stream::{FuturesUnordered, StreamExt};
 use kube::Api;
+use kube::api::{Patch, PatchParams};
 use serde_json::json;
 use switchyard::api::{MessageBroker, SwapPhase};
 use switchyard::client::{Binding, Client, Message, Publisher};
+use switchyard::controller::ABANDON_ANNOTATION;
 use tokio::time::Instant;
 
 use super::apiserver::ControlPlane;
@@ -299,8 +301,21 @@ async fn one_backend(
         added <= 0.001,
     );
     drop(client);
-    let _ = delete_and_wait(api, &name, ONE_TIMEOUT).await;
-    Ok(())
+    abandon_and_delete(api, &name).await
+}
+
+/// Delete a MessageBroker whose subscriptions still hold the bench's messages: the operator
+/// keeps a non-empty subscription until an admin abandons its cleanup, which is what the bench
+/// does for its own test messages.
+async fn abandon_and_delete(api: &Api<MessageBroker>, name: &str) -> Result<(), String> {
+    let patch = json!({"metadata": {"annotations": {ABANDON_ANNOTATION: "true"}}});
+    api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map_err(|e| format!("annotating {name}: {e}"))?;
+    delete_and_wait(api, name, ONE_TIMEOUT)
+        .await
+        .map(|_| ())
+        .ok_or(format!("{name} not deleted within {ONE_TIMEOUT:?}"))
 }
 
 /// Messages queued on RabbitMQ with no consumer; the env swapped to Kafka under `Delete`; a

@@ -86,6 +86,10 @@ pub struct Config {
     pub backends: Vec<String>,
     /// Swap: topics.
     pub swap_topics: usize,
+    /// Operator `--swap-grace`: the bench's clients follow the binding Secret by a watch, so
+    /// they need none of the kubelet's refresh delay the default allows for.
+    #[serde(with = "secs")]
+    pub swap_grace: Duration,
     /// Client: length of one throughput round.
     #[serde(with = "secs")]
     pub client_window: Duration,
@@ -157,6 +161,7 @@ impl Config {
     /// | `SWITCHYARD_BENCH_SUBSCRIPTIONS` | 2 | latency: subscriptions per topic |
     /// | `SWITCHYARD_BENCH_BACKENDS` | all five | latency: backends |
     /// | `SWITCHYARD_BENCH_SWAP_TOPICS` | 10 | swap: topics |
+    /// | `SWITCHYARD_BENCH_SWAP_GRACE` | 2s | operator `--swap-grace` |
     /// | `SWITCHYARD_BENCH_CLIENT_WINDOW` | 3s | client: one throughput round |
     /// | `SWITCHYARD_BENCH_CLIENT_ROUNDS` | 3 | client: rounds per side (median) |
     /// | `SWITCHYARD_BENCH_CLIENT_INFLIGHT` | 32 | client: publishes in flight |
@@ -218,6 +223,7 @@ impl Config {
             subscriptions: var("SWITCHYARD_BENCH_SUBSCRIPTIONS", 2)?,
             backends,
             swap_topics: var("SWITCHYARD_BENCH_SWAP_TOPICS", 10)?,
+            swap_grace: duration_var("SWITCHYARD_BENCH_SWAP_GRACE", "2s")?,
             client_window: duration_var("SWITCHYARD_BENCH_CLIENT_WINDOW", "3s")?,
             client_rounds: var("SWITCHYARD_BENCH_CLIENT_ROUNDS", 3)?,
             client_inflight: var("SWITCHYARD_BENCH_CLIENT_INFLIGHT", 32)?,

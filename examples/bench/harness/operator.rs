@@ -51,10 +51,12 @@ impl Operator {
         let out = std::fs::File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
         let err = out.try_clone().map_err(|e| e.to_string())?;
         let resync = humantime::format_duration(config.resync).to_string();
+        let grace = humantime::format_duration(config.swap_grace).to_string();
         let child = Command::new(&config.operator_bin)
             .args(["run", "--namespace", namespace, "--resync", &resync])
             .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
             .args(["--log-level", &config.operator_log_level])
+            .args(["--swap-grace", &grace])
             .env("KUBECONFIG", kubeconfig)
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
