@@ -17,6 +17,7 @@ mod flow;
 mod flux;
 mod kafka;
 mod kstatus;
+mod monitoring;
 mod plan;
 mod pubsub;
 mod rabbitmq;
