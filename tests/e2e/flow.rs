@@ -380,3 +380,107 @@ async fn backlog_series_keep_their_labels_across_a_swap() {
     .await;
     ctl.stop().await;
 }
+
+/// Kafka requests of one kind the metrics counted.
+fn kafka_requests(metrics: &switchyard::metrics::Metrics, request: &str) -> u64 {
+    let mut registry = Registry::default();
+    metrics.register(&mut registry);
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode");
+    let want =
+        format!("switchyard_broker_requests_total{{backend=\"Kafka\",request=\"{request}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&want)?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The consumer-group lag of two MessageBrokers on one Kafka endpoint is read once per flow
+/// interval for both: the first pass of each reads its own new groups, later passes within
+/// the interval send nothing, and once it has passed one refresh reads every group again.
+#[tokio::test(flavor = "multi_thread")]
+async fn one_kafka_flow_read_serves_every_message_broker_on_the_endpoint() {
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    use switchyard::api::{DeletionPolicy, EnvSpec, TopicSpec};
+    use switchyard::brokers::{ConnectOptions, Connector, RealConnector};
+
+    let bootstrap = env_var("SWITCHYARD_KAFKA_BOOTSTRAP");
+    let env: EnvSpec = serde_json::from_value(serde_json::json!({
+        "slug": "prd", "type": "Kafka", "kafka": {"bootstrapServers": [bootstrap]}
+    }))
+    .expect("env");
+    let topics: Vec<TopicSpec> = serde_json::from_value(serde_json::json!([{
+        "name": "orders",
+        "partitions": 2,
+        "subscriptions": [
+            {"name": "billing", "deadLetter": {"maxDeliveryAttempts": 3}},
+            {"name": "shipping"}
+        ]
+    }]))
+    .expect("topics");
+    let metrics = switchyard::metrics::Metrics::default();
+    let max_age = Duration::from_secs(3);
+    let connector = RealConnector::new(ConnectOptions {
+        flow_max_age: max_age,
+        requests: metrics.broker_requests.clone(),
+        ..ConnectOptions::default()
+    });
+    let backend = connector
+        .connect(&env, &switchyard::secrets::ResolvedSecrets::default())
+        .await
+        .expect("backend");
+    let (a, b) = (scope("flow-share"), scope("flow-share"));
+    let mut names = Vec::new();
+    for s in [&a, &b] {
+        let c = converge(
+            backend.as_ref(),
+            s,
+            &env,
+            &topics,
+            &BTreeSet::new(),
+            DeletionPolicy::Delete,
+        )
+        .await;
+        names.push(c.desired.names);
+    }
+    // Five records on a's topic, which neither of its groups has read.
+    let producer: BaseProducer = rdkafka::config::ClientConfig::new()
+        .set("bootstrap.servers", env_var("SWITCHYARD_KAFKA_BOOTSTRAP"))
+        .create()
+        .expect("producer");
+    for i in 0..5 {
+        producer
+            .send(BaseRecord::<(), _>::to(&names[0]["orders"]).payload(&format!("{i}")))
+            .expect("send");
+    }
+    producer.flush(Duration::from_secs(10)).expect("flush");
+
+    let fetches = || kafka_requests(&metrics, "OffsetFetch");
+    let backlog = |f: &BTreeMap<String, switchyard::brokers::FlowReading>, sub: &str| {
+        f.get(&format!("orders/{sub}")).and_then(|r| r.backlog)
+    };
+    let first_read = Instant::now();
+    let fa = backend.flow(&names[0]).await.expect("a's flow");
+    assert_eq!(backlog(&fa, "billing"), Some(5));
+    assert_eq!(backlog(&fa, "shipping"), Some(5));
+    assert_eq!(fa["orders/billing"].dead_letters, Some(0));
+    assert_eq!(fetches(), 2, "one OffsetFetch per group of a");
+    let fb = backend.flow(&names[1]).await.expect("b's flow");
+    assert_eq!(backlog(&fb, "billing"), Some(0));
+    assert_eq!(fetches(), 4, "b's groups are new: read once");
+    let sent = metrics.broker_requests.total();
+    for n in &names {
+        backend.flow(n).await.expect("flow");
+    }
+    assert_eq!(
+        metrics.broker_requests.total(),
+        sent,
+        "passes within the interval send nothing"
+    );
+    // The interval passes (a deadline, not a guess): a's next pass refreshes b's groups too.
+    tokio::time::sleep_until((first_read + max_age).into()).await;
+    backend.flow(&names[0]).await.expect("a's flow");
+    assert_eq!(fetches(), 8, "one refresh read all four groups");
+    let sent = metrics.broker_requests.total();
+    backend.flow(&names[1]).await.expect("b's flow");
+    assert_eq!(metrics.broker_requests.total(), sent, "b is answered by it");
+}
