@@ -589,6 +589,12 @@ pub(super) async fn finish(shared: &Shared<'_>, prepared: Prepared) -> Finished 
 
     status.conditions =
         conditions::merge(&status.conditions, &conds, shared.generation, shared.now);
+    // The figures were read from this env's spec side; their series carry the serving side's
+    // type. During a swap, until the binding flips, they would describe the new, empty side
+    // under the old side's name: report none rather than that.
+    if status.broker_type != Some(env.broker_type) {
+        out.flow.clear();
+    }
     out.status = status;
     out
 }
