@@ -199,6 +199,11 @@ struct RunArgs {
     /// Defaults to the resync interval; 0s reads the broker on every pass.
     #[arg(long, value_parser = humantime::parse_duration)]
     observe_max_age: Option<Duration>,
+    /// How often the message-flow figures (backlog, oldest unacknowledged age, dead letters)
+    /// are read, one read per endpoint for every MessageBroker on it; MessageBrokers are
+    /// passed over at this interval when it is below the resync. 0s: only at the resync.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    flow_interval: Duration,
     /// Reconciles running at once.
     #[arg(long, default_value_t = 64, env = "SWITCHYARD_CONCURRENCY")]
     concurrency: u16,
@@ -377,6 +382,7 @@ async fn run(args: RunArgs) -> ExitCode {
         check_timeout: args.check_timeout,
         check_interval: args.check_interval,
         swap_grace: args.swap_grace,
+        flow_interval: args.flow_interval,
         concurrency: args.concurrency,
         instance: args.instance.clone(),
     };
@@ -396,6 +402,7 @@ async fn run(args: RunArgs) -> ExitCode {
         Arc::new(RealConnector::new(ConnectOptions {
             check_timeout: args.check_timeout,
             observe_max_age: args.observe_max_age.unwrap_or(args.resync),
+            flow_max_age: args.flow_interval,
             requests: metrics.broker_requests.clone(),
         })),
         config,

@@ -273,6 +273,8 @@ pub struct SubscriptionFigures {
     pub backlog: Option<u64>,
     /// Messages in its dead-letter destination.
     pub dead_letters: Option<u64>,
+    /// How long its oldest unacknowledged message has waited.
+    pub oldest_unacked: Option<std::time::Duration>,
 }
 
 /// The label sets one MessageBroker has series under.
@@ -281,6 +283,7 @@ struct Series {
     envs: Vec<EnvLabels>,
     backlog: Vec<SubscriptionLabels>,
     dead_letters: Vec<SubscriptionLabels>,
+    oldest_unacked: Vec<SubscriptionLabels>,
 }
 
 /// Readiness and message-flow gauges per MessageBroker, env and subscription. A MessageBroker's
@@ -294,7 +297,7 @@ pub struct Flow {
     env_connected: Family<EnvLabels, Gauge>,
     backlog: Family<SubscriptionLabels, Gauge>,
     dead_letters: Family<SubscriptionLabels, Gauge>,
-    oldest_unacked: Family<SubscriptionLabels, Gauge>,
+    oldest_unacked: Family<SubscriptionLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     /// Per-subscription series off: only the per-MessageBroker and per-env ones.
     per_subscription_off: std::sync::atomic::AtomicBool,
     series: std::sync::Mutex<std::collections::HashMap<MessageBrokerLabels, Series>>,
@@ -346,6 +349,12 @@ impl Flow {
                     self.backlog.get_or_create(&labels).set(gauge_value(n));
                     now.backlog.push(labels.clone());
                 }
+                if let Some(age) = s.oldest_unacked {
+                    self.oldest_unacked
+                        .get_or_create(&labels)
+                        .set(age.as_secs_f64());
+                    now.oldest_unacked.push(labels.clone());
+                }
                 if let Some(n) = s.dead_letters {
                     self.dead_letters.get_or_create(&labels).set(gauge_value(n));
                     now.dead_letters.push(labels);
@@ -388,6 +397,12 @@ impl Flow {
         }
         for l in old.backlog.iter().filter(|l| !keep.backlog.contains(l)) {
             self.backlog.remove(l);
+        }
+        for l in old
+            .oldest_unacked
+            .iter()
+            .filter(|l| !keep.oldest_unacked.contains(l))
+        {
             self.oldest_unacked.remove(l);
         }
         for l in old
@@ -470,6 +485,7 @@ mod tests {
                         subscription: s.to_string(),
                         backlog: Some(*n),
                         dead_letters: None,
+                        oldest_unacked: (*n > 0).then(|| std::time::Duration::from_millis(1500)),
                     })
                     .collect(),
             }],
@@ -486,6 +502,18 @@ mod tests {
         assert!(t.contains(r#"switchyard_subscription_backlog_messages{namespace="shop",messagebroker="bus",env="prd",topic="orders",subscription="billing",backend="Redis"} 6"#), "{t}");
         assert!(
             t.contains(r#"switchyard_messagebroker_ready{namespace="shop",messagebroker="bus"} 1"#),
+            "{t}"
+        );
+        assert!(t.contains(r#"switchyard_subscription_oldest_unacked_seconds{namespace="shop",messagebroker="bus",env="prd",topic="orders",subscription="audit",backend="Redis"} 1.5"#), "{t}");
+
+        // A subscription that drained loses its age, and keeps its backlog.
+        metrics
+            .flow
+            .record("shop", "bus", &figures(&[("billing", 6), ("audit", 0)]));
+        let t = text(&metrics);
+        assert!(!t.contains(r#"oldest_unacked_seconds{namespace="shop",messagebroker="bus",env="prd",topic="orders",subscription="audit""#), "{t}");
+        assert!(
+            t.contains(r#"subscription="audit",backend="Redis"} 0"#),
             "{t}"
         );
 

@@ -232,6 +232,9 @@ pub struct ConnectOptions {
     /// How long one observation of an endpoint may answer later passes (Kafka; see
     /// `kafka::snapshot`). Zero reads the broker on every pass.
     pub observe_max_age: std::time::Duration,
+    /// How long one read of the message-flow figures of an endpoint (Kafka consumer-group lag)
+    /// may answer later passes (`--flow-interval`). Zero reads on every pass.
+    pub flow_max_age: std::time::Duration,
     /// Where backends count the requests they send.
     pub requests: crate::metrics::BrokerRequests,
 }
@@ -241,6 +244,7 @@ impl Default for ConnectOptions {
         ConnectOptions {
             check_timeout: std::time::Duration::from_secs(5),
             observe_max_age: std::time::Duration::ZERO,
+            flow_max_age: std::time::Duration::ZERO,
             requests: crate::metrics::BrokerRequests::default(),
         }
     }

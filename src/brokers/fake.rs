@@ -109,6 +109,7 @@ impl Backend for FakeBackend {
                 .iter()
                 .filter_map(|k| objects.get(k).map(|o| (k.clone(), o.clone())))
                 .collect(),
+            ..Observed::default()
         })
     }
 

@@ -165,6 +165,22 @@ pub struct ObservedObject {
 pub struct Observed {
     /// Existing objects by key.
     pub objects: BTreeMap<ObjectKey, ObservedObject>,
+    /// How long the oldest message a subscription object (a Redis group) holds unacknowledged
+    /// has waited, where the broker tells it.
+    pub oldest_unacked: BTreeMap<ObjectKey, std::time::Duration>,
+    /// Per subscription (logical `topic/sub`), the figures the broker counts apart from its
+    /// objects ([`Backend::flow`]).
+    pub flow: BTreeMap<String, FlowReading>,
+}
+
+/// The message figures of one subscription that a broker counts apart from its objects (a
+/// Kafka consumer group is no object: its lag is read with its offsets).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FlowReading {
+    /// Messages not acknowledged yet.
+    pub backlog: Option<u64>,
+    /// Messages in its dead-letter destination.
+    pub dead_letters: Option<u64>,
 }
 
 /// A setting that changes.
@@ -437,6 +453,17 @@ pub trait Backend: Send + Sync {
         _leaving: &[ObjectKey],
         _names: &BTreeMap<String, String>,
     ) -> Result<BTreeMap<ObjectKey, u64>, BrokerError> {
+        Ok(BTreeMap::new())
+    }
+
+    /// The message figures of the subscriptions in `names` (logical → physical, as in
+    /// [`DesiredState::names`]) that observation does not count, by logical `topic/sub`.
+    /// Read for every subscription of every MessageBroker on the endpoint at once, at most
+    /// once per flow interval. Brokers whose objects carry the counts give none.
+    async fn flow(
+        &self,
+        _names: &BTreeMap<String, String>,
+    ) -> Result<BTreeMap<String, FlowReading>, BrokerError> {
         Ok(BTreeMap::new())
     }
 }

@@ -260,6 +260,7 @@ mod tests {
                     )
                 })
                 .collect(),
+            ..Observed::default()
         }
     }
 

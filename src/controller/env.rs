@@ -263,6 +263,7 @@ async fn prepare_stage(shared: &Shared<'_>, env: &EnvSpec, status: &mut EnvStatu
         names.extend(desired.names.clone());
         brokers::count_unconsumed(backend.as_ref(), &desired, &names, &input, &mut observed)
             .await?;
+        observed.flow = read_flow(shared.ctx, backend.as_ref(), backend_name, &desired).await;
         let plan = brokers::plan::plan(&desired, &observed, &input);
         Ok::<_, BrokerError>((observed, plan))
     }
@@ -298,6 +299,22 @@ async fn prepare_stage(shared: &Shared<'_>, env: &EnvSpec, status: &mut EnvStatu
             )
         }
     }
+}
+
+/// The figures the broker counts apart from its objects ([`Backend::flow`]). They are only
+/// reported: a failed read leaves them out of this pass and blocks nothing.
+async fn read_flow(
+    ctx: &Context,
+    backend: &dyn Backend,
+    backend_name: &str,
+    desired: &DesiredState,
+) -> BTreeMap<String, brokers::FlowReading> {
+    let read = backend.flow(&desired.names).await;
+    ctx.metrics.broker_op(backend_name, "flow", read.is_ok());
+    read.unwrap_or_else(|e| {
+        tracing::info!(error = %e, "reading the message-flow figures failed");
+        BTreeMap::new()
+    })
 }
 
 /// The broker answered, but the topics cannot be worked on: why, and whether retrying helps.
@@ -572,6 +589,12 @@ pub(super) async fn finish(shared: &Shared<'_>, prepared: Prepared) -> Finished 
 
     status.conditions =
         conditions::merge(&status.conditions, &conds, shared.generation, shared.now);
+    // The figures were read from this env's spec side; their series carry the serving side's
+    // type. During a swap, until the binding flips, they would describe the new, empty side
+    // under the old side's name: report none rather than that.
+    if status.broker_type != Some(env.broker_type) {
+        out.flow.clear();
+    }
     out.status = status;
     out
 }
@@ -853,9 +876,10 @@ async fn pooled_backend(
 
 /// What the observation told of each subscription: its backlog (the messages its queue or
 /// group holds: ready + unacked on RabbitMQ, pending + lag on Redis, visible + in flight on
-/// SQS) and the depth of its dead-letter destination (on Redis one stream per topic, shared by
-/// its subscriptions). Brokers that count neither per subscription (Kafka, whose groups are no
-/// objects, and Pub/Sub) give none.
+/// SQS; on Kafka its consumer group's lag, from [`Observed::flow`]), how long its oldest
+/// unacknowledged message has waited (Redis), and the depth of its dead-letter destination (on
+/// Redis and Kafka one stream or topic per topic, shared by its subscriptions). Pub/Sub gives
+/// none: its admin API does not count messages.
 fn flow_figures(desired: &DesiredState, observed: &Observed) -> Vec<SubscriptionFigures> {
     let messages = |key: &ObjectKey| observed.objects.get(key).and_then(|o| o.messages);
     let dead: BTreeMap<&str, u64> = desired
@@ -881,11 +905,16 @@ fn flow_figures(desired: &DesiredState, observed: &Observed) -> Vec<Subscription
         let Some((topic, sub)) = o.logical.split_once('/').filter(|(_, s)| !s.contains('/')) else {
             continue;
         };
-        if matches!(o.key.kind, ObjectKind::Queue | ObjectKind::Subscription)
-            && let Some(n) = messages(&o.key)
-        {
+        if !matches!(o.key.kind, ObjectKind::Queue | ObjectKind::Subscription) {
+            continue;
+        }
+        if let Some(n) = messages(&o.key) {
             let f = entry(&mut out, topic, sub);
             f.backlog = Some(f.backlog.unwrap_or(0).max(n));
+        }
+        if let Some(age) = observed.oldest_unacked.get(&o.key) {
+            let f = entry(&mut out, topic, sub);
+            f.oldest_unacked = Some(f.oldest_unacked.map_or(*age, |a| a.max(*age)));
         }
     }
     for (logical, physical) in &desired.names {
@@ -896,6 +925,18 @@ fn flow_figures(desired: &DesiredState, observed: &Observed) -> Vec<Subscription
         if let Some(n) = dead.get(physical.as_str()) {
             entry(&mut out, topic, sub).dead_letters = Some(*n);
         }
+    }
+    // Read apart from the objects, and at the flow interval: newer where both tell.
+    for (logical, reading) in &observed.flow {
+        let Some((topic, sub)) = logical.split_once('/') else {
+            continue;
+        };
+        if reading.backlog.is_none() && reading.dead_letters.is_none() {
+            continue;
+        }
+        let f = entry(&mut out, topic, sub);
+        f.backlog = reading.backlog.or(f.backlog);
+        f.dead_letters = reading.dead_letters.or(f.dead_letters);
     }
     out.into_values().collect()
 }
@@ -1153,7 +1194,7 @@ mod tests {
                 topic: "orders".into(),
                 subscription: "billing".into(),
                 backlog: Some(n),
-                dead_letters: None,
+                ..Default::default()
             }]
         };
         let mut topics = status(None);
@@ -1161,6 +1202,90 @@ mod tests {
         assert_eq!(topics[0].subscriptions[0].backlog, Some(100), "kept");
         steady_figures(&status(Some(100)), &mut topics, &flow(0));
         assert_eq!(topics[0].subscriptions[0].backlog, Some(0), "drained");
+    }
+
+    #[test]
+    fn flow_figures_take_group_lag_ages_and_dead_letters_from_where_the_broker_tells() {
+        let scope = Scope::new("shop", "bus");
+        let env: EnvSpec = serde_json::from_value(serde_json::json!({
+            "slug": "prd", "type": "Kafka", "kafka": {"bootstrapServers": ["k:9092"]}
+        }))
+        .expect("env");
+        let topics: Vec<TopicSpec> = serde_json::from_value(serde_json::json!([{
+            "name": "orders",
+            "subscriptions": [
+                {"name": "billing", "deadLetter": {"maxDeliveryAttempts": 5}},
+                {"name": "shipping"}
+            ]
+        }]))
+        .expect("topics");
+        let desired = brokers::desired(&scope, &env, &topics, &BTreeSet::new()).expect("desired");
+        let dlq = desired.names["orders/billing/dlq"].clone();
+        let mut observed = Observed::default();
+        // The topic snapshot's count of the dead-letter topic, older than the flow read.
+        observed.objects.insert(
+            ObjectKey::new(ObjectKind::DeadLetter, dlq),
+            brokers::ObservedObject {
+                messages: Some(1),
+                ..Default::default()
+            },
+        );
+        observed.flow.insert(
+            "orders/billing".into(),
+            brokers::FlowReading {
+                backlog: Some(6),
+                dead_letters: Some(2),
+            },
+        );
+        observed.flow.insert(
+            "orders/shipping".into(),
+            brokers::FlowReading {
+                backlog: Some(10),
+                dead_letters: None,
+            },
+        );
+        let got = flow_figures(&desired, &observed);
+        let by_sub = |s: &str| got.iter().find(|f| f.subscription == s).cloned();
+        assert_eq!(
+            by_sub("billing").map(|f| (f.backlog, f.dead_letters)),
+            Some((Some(6), Some(2))),
+            "the flow read is newer than the topic snapshot"
+        );
+        assert_eq!(
+            by_sub("shipping").map(|f| (f.backlog, f.dead_letters, f.oldest_unacked)),
+            Some((Some(10), None, None))
+        );
+
+        // A Redis group's age comes with its object.
+        let group = ObjectKey::new(ObjectKind::Subscription, "shop:bus:orders/billing");
+        let desired = DesiredState {
+            objects: vec![brokers::DesiredObject {
+                key: group.clone(),
+                logical: "orders/billing".into(),
+                parent: None,
+                partitions: None,
+                config: BTreeMap::new(),
+            }],
+            ..Default::default()
+        };
+        let mut observed = Observed::default();
+        observed.objects.insert(
+            group.clone(),
+            brokers::ObservedObject {
+                messages: Some(3),
+                ..Default::default()
+            },
+        );
+        observed
+            .oldest_unacked
+            .insert(group, std::time::Duration::from_secs(42));
+        let got = flow_figures(&desired, &observed);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].backlog, Some(3));
+        assert_eq!(
+            got[0].oldest_unacked,
+            Some(std::time::Duration::from_secs(42))
+        );
     }
 
     #[test]

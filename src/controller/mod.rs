@@ -85,6 +85,9 @@ pub struct Config {
     /// time every app needs to see the new binding (the kubelet refreshes a projected Secret
     /// about a minute after it changed). Until then an app may still publish to the old side.
     pub swap_grace: Duration,
+    /// How often the message-flow figures are read: each MessageBroker is passed over at this
+    /// interval when it is shorter than the resync (zero: only at the resync).
+    pub flow_interval: Duration,
 }
 
 impl Default for Config {
@@ -97,11 +100,22 @@ impl Default for Config {
             concurrency: 64,
             instance: "switchyard".into(),
             swap_grace: Duration::from_secs(90),
+            flow_interval: Duration::from_secs(30),
         }
     }
 }
 
 impl Config {
+    /// The interval between two passes over a settled MessageBroker: the resync, or the flow
+    /// interval when that is shorter. A pass that changes nothing writes nothing.
+    pub fn pass_interval(&self) -> Duration {
+        if self.flow_interval.is_zero() {
+            self.resync
+        } else {
+            self.resync.min(self.flow_interval)
+        }
+    }
+
     /// Whether this instance manages the env.
     pub fn manages(&self, slug: &str) -> bool {
         self.envs.as_ref().is_none_or(|e| e.contains(slug))

@@ -309,7 +309,7 @@ async fn apply(raw: Arc<RawMessageBroker>, ctx: &Context) -> Result<Action, Erro
         }
         None => {
             ctx.reset_backoff(&key);
-            Ok(Action::requeue(spread(ctx.config.resync, &key)))
+            Ok(Action::requeue(spread(ctx.config.pass_interval(), &key)))
         }
     }
 }

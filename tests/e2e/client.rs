@@ -465,6 +465,13 @@ pub(crate) async fn provisioned_with(
     (app, ctl)
 }
 
+/// The MessageBroker `bus` of [`provisioned_in`], with one env.
+pub(crate) fn bus_manifest(env_yaml: &str) -> String {
+    format!(
+        "apiVersion: switchyard.dev/v1alpha1\nkind: MessageBroker\nmetadata: {{name: bus}}\nspec:\n  deletionPolicy: Delete\n  topics:\n    - name: orders\n      partitions: 3\n      subscriptions:\n        - {{name: billing, deadLetter: {{maxDeliveryAttempts: 5}}}}\n        - {{name: shipping}}\n    - name: ledger\n      partitions: 3\n      ordered: true\n      subscriptions: [{{name: audit}}]\n    - name: jobs\n      subscriptions: [{{name: workers}}]\n  envs:\n    - {env_yaml}\n"
+    )
+}
+
 /// [`provisioned_with`], and the API client and namespace of the MessageBroker `bus`.
 pub(crate) async fn provisioned_in(
     prefix: &str,
@@ -476,10 +483,7 @@ pub(crate) async fn provisioned_in(
         put_secret(&client, &ns, name, data).await;
     }
     let ctl = start_real_controller(client.clone(), &ns);
-    let manifest = format!(
-        "apiVersion: switchyard.dev/v1alpha1\nkind: MessageBroker\nmetadata: {{name: bus}}\nspec:\n  deletionPolicy: Delete\n  topics:\n    - name: orders\n      partitions: 3\n      subscriptions:\n        - {{name: billing, deadLetter: {{maxDeliveryAttempts: 5}}}}\n        - {{name: shipping}}\n    - name: ledger\n      partitions: 3\n      ordered: true\n      subscriptions: [{{name: audit}}]\n    - name: jobs\n      subscriptions: [{{name: workers}}]\n  envs:\n    - {env_yaml}\n"
-    );
-    apply_mb(&client, &ns, &manifest).await;
+    apply_mb(&client, &ns, &bus_manifest(env_yaml)).await;
     wait_ready(&client, &ns, "bus", TIMEOUT).await;
     let binding = Binding::from_secret(&client, &ns, "bus-prd")
         .await

@@ -18,12 +18,12 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use super::coalesce::{Coalescer, ItemResult};
 use super::errors::{CaptureContext, LastError, classify, classify_kafka};
-use super::snapshot::{Snapshot, TopicConfig, TopicView, View};
+use super::snapshot::{Shared, TopicConfig, TopicView, View};
 use super::{DESCRIBE_CHUNK, READ_CHUNK, REPLICATION_FACTOR, RETENTION_MS, security_protocol};
 use crate::api::{BrokerType, KafkaSpec};
 use crate::brokers::{
-    Action, ActionOutcome, Backend, BrokerError, BrokerErrorKind, ConnectOptions, ObjectKey,
-    ObjectKind, Observed, ObservedObject, Scope,
+    Action, ActionOutcome, Backend, BrokerError, BrokerErrorKind, ConnectOptions, FlowReading,
+    ObjectKey, ObjectKind, Observed, ObservedObject, Scope,
 };
 use crate::metrics::BrokerRequests;
 use crate::secrets::ResolvedSecrets;
@@ -35,6 +35,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 const OPERATION_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bound on waiting for a change to show in metadata / DescribeConfigs after it was accepted.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(20);
+/// Threads reading consumer groups' committed offsets side by side in one flow read.
+const OFFSET_FETCH_THREADS: usize = 4;
 /// How long concurrent apply calls on one endpoint are gathered into one request.
 const COALESCE_WINDOW: Duration = Duration::from_millis(5);
 
@@ -87,6 +89,49 @@ struct TopicMeta {
 
 /// Topic name → layout, from one Metadata request.
 type TopicLayout = HashMap<String, TopicMeta>;
+
+/// The offsets one partition spans.
+#[derive(Clone, Copy, Debug)]
+struct Watermarks {
+    partition: i32,
+    low: i64,
+    high: i64,
+}
+
+/// Records held over partitions: high − low watermark. Approximate where compaction or
+/// transaction markers leave offsets without records between the two.
+fn records(marks: &[Watermarks]) -> u64 {
+    marks
+        .iter()
+        .map(|m| u64::try_from(m.high - m.low).unwrap_or(0))
+        .sum()
+}
+
+/// What one flow read counts on a Kafka endpoint.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(super) enum FlowKey {
+    /// The records a topic holds: a dead-letter topic's depth.
+    Records(String),
+    /// What a consumer group has not committed on a topic: a subscription's backlog.
+    Lag {
+        /// The topic.
+        topic: String,
+        /// The subscription's consumer group.
+        group: String,
+    },
+}
+
+/// What a flow read counted, key by key (None: the topic could not be counted).
+type FlowCounts = Vec<(FlowKey, Option<u64>)>;
+
+impl FlowKey {
+    /// The topic it counts on.
+    pub(super) fn topic(&self) -> &str {
+        match self {
+            FlowKey::Records(t) | FlowKey::Lag { topic: t, .. } => t,
+        }
+    }
+}
 
 /// How long one metadata answer serves concurrent observations at least. Many MessageBrokers on
 /// one endpoint reconcile together after a restart or a bulk apply; each would otherwise fetch
@@ -149,11 +194,10 @@ struct Inner {
     /// endpoint for [`METADATA_REUSE`]; cleared by every apply.
     metadata_cache: std::sync::Mutex<LayoutCache>,
     /// What observations last read, shared by every MessageBroker on this endpoint.
-    snapshot: std::sync::Mutex<Snapshot>,
-    /// One refresh of the snapshot at a time: callers arriving meanwhile queue their topics in
-    /// `waiting` and are usually answered by the refresh in flight or the next one.
-    refreshing: tokio::sync::Mutex<()>,
-    waiting: std::sync::Mutex<BTreeSet<String>>,
+    topics: Shared,
+    /// What flow reads last counted (groups' lag, dead-letter topics' records), likewise
+    /// shared, for the flow interval.
+    flow: Shared<FlowKey, Option<u64>>,
     /// Callers waiting for new topics or partitions to be usable; one poller serves them all.
     settling: std::sync::Mutex<Settling>,
 }
@@ -238,10 +282,9 @@ impl Inner {
 
     /// Forget what observations read about `names`: the caller is about to change them.
     fn forget<'a>(&self, names: impl IntoIterator<Item = &'a str>) {
-        self.snapshot
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .forget(names);
+        let names: HashSet<&str> = names.into_iter().collect();
+        self.topics.forget(names.iter().copied());
+        self.flow.forget_matching(|k| names.contains(k.topic()));
     }
 
     /// Topic names and partition layout in the cluster (one Metadata request).
@@ -317,10 +360,6 @@ impl Inner {
             .collect())
     }
 
-    /// Sum over partitions of (high watermark - low watermark) for each topic whose every
-    /// partition answered: one ListOffsets round for the earliest and one for the latest
-    /// offsets. Topics still getting partition leaders (just created or moving) are not asked
-    /// and get no count: a Delete policy never removes a topic whose count is unknown.
     /// The offsets `group` committed on `topic`'s partitions (absent: none committed).
     fn committed_blocking(
         &self,
@@ -359,91 +398,18 @@ impl Inner {
             .collect())
     }
 
-    /// For each topic, what the slowest of its consumer groups has not committed yet (a
-    /// group that committed nothing has read nothing). Topics not on the broker, or whose
-    /// offsets cannot all be read, are left out.
-    fn unconsumed_blocking(
+    /// The (partition, low, high) watermarks of each of `names` the layout shows with a leader
+    /// for every partition and whose every partition answered: one ListOffsets round for the
+    /// earliest and one for the latest offsets, whatever the number of topics. Topics still
+    /// getting partition leaders (just created or moving) are not asked and are left out: a
+    /// Delete policy never removes a topic whose count is unknown.
+    fn watermarks_in<'a>(
         &self,
-        groups: &BTreeMap<String, Vec<String>>,
-    ) -> Result<BTreeMap<String, u64>, BrokerError> {
-        let layout = self.metadata_blocking(OBSERVE_TIMEOUT)?;
-        let topics: Vec<(String, i32)> = groups
-            .keys()
-            .filter_map(|t| {
-                layout
-                    .get(t)
-                    .filter(|m| m.led)
-                    .map(|m| (t.clone(), m.partitions))
-            })
-            .collect();
-        let low = self.offsets_blocking(&topics, Offset::Beginning, OBSERVE_TIMEOUT)?;
-        let high = self.offsets_blocking(&topics, Offset::End, OBSERVE_TIMEOUT)?;
-        let mut out = BTreeMap::new();
-        'topics: for (topic, partitions) in &topics {
-            let mut marks = Vec::new();
-            for p in 0..*partitions {
-                let key = (topic.clone(), p);
-                let (Some(l), Some(h)) = (low.get(&key), high.get(&key)) else {
-                    continue 'topics;
-                };
-                marks.push((p, *l, *h));
-            }
-            let mut held = 0u64;
-            for group in &groups[topic] {
-                let committed = self.committed_blocking(group, topic, *partitions)?;
-                let lag: u64 = marks
-                    .iter()
-                    .map(|(p, l, h)| {
-                        let read = committed.get(p).copied().unwrap_or(*l).max(*l);
-                        u64::try_from(h - read).unwrap_or(0)
-                    })
-                    .sum();
-                held = held.max(lag);
-            }
-            if held == 0 {
-                let records = marks
-                    .iter()
-                    .map(|(_, l, h)| u64::try_from(h - l).unwrap_or(0))
-                    .sum();
-                lock_drained(&self.drained).insert(topic.clone(), records);
-            }
-            out.insert(topic.clone(), held);
-        }
-        Ok(out)
-    }
-
-    fn message_counts_blocking(
-        &self,
-        topics: &[(String, i32)],
-    ) -> Result<HashMap<String, u64>, BrokerError> {
-        if topics.is_empty() {
-            return Ok(HashMap::new());
-        }
-        let low = self.offsets_blocking(topics, Offset::Beginning, OBSERVE_TIMEOUT)?;
-        let high = self.offsets_blocking(topics, Offset::End, OBSERVE_TIMEOUT)?;
-        Ok(topics
-            .iter()
-            .filter_map(|(topic, partitions)| {
-                let mut total = 0u64;
-                for p in 0..*partitions {
-                    let key = (topic.clone(), p);
-                    let (h, l) = (high.get(&key)?, low.get(&key)?);
-                    total += u64::try_from(h - l).unwrap_or(0);
-                }
-                Some((topic.clone(), total))
-            })
-            .collect())
-    }
-
-    /// Message counts of those `names` the layout shows with a leader for every partition
-    /// (others get no count).
-    fn counts_in(
-        &self,
-        names: &[String],
+        names: impl IntoIterator<Item = &'a String>,
         layout: &TopicLayout,
-    ) -> Result<HashMap<String, u64>, BrokerError> {
-        let countable: Vec<(String, i32)> = names
-            .iter()
+    ) -> Result<HashMap<String, Vec<Watermarks>>, BrokerError> {
+        let topics: Vec<(String, i32)> = names
+            .into_iter()
             .filter_map(|n| {
                 layout
                     .get(n)
@@ -451,7 +417,153 @@ impl Inner {
                     .map(|m| (n.clone(), m.partitions))
             })
             .collect();
-        self.message_counts_blocking(&countable)
+        if topics.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let low = self.offsets_blocking(&topics, Offset::Beginning, OBSERVE_TIMEOUT)?;
+        let high = self.offsets_blocking(&topics, Offset::End, OBSERVE_TIMEOUT)?;
+        Ok(topics
+            .into_iter()
+            .filter_map(|(topic, partitions)| {
+                let marks = (0..partitions)
+                    .map(|p| {
+                        let key = (topic.clone(), p);
+                        Some(Watermarks {
+                            partition: p,
+                            low: *low.get(&key)?,
+                            high: *high.get(&key)?,
+                        })
+                    })
+                    .collect::<Option<Vec<_>>>()?;
+                Some((topic, marks))
+            })
+            .collect())
+    }
+
+    /// What `group` has not committed on `topic` (one OffsetFetch): the sum over partitions of
+    /// high watermark − committed offset. A partition the group committed nothing on counts
+    /// from the low watermark, as the client's consumers start there (`auto.offset.reset =
+    /// earliest`, see `data.rs`); so does a commit below the low watermark (records expired).
+    fn group_lag_blocking(
+        &self,
+        group: &str,
+        topic: &str,
+        marks: &[Watermarks],
+    ) -> Result<u64, BrokerError> {
+        let partitions = i32::try_from(marks.len()).unwrap_or(i32::MAX);
+        let committed = self.committed_blocking(group, topic, partitions)?;
+        Ok(marks
+            .iter()
+            .map(|m| {
+                let read = committed
+                    .get(&m.partition)
+                    .copied()
+                    .unwrap_or(m.low)
+                    .max(m.low);
+                u64::try_from(m.high - read).unwrap_or(0)
+            })
+            .sum())
+    }
+
+    /// The flow figures of `keys`, counted at one moment: one Metadata (shared), one
+    /// ListOffsets round each for the earliest and the latest offsets of every topic named,
+    /// and one OffsetFetch per consumer group (librdkafka reads one group's offsets per
+    /// request, from that group's coordinator). Absent or uncountable topics count None.
+    fn read_flow_blocking(
+        &self,
+        keys: &[FlowKey],
+    ) -> Result<HashMap<FlowKey, Option<u64>>, BrokerError> {
+        let topics: BTreeSet<String> = keys.iter().map(|k| k.topic().to_string()).collect();
+        let layout = self.metadata_shared(OBSERVE_TIMEOUT)?;
+        let marks = match self.watermarks_in(&topics, &layout) {
+            Ok(m) => m,
+            // The shared layout may predate a topic deleted elsewhere: read it again once.
+            Err(e) if e.kind == BrokerErrorKind::Other => {
+                self.invalidate_layout();
+                let layout = self.metadata_fresh(OBSERVE_TIMEOUT)?;
+                self.watermarks_in(&topics, &layout)?
+            }
+            Err(e) => return Err(e),
+        };
+        // Each group's offsets come from its own coordinator, one request at a time: a few
+        // threads read them side by side so that many groups fit in one interval.
+        let per_thread = keys.len().div_ceil(OFFSET_FETCH_THREADS).max(1);
+        let counted: Vec<Result<FlowCounts, BrokerError>> = std::thread::scope(|scope| {
+            let workers: Vec<_> = keys
+                .chunks(per_thread)
+                .map(|chunk| {
+                    let marks = &marks;
+                    scope.spawn(move || {
+                        chunk
+                            .iter()
+                            .map(|key| {
+                                let count = match (key, marks.get(key.topic())) {
+                                    (_, None) => None,
+                                    (FlowKey::Records(_), Some(m)) => Some(records(m)),
+                                    (FlowKey::Lag { topic, group }, Some(m)) => {
+                                        Some(self.group_lag_blocking(group, topic, m)?)
+                                    }
+                                };
+                                Ok((key.clone(), count))
+                            })
+                            .collect()
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .map(|w| {
+                    w.join().unwrap_or_else(|_| {
+                        Err(BrokerError::new(
+                            BrokerErrorKind::Other,
+                            "reading consumer-group offsets failed",
+                        ))
+                    })
+                })
+                .collect()
+        });
+        let mut out = HashMap::with_capacity(keys.len());
+        for part in counted {
+            out.extend(part?);
+        }
+        Ok(out)
+    }
+
+    /// For each topic, what the slowest of its consumer groups has not committed yet (see
+    /// [`Inner::group_lag_blocking`]). Topics not on the broker, or whose offsets cannot all be
+    /// read, are left out.
+    fn unconsumed_blocking(
+        &self,
+        groups: &BTreeMap<String, Vec<String>>,
+    ) -> Result<BTreeMap<String, u64>, BrokerError> {
+        let layout = self.metadata_blocking(OBSERVE_TIMEOUT)?;
+        let marks = self.watermarks_in(groups.keys(), &layout)?;
+        let mut out = BTreeMap::new();
+        for (topic, marks) in &marks {
+            let mut held = 0u64;
+            for group in groups.get(topic).into_iter().flatten() {
+                held = held.max(self.group_lag_blocking(group, topic, marks)?);
+            }
+            if held == 0 {
+                lock_drained(&self.drained).insert(topic.clone(), records(marks));
+            }
+            out.insert(topic.clone(), held);
+        }
+        Ok(out)
+    }
+
+    /// Message counts (high − low watermark over partitions) of those `names` the layout
+    /// shows with a leader for every partition and whose every partition answered.
+    fn counts_in(
+        &self,
+        names: &[String],
+        layout: &TopicLayout,
+    ) -> Result<HashMap<String, u64>, BrokerError> {
+        Ok(self
+            .watermarks_in(names, layout)?
+            .into_iter()
+            .map(|(topic, marks)| (topic, records(&marks)))
+            .collect())
     }
 
     /// The configs `keep` selects (those with a value) of the given topics: DescribeConfigs,
@@ -575,64 +687,26 @@ impl Inner {
         self: &Arc<Self>,
         names: Vec<String>,
     ) -> Result<HashMap<String, View>, BrokerError> {
-        let fresh = |inner: &Self| {
-            inner
-                .snapshot
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .answer(&names, std::time::Instant::now())
-        };
-        if let Some(answer) = fresh(self) {
-            return Ok(answer);
-        }
-        self.waiting
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .extend(names.iter().cloned());
-        let _turn = self.refreshing.lock().await;
-        if let Some(answer) = fresh(self) {
-            return Ok(answer);
-        }
-        let mut asked: BTreeSet<String> =
-            std::mem::take(&mut *self.waiting.lock().unwrap_or_else(|e| e.into_inner()));
-        asked.extend(names.iter().cloned());
-        let asked: Vec<String> = asked.into_iter().collect();
-        let now = std::time::Instant::now();
-        let due = self
-            .snapshot
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .due(&asked, now);
-        tracing::debug!(
-            endpoint = %self.endpoint,
-            asked = asked.len(),
-            reading = due.len(),
-            "refreshing the shared observation"
-        );
-        // In pieces, each remembered as it arrives: what is held at once stays bounded however
-        // many topics are due.
-        let wanted: HashSet<&String> = names.iter().collect();
-        let mut answer = HashMap::with_capacity(names.len());
-        for chunk in due.chunks(READ_CHUNK) {
-            let read = self.read_topics(chunk.to_vec()).await?;
-            self.snapshot
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .record(&read, &asked, now);
-            answer.extend(read.into_iter().filter(|(n, _)| wanted.contains(n)));
-        }
-        let mut snapshot = self.snapshot.lock().unwrap_or_else(|e| e.into_inner());
-        for name in &names {
-            if !answer.contains_key(name) {
-                // Fresh in the snapshot, so not read again.
-                let view = snapshot
-                    .answer(std::slice::from_ref(name), now)
-                    .and_then(|mut a| a.remove(name))
-                    .flatten();
-                answer.insert(name.clone(), view);
-            }
-        }
-        Ok(answer)
+        self.topics
+            .get(names, READ_CHUNK, &self.endpoint, |chunk| {
+                self.read_topics(chunk)
+            })
+            .await
+    }
+
+    /// The flow figures of `keys` (a group's lag, a topic's records), shared like the topics'
+    /// observation: at rest one read per endpoint per flow interval covers every group of
+    /// every MessageBroker on it.
+    async fn observe_flow(
+        self: &Arc<Self>,
+        keys: Vec<FlowKey>,
+    ) -> Result<HashMap<FlowKey, Option<u64>>, BrokerError> {
+        self.flow
+            .get(keys, READ_CHUNK, &self.endpoint, |chunk| {
+                let inner = Arc::clone(self);
+                async move { inner.blocking(move |i| i.read_flow_blocking(&chunk)).await }
+            })
+            .await
     }
 
     /// Wait (bounded) until the broker's metadata shows each topic with at least the given
@@ -1138,9 +1212,8 @@ impl KafkaBackend {
             managed_keys,
             requests: options.requests.clone(),
             metadata_cache: std::sync::Mutex::new(LayoutCache::default()),
-            snapshot: std::sync::Mutex::new(Snapshot::new(options.observe_max_age)),
-            refreshing: tokio::sync::Mutex::new(()),
-            waiting: std::sync::Mutex::new(BTreeSet::new()),
+            topics: Shared::new(options.observe_max_age),
+            flow: Shared::new(options.flow_max_age),
             settling: std::sync::Mutex::new(Settling::default()),
         });
         start_event_poller(Arc::downgrade(&inner));
@@ -1214,6 +1287,58 @@ impl Backend for KafkaBackend {
         Ok(held
             .into_iter()
             .map(|(topic, n)| (ObjectKey::new(ObjectKind::Topic, topic), n))
+            .collect())
+    }
+
+    /// Each subscription's backlog is its consumer group's lag on the topic, and its dead
+    /// letters the records of the topic's `.dlq` topic (high − low watermark: approximate
+    /// where compaction or transaction markers leave gaps), from the shared flow read.
+    async fn flow(
+        &self,
+        names: &BTreeMap<String, String>,
+    ) -> Result<BTreeMap<String, FlowReading>, BrokerError> {
+        // logical topic/sub → (lag key, dead-letter key)
+        let mut wanted: BTreeMap<&str, (Option<FlowKey>, Option<FlowKey>)> = BTreeMap::new();
+        for (logical, physical) in names {
+            let parts: Vec<&str> = logical.split('/').collect();
+            match parts[..] {
+                [topic, _] => {
+                    if let Some(topic) = names.get(topic) {
+                        wanted.entry(logical).or_default().0 = Some(FlowKey::Lag {
+                            topic: topic.clone(),
+                            group: physical.clone(),
+                        });
+                    }
+                }
+                [_, _, "dlq"] => {
+                    let subscription = &logical[..logical.len() - "/dlq".len()];
+                    wanted.entry(subscription).or_default().1 =
+                        Some(FlowKey::Records(physical.clone()));
+                }
+                _ => {}
+            }
+        }
+        let keys: Vec<FlowKey> = wanted
+            .values()
+            .flat_map(|(lag, dead)| lag.iter().chain(dead))
+            .cloned()
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        if keys.is_empty() {
+            return Ok(BTreeMap::new());
+        }
+        let counts = self.inner.observe_flow(keys).await?;
+        let count = |k: &Option<FlowKey>| k.as_ref().and_then(|k| counts.get(k).copied().flatten());
+        Ok(wanted
+            .into_iter()
+            .map(|(logical, (lag, dead))| {
+                let reading = FlowReading {
+                    backlog: count(&lag),
+                    dead_letters: count(&dead),
+                };
+                (logical.to_string(), reading)
+            })
             .collect())
     }
 

@@ -1,4 +1,5 @@
-//! One shared observation of an endpoint's topics.
+//! One shared observation of an endpoint's topics (and, with other keys, of its consumer
+//! groups' lag: see `client::FlowKey`).
 //!
 //! Every MessageBroker on an endpoint observes its own topics on every pass. Answering each of
 //! them with its own metadata, ListOffsets and DescribeConfigs round makes the cost of an idle
@@ -13,9 +14,13 @@
 //! so topics many resources just created are read back in a few batches rather than one
 //! round per resource. A `max_age` of zero keeps nothing.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::future::Future;
+use std::hash::Hash;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use crate::brokers::BrokerError;
 
 /// Config name → value of one topic, sorted by name. A boxed slice rather than a map: the
 /// snapshot holds one per topic (ten thousand and more), mostly with one or two entries.
@@ -62,26 +67,26 @@ pub(super) struct TopicView {
     pub(super) config: TopicConfig,
 }
 
-/// A topic as last read: present (with its view) or absent.
+/// A topic (or whatever `K` names) as last read.
 #[derive(Debug)]
-struct Entry {
-    view: View,
+struct Entry<V> {
+    view: V,
     /// None: changed since, read it again.
     read_at: Option<Instant>,
     asked_at: Instant,
 }
 
-/// The topics of an endpoint as last read.
+/// The topics of an endpoint as last read (or, generally, what `K` names, read as `V`).
 #[derive(Debug)]
-pub(super) struct Snapshot {
+pub(super) struct Snapshot<K = String, V = View> {
     max_age: Duration,
-    entries: HashMap<String, Entry>,
+    entries: HashMap<K, Entry<V>>,
 }
 
 /// Entries nobody asked about for this many `max_age` periods are dropped.
 const UNASKED_PERIODS: u32 = 3;
 
-impl Snapshot {
+impl<K: Clone + Eq + Hash + Ord, V: Clone> Snapshot<K, V> {
     pub(super) fn new(max_age: Duration) -> Self {
         Snapshot {
             max_age,
@@ -89,17 +94,13 @@ impl Snapshot {
         }
     }
 
-    fn is_fresh(&self, e: &Entry, now: Instant) -> bool {
+    fn is_fresh(&self, e: &Entry<V>, now: Instant) -> bool {
         e.read_at
             .is_some_and(|t| now.saturating_duration_since(t) < self.max_age)
     }
 
     /// The views of `names` (None: absent) if every one is known and fresh.
-    pub(super) fn answer(
-        &mut self,
-        names: &[String],
-        now: Instant,
-    ) -> Option<HashMap<String, View>> {
+    pub(super) fn answer(&mut self, names: &[K], now: Instant) -> Option<HashMap<K, V>> {
         if !names
             .iter()
             .all(|n| self.entries.get(n).is_some_and(|e| self.is_fresh(e, now)))
@@ -120,8 +121,8 @@ impl Snapshot {
     /// half its age (read ahead, so that the passes coming due next find it fresh: at rest
     /// that is one refresh per `max_age`). Asking only for topics never read (a bulk apply)
     /// reads no more than those and the changed ones.
-    pub(super) fn due(&self, names: &[String], now: Instant) -> Vec<String> {
-        let mut due: Vec<String> = names
+    pub(super) fn due(&self, names: &[K], now: Instant) -> Vec<K> {
+        let mut due: Vec<K> = names
             .iter()
             .filter(|n| !self.entries.get(*n).is_some_and(|e| self.is_fresh(e, now)))
             .cloned()
@@ -146,11 +147,11 @@ impl Snapshot {
 
     /// Remember what a refresh read (every name it was asked for: absent ones as None), and
     /// drop topics nobody asked about for a while.
-    pub(super) fn record(&mut self, read: &HashMap<String, View>, asked: &[String], now: Instant) {
+    pub(super) fn record(&mut self, read: &HashMap<K, V>, asked: &[K], now: Instant) {
         if self.max_age.is_zero() {
             return;
         }
-        let asked: std::collections::HashSet<&String> = asked.iter().collect();
+        let asked: HashSet<&K> = asked.iter().collect();
         for (name, view) in read {
             let asked_at = match self.entries.get(name) {
                 Some(e) if !asked.contains(name) => e.asked_at,
@@ -172,7 +173,11 @@ impl Snapshot {
 
     /// Forget what was read about topics the operator is changing: the next refresh reads
     /// them again, and no pass is answered with the old view.
-    pub(super) fn forget<'a>(&mut self, names: impl IntoIterator<Item = &'a str>) {
+    pub(super) fn forget<'a, Q>(&mut self, names: impl IntoIterator<Item = &'a Q>)
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: Hash + Eq + ?Sized + 'a,
+    {
         for n in names {
             if let Some(e) = self.entries.get_mut(n) {
                 e.read_at = None;
@@ -180,10 +185,116 @@ impl Snapshot {
         }
     }
 
+    /// [`Snapshot::forget`] every entry whose key `matches`.
+    pub(super) fn forget_matching(&mut self, matches: impl Fn(&K) -> bool) {
+        for (_, e) in self.entries.iter_mut().filter(|(k, _)| matches(k)) {
+            e.read_at = None;
+        }
+    }
+
     /// Topics remembered.
     #[cfg(test)]
     pub(super) fn len(&self) -> usize {
         self.entries.len()
+    }
+}
+
+/// A [`Snapshot`] shared by every caller on an endpoint, refreshed by one caller at a time:
+/// callers arriving during a refresh queue what they need and are usually answered by the
+/// refresh in flight or the next one, so concurrent passes of many MessageBrokers cost one read.
+#[derive(Debug)]
+pub(super) struct Shared<K = String, V = View> {
+    snapshot: std::sync::Mutex<Snapshot<K, V>>,
+    refreshing: tokio::sync::Mutex<()>,
+    waiting: std::sync::Mutex<BTreeSet<K>>,
+}
+
+impl<K: Clone + Eq + Hash + Ord, V: Clone + Default> Shared<K, V> {
+    pub(super) fn new(max_age: Duration) -> Self {
+        Shared {
+            snapshot: std::sync::Mutex::new(Snapshot::new(max_age)),
+            refreshing: tokio::sync::Mutex::new(()),
+            waiting: std::sync::Mutex::new(BTreeSet::new()),
+        }
+    }
+
+    fn snapshot(&self) -> std::sync::MutexGuard<'_, Snapshot<K, V>> {
+        self.snapshot.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// See [`Snapshot::forget`].
+    pub(super) fn forget<'a, Q>(&self, names: impl IntoIterator<Item = &'a Q>)
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: Hash + Eq + ?Sized + 'a,
+    {
+        self.snapshot().forget(names);
+    }
+
+    /// See [`Snapshot::forget_matching`].
+    pub(super) fn forget_matching(&self, matches: impl Fn(&K) -> bool) {
+        self.snapshot().forget_matching(matches);
+    }
+
+    /// The values of `names`, from the snapshot when it is fresh, otherwise from one refresh
+    /// (`read`, called with at most `chunk` keys at a time) that also reads every key other
+    /// callers are waiting for and every remembered key past half its age.
+    pub(super) async fn get<F, Fut>(
+        &self,
+        names: Vec<K>,
+        chunk: usize,
+        what: &str,
+        mut read: F,
+    ) -> Result<HashMap<K, V>, BrokerError>
+    where
+        F: FnMut(Vec<K>) -> Fut,
+        Fut: Future<Output = Result<HashMap<K, V>, BrokerError>>,
+    {
+        let fresh = |this: &Self| this.snapshot().answer(&names, Instant::now());
+        if let Some(answer) = fresh(self) {
+            return Ok(answer);
+        }
+        self.waiting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(names.iter().cloned());
+        let _turn = self.refreshing.lock().await;
+        if let Some(answer) = fresh(self) {
+            return Ok(answer);
+        }
+        let mut asked: BTreeSet<K> =
+            std::mem::take(&mut *self.waiting.lock().unwrap_or_else(|e| e.into_inner()));
+        asked.extend(names.iter().cloned());
+        let asked: Vec<K> = asked.into_iter().collect();
+        let now = Instant::now();
+        let due = self.snapshot().due(&asked, now);
+        tracing::debug!(
+            what,
+            asked = asked.len(),
+            reading = due.len(),
+            "refreshing the shared observation"
+        );
+        // In pieces, each remembered as it arrives: what is held at once stays bounded however
+        // many keys are due.
+        let wanted: HashSet<&K> = names.iter().collect();
+        let mut answer = HashMap::with_capacity(names.len());
+        for piece in due.chunks(chunk.max(1)) {
+            let read = read(piece.to_vec()).await?;
+            self.snapshot().record(&read, &asked, now);
+            answer.extend(read.into_iter().filter(|(n, _)| wanted.contains(n)));
+        }
+        let mut snapshot = self.snapshot();
+        for name in &names {
+            if !answer.contains_key(name) {
+                // Fresh in the snapshot, so not read again.
+                let view = snapshot
+                    .answer(std::slice::from_ref(name), now)
+                    .and_then(|mut a| a.remove(name))
+                    .unwrap_or_default();
+                answer.insert(name.clone(), view);
+            }
+        }
+        Ok(answer)
     }
 }
 
@@ -296,6 +407,48 @@ mod tests {
         assert_eq!(c.get("segment.ms"), None);
         let keys: Vec<String> = c.to_map().into_keys().collect();
         assert_eq!(keys, ["cleanup.policy", "retention.ms"]);
+    }
+
+    #[tokio::test]
+    async fn concurrent_callers_share_one_refresh_and_matching_keys_are_read_again() {
+        let shared: Shared<(String, String), Option<u64>> = Shared::new(Duration::from_secs(60));
+        let reads = std::sync::Mutex::new(Vec::new());
+        let read = |keys: Vec<(String, String)>| {
+            reads.lock().unwrap().push(keys.clone());
+            async move {
+                // A round trip: others arrive meanwhile.
+                tokio::task::yield_now().await;
+                Ok(keys.into_iter().map(|k| (k, Some(1))).collect())
+            }
+        };
+        let key = |t: &str, g: &str| (t.to_string(), g.to_string());
+        let (a, b, c) = tokio::join!(
+            shared.get(vec![key("t", "a")], 10, "test", read),
+            shared.get(vec![key("t", "b")], 10, "test", read),
+            shared.get(vec![key("u", "c")], 10, "test", read),
+        );
+        assert_eq!(a.expect("a")[&key("t", "a")], Some(1));
+        assert_eq!(b.expect("b")[&key("t", "b")], Some(1));
+        assert_eq!(c.expect("c")[&key("u", "c")], Some(1));
+        assert_eq!(
+            *reads.lock().unwrap(),
+            vec![vec![key("t", "a")], vec![key("t", "b"), key("u", "c")]],
+            "the two arriving during the first read share the next"
+        );
+        // Fresh: answered without a read.
+        shared
+            .get(vec![key("u", "c")], 10, "test", read)
+            .await
+            .expect("fresh");
+        assert_eq!(reads.lock().unwrap().len(), 2);
+        // Topic t changed: its keys are read again, u's are not.
+        shared.forget_matching(|(t, _)| t == "t");
+        shared
+            .get(vec![key("t", "a")], 10, "test", read)
+            .await
+            .expect("again");
+        let last = reads.lock().unwrap().last().cloned().expect("a read");
+        assert_eq!(last, vec![key("t", "a"), key("t", "b")]);
     }
 
     #[test]

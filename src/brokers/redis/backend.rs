@@ -5,7 +5,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::streams::{StreamInfoGroup, StreamInfoGroupsReply, StreamRangeReply};
+use redis::streams::{
+    StreamInfoGroup, StreamInfoGroupsReply, StreamPendingReply, StreamRangeReply,
+};
 use redis::{Cmd, FromRedisValue, RedisError, RedisResult, Value};
 use tokio::sync::Mutex;
 
@@ -251,7 +253,10 @@ impl RedisBackend {
             }
         }
 
-        let mut observed = Observed::default();
+        let mut observed = Observed {
+            oldest_unacked: oldest_unacked(&mut s, keys, &infos, now_ms).await?,
+            ..Observed::default()
+        };
         for (i, key) in keys.iter().enumerate() {
             let owner = owners.get(i).cloned().flatten();
             let recorded: BTreeMap<String, String> = configs
@@ -715,6 +720,80 @@ struct StreamInfo {
     /// Milliseconds part of the oldest entry's id.
     oldest_ms: Option<u64>,
     len: u64,
+}
+
+/// How long the oldest message each group of `keys` has not acknowledged has waited, by the
+/// server's clock (`now_ms`, from TIME): the smallest pending id (XPENDING summary) if any
+/// entry is delivered and unacknowledged, else the first entry after the group's
+/// last-delivered id (XRANGE), else zero. An entry id's first part is the millisecond it was
+/// added, so the age is exact for auto-generated ids and means nothing for ids an app chose.
+/// Groups with nothing waiting cost no command; the others share one round trip.
+async fn oldest_unacked(
+    s: &mut Session<'_>,
+    keys: &[ObjectKey],
+    infos: &HashMap<&str, StreamInfo>,
+    now_ms: u64,
+) -> Result<BTreeMap<ObjectKey, Duration>, BrokerError> {
+    let mut out = BTreeMap::new();
+    let mut asked: Vec<(&ObjectKey, bool)> = Vec::new();
+    let mut pipe = redis::pipe();
+    pipe.ignore_errors();
+    for key in keys.iter().filter(|k| k.kind == ObjectKind::Subscription) {
+        let Some((stream, group)) = split_group_key(&key.name) else {
+            continue;
+        };
+        let Some(g) = infos
+            .get(stream)
+            .and_then(|i| i.groups.iter().find(|g| g.name == group))
+        else {
+            continue;
+        };
+        if g.pending > 0 {
+            pipe.cmd("XPENDING").arg(stream).arg(group);
+            asked.push((key, true));
+        } else if g.lag != Some(0) {
+            let after = format!("({}", g.last_delivered_id);
+            pipe.cmd("XRANGE")
+                .arg(stream)
+                .arg(after)
+                .arg("+")
+                .arg("COUNT")
+                .arg(1);
+            asked.push((key, false));
+        } else {
+            out.insert(key.clone(), Duration::ZERO);
+        }
+    }
+    if asked.is_empty() {
+        return Ok(out);
+    }
+    let replies: Vec<RedisResult<Value>> = pipe
+        .query_async(&mut s.conn)
+        .await
+        .map_err(|e| classify(&e, s.endpoint, "observe pending entries"))?;
+    for ((key, pending), reply) in asked.into_iter().zip(replies) {
+        // A group or stream deleted meanwhile tells nothing.
+        let Ok(reply) = reply else { continue };
+        let oldest = if pending {
+            match parse::<StreamPendingReply>(Some(reply), "XPENDING")? {
+                StreamPendingReply::Data(d) => id_ms(&d.start_id),
+                _ => None,
+            }
+        } else {
+            let next: StreamRangeReply = parse(Some(reply), "XRANGE")?;
+            match next.ids.first() {
+                Some(e) => id_ms(&e.id),
+                None => Some(now_ms),
+            }
+        };
+        if let Some(ms) = oldest {
+            out.insert(
+                key.clone(),
+                Duration::from_millis(now_ms.saturating_sub(ms)),
+            );
+        }
+    }
+    Ok(out)
 }
 
 impl StreamInfo {
