@@ -668,3 +668,60 @@ async fn a_foreign_stream_conflicts_and_is_never_deleted() {
     assert!(stream_info(&js, &orders).await.is_some());
     js.delete_stream(&orders).await.expect("cleanup");
 }
+
+/// Through the real controller: a storage change leaves the MessageBroker Stalled with the
+/// reason and the stream as it was; going back to the stream's storage makes it Ready again.
+#[tokio::test]
+async fn the_controller_reports_a_storage_change_as_stalled() {
+    let (kube, ns) = support::setup("nats-stalled").await;
+    support::put_secret(
+        &kube,
+        &ns,
+        "nats",
+        &[
+            ("username", &env_var("SWITCHYARD_NATS_USER")),
+            ("password", &env_var("SWITCHYARD_NATS_PASSWORD")),
+        ],
+    )
+    .await;
+    let ctl = support::start_real_controller(kube.clone(), &ns);
+    let manifest = |storage: &str| {
+        format!(
+            "{}spec:\n  topics: [{{name: orders, subscriptions: [{{name: billing}}]}}]\n  envs:\n    - {{slug: dev, type: NatsJetStream, natsJetStream: {{servers: [\"{}\"], credentialsSecretRef: {{name: nats}}, storage: {storage}}}}}\n",
+            support::mb_header("bus"),
+            url()
+        )
+    };
+    let timeout = Duration::from_secs(60);
+    support::apply_mb(&kube, &ns, &manifest("File")).await;
+    support::wait_ready(&kube, &ns, "bus", timeout).await;
+
+    support::apply_mb(&kube, &ns, &manifest("Memory")).await;
+    let mb = support::wait_for_mb(&kube, &ns, "bus", timeout, "Stalled", |m| {
+        support::condition_true(m, "Stalled")
+    })
+    .await;
+    let stalled = support::condition(&mb, "Stalled").expect("Stalled");
+    assert_eq!(
+        stalled.reason,
+        reasons::STREAM_STORAGE_CHANGE,
+        "{stalled:?}"
+    );
+    assert!(stalled.message.contains("storage"), "{}", stalled.message);
+    assert!(!support::condition_true(&mb, "Ready"));
+    let js = admin_js().await;
+    let stream = stream_name(&Scope::new(ns.clone(), "bus"), "orders");
+    assert_eq!(
+        stream_info(&js, &stream)
+            .await
+            .expect("orders")
+            .config
+            .storage,
+        StorageType::File,
+        "the stream keeps its storage"
+    );
+
+    support::apply_mb(&kube, &ns, &manifest("File")).await;
+    support::wait_ready(&kube, &ns, "bus", timeout).await;
+    ctl.stop().await;
+}
