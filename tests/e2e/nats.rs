@@ -725,3 +725,47 @@ async fn the_controller_reports_a_storage_change_as_stalled() {
     support::wait_ready(&kube, &ns, "bus", timeout).await;
     ctl.stop().await;
 }
+
+#[tokio::test]
+async fn an_nkey_seed_from_a_secret_authenticates() {
+    let (mut spec, _) = spec();
+    spec.credentials_secret_ref = None;
+    spec.nkey_seed_secret_ref = Some(switchyard::api::SecretKeyRef {
+        name: "nats".into(),
+        key: "seed".into(),
+    });
+    let mut secrets = ResolvedSecrets::default();
+    secrets.insert("nats", "seed", env_var("SWITCHYARD_NATS_NKEY_SEED"));
+    let b = backend(&spec, &secrets).await;
+    b.check().await.expect("the NKey user passes the check");
+    let scope = support::scope("nats");
+    pass(
+        &*b,
+        &scope,
+        &env(spec.clone()),
+        &[topic("orders", &[("billing", None)])],
+        &BTreeSet::new(),
+        DeletionPolicy::Retain,
+    )
+    .await;
+    assert!(
+        stream_info(&admin_js().await, &stream_name(&scope, "orders"))
+            .await
+            .is_some()
+    );
+
+    // A well-formed seed the server does not know.
+    let mut stranger = ResolvedSecrets::default();
+    stranger.insert(
+        "nats",
+        "seed",
+        "SUADT6YVWC3CMCPBSR6K7QMCLMCVGEL6EJKAUPXH53ZDSLLWMDRDAJ4VEM",
+    );
+    let err = backend(&spec, &stranger)
+        .await
+        .check()
+        .await
+        .expect_err("an unknown NKey");
+    assert_eq!(err.kind, BrokerErrorKind::Authentication, "{err}");
+    assert!(!err.message.contains("SUADT6YV"), "{err}");
+}

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # NATS with JetStream, built from the github.com/nats-io/nats-server/v2 Go module (pinned
-# below), on 127.0.0.1 only, with its store under the run dir. Three users, to exercise the
+# below), on 127.0.0.1 only, with its store under the run dir. Four users, to exercise the
 # credential and permission paths:
 #   switchyard  account APP, JetStream enabled, may do anything
 #   nojs        account APP, but denied every JetStream API subject ($JS.API.>)
+#   an NKey     account APP, JetStream enabled, authenticating with the seed below
 #   limited     account LIMITED, whose JetStream limits allow two streams in 1 MiB of file
 #               storage (the "limits exceeded" test)
 # Usage: tests/env/nats.sh build|start|stop
@@ -14,6 +15,9 @@ NATS_BIN="$BIN_DIR/nats-server-$NATS_VERSION"
 DATA="$RUN_DIR/nats"
 LOG="$DATA/nats.log"
 PASSWORD=switchyard-nats-secret   # test-only
+# A test-only NKey user pair (made with github.com/nats-io/nkeys CreateUser).
+NKEY_SEED=SUAMXOYDYCAS7TEGX4PPQR4MQJC6RNPGFHQ7W5SPBIVSGBN2F3MLOR7POI
+NKEY_PUBLIC=UALNQ2OJ6SY4YRBS3WWSXTNP4FUUVUUGDNPYFNAAW7I4AIKFBNOARTAF
 
 build() {
   [ -x "$NATS_BIN" ] && return 0
@@ -57,6 +61,7 @@ accounts {
     users: [
       { user: "switchyard", password: "$PASSWORD" }
       { user: "nojs", password: "$PASSWORD", permissions: { publish: { deny: ["\$JS.API.>"] } } }
+      { nkey: "$NKEY_PUBLIC" }
     ]
   }
   LIMITED {
@@ -79,6 +84,7 @@ export SWITCHYARD_NATS_NOJS_USER=nojs
 export SWITCHYARD_NATS_NOJS_PASSWORD=$PASSWORD
 export SWITCHYARD_NATS_LIMITED_USER=limited
 export SWITCHYARD_NATS_LIMITED_PASSWORD=$PASSWORD
+export SWITCHYARD_NATS_NKEY_SEED=$NKEY_SEED
 ENV
   write_env nats <"$DATA/env"
   log "nats: ready"
