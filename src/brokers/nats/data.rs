@@ -6,7 +6,7 @@
 //! - ack / nack: an acknowledged `+ACK` / `-NAK` (the server answers before they return); a
 //!   nacked message is redelivered at once, and the attempt is the server's delivery count;
 //! - dead letters: the consumer allows one delivery more than `maxDeliveryAttempts`; that one
-//!   is copied to the subscription's dead-letter subject (the `<stream>-dlq` stream) with a
+//!   is copied to the subject of the subscription's dead-letter stream (`<stream>-dlq`) with a
 //!   `delivery-count` header and `Nats-Msg-Id` set to stream, sequence and consumer (so a copy
 //!   repeated after a crash is dropped by the stream's duplicate window), then terminated.
 //!
@@ -253,11 +253,31 @@ impl Transport for NatsTransport {
                     target.physical_subscription
                 ))
             })?;
+        // The binding names the dead-letter stream; dead letters are published to its subject.
+        let dead_letter = match &target.dead_letter {
+            Some(dlq) => {
+                let mut stream = self
+                    .js
+                    .get_stream(dlq)
+                    .await
+                    .map_err(|e| err(format!("dead-letter stream {dlq}: {e}")))?;
+                let info = stream
+                    .info()
+                    .await
+                    .map_err(|e| err(format!("dead-letter stream {dlq}: {e}")))?;
+                let subject =
+                    info.config.subjects.first().cloned().ok_or_else(|| {
+                        err(format!("dead-letter stream {dlq} captures no subject"))
+                    })?;
+                Some(subject)
+            }
+            None => None,
+        };
         Ok(Box::new(NatsConsumer {
             js: self.js.clone(),
             consumer,
             name: target.physical_subscription.clone(),
-            dead_letter: target.dead_letter.clone(),
+            dead_letter,
             max_attempts: target.max_delivery_attempts,
         }))
     }

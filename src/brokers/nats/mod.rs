@@ -173,11 +173,10 @@ pub fn desired(
         for sub in &topic.subscriptions {
             let logical = format!("{}/{}", topic.name, sub.name);
             let max_deliver = match &sub.dead_letter {
-                // One delivery more than the attempts: the client dead-letters that one.
+                // One delivery more than the attempts: the client dead-letters that one. The
+                // binding names the dead-letter stream; clients publish to its subject.
                 Some(dl) => {
-                    state
-                        .names
-                        .insert(format!("{logical}/dlq"), dlq_subject.clone());
+                    state.names.insert(format!("{logical}/dlq"), dlq.clone());
                     i64::from(dl.max_delivery_attempts) + 1
                 }
                 None => -1,
@@ -466,7 +465,7 @@ mod tests {
         assert_eq!(d.names["order.created/shipping"], "shipping");
         assert_eq!(
             d.names["order.created/shipping/dlq"],
-            "shop.bus_v1.order.created.dlq"
+            "shop_bus__v1_order-created-dlq"
         );
         assert!(!d.names.contains_key("order.created/billing/dlq"));
         assert!(d.notes.iter().any(|n| n.contains("partitions")));
