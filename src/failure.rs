@@ -56,6 +56,7 @@ pub fn refusal_reason(kind: RefusalKind) -> &'static str {
         RefusalKind::Immutable(Immutable::ReplicationFactor) => reasons::REPLICATION_FACTOR_CHANGE,
         RefusalKind::Immutable(Immutable::QueueArguments) => reasons::IMMUTABLE_QUEUE_ARGUMENTS,
         RefusalKind::Immutable(Immutable::MessageOrdering) => reasons::MESSAGE_ORDERING_CHANGE,
+        RefusalKind::Immutable(Immutable::StreamStorage) => reasons::STREAM_STORAGE_CHANGE,
         RefusalKind::RetireBlocked => reasons::RETIRE_BLOCKED,
     }
 }
@@ -179,6 +180,11 @@ mod tests {
             (
                 RefusalKind::Immutable(Immutable::MessageOrdering),
                 "MessageOrderingChangeNotSupported",
+                Retry::AfterChange,
+            ),
+            (
+                RefusalKind::Immutable(Immutable::StreamStorage),
+                "StreamStorageChangeNotSupported",
                 Retry::AfterChange,
             ),
             (RefusalKind::RetireBlocked, "RetireBlocked", Retry::Backoff),

@@ -42,6 +42,10 @@ pub mod brokers {
     pub mod kafka {
         pub mod data;
     }
+    /// NATS JetStream.
+    pub mod nats {
+        pub mod data;
+    }
     /// Google Pub/Sub.
     pub mod pubsub {
         pub mod data;

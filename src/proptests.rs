@@ -19,7 +19,7 @@ use crate::brokers::{
 };
 use crate::secrets::ResolvedSecrets;
 
-const BROKER_TYPES: [BrokerType; 5] = BrokerType::ALL;
+const BROKER_TYPES: [BrokerType; 6] = BrokerType::ALL;
 
 const KINDS: [ObjectKind; 5] = [
     ObjectKind::DeadLetter,
@@ -207,6 +207,21 @@ fn env() -> impl Strategy<Value = Value> {
         }
         g
     });
+    let nats = (text(), opt(text()), opt(number()), any::<bool>()).prop_map(
+        |(server, prefix, replicas, memory)| {
+            let mut n = json!({
+                "servers": [format!("nats://{server}")],
+                "storage": if memory { "Memory" } else { "File" },
+            });
+            if let Some(p) = prefix {
+                n["subjectPrefix"] = p.into();
+            }
+            if let Some(r) = replicas {
+                n["replicas"] = r;
+            }
+            n
+        },
+    );
     let sqs = (text(), opt(text())).prop_map(|(region, endpoint)| {
         let mut a = json!({"region": region});
         if let Some(e) = endpoint {
@@ -216,18 +231,20 @@ fn env() -> impl Strategy<Value = Value> {
     });
     (
         text(),
-        0usize..5,
+        0usize..BROKER_TYPES.len(),
         any::<bool>(),
         kafka,
         redis,
         rabbit,
         pubsub,
         sqs,
+        nats,
     )
-        .prop_map(|(slug, t, adopt, kafka, redis, rabbit, pubsub, sqs)| {
+        .prop_map(|(slug, t, adopt, kafka, redis, rabbit, pubsub, sqs, nats)| {
             json!({
                 "slug": slug, "type": BROKER_TYPES[t].as_str(), "adoptExisting": adopt,
                 "kafka": kafka, "redis": redis, "rabbitmq": rabbit, "googlePubSub": pubsub, "awsSqs": sqs,
+                "natsJetStream": nats,
             })
         })
 }
@@ -271,6 +288,8 @@ fn any_json() -> impl Strategy<Value = Value> {
             "rabbitmq",
             "googlePubSub",
             "awsSqs",
+            "natsJetStream",
+            "servers",
             "bootstrapServers",
             "url",
             "region",
@@ -285,8 +304,15 @@ fn any_json() -> impl Strategy<Value = Value> {
         any::<bool>().prop_map(Value::from),
         number(),
         text().prop_map(Value::from),
-        prop::sample::select(vec!["Kafka", "Redis", "RabbitMQ", "GooglePubSub", "AwsSqs"])
-            .prop_map(Value::from),
+        prop::sample::select(vec![
+            "Kafka",
+            "Redis",
+            "RabbitMQ",
+            "GooglePubSub",
+            "AwsSqs",
+            "NatsJetStream",
+        ])
+        .prop_map(Value::from),
     ];
     leaf.prop_recursive(4, 48, 6, move |inner| {
         prop_oneof![

@@ -48,6 +48,8 @@ pub mod reasons {
     pub const REPLICATION_FACTOR_CHANGE: &str = "ReplicationFactorChangeNotSupported";
     /// Google Pub/Sub cannot turn message ordering on or off on a subscription.
     pub const MESSAGE_ORDERING_CHANGE: &str = "MessageOrderingChangeNotSupported";
+    /// JetStream fixes a stream's storage type (file or memory) when it is created.
+    pub const STREAM_STORAGE_CHANGE: &str = "StreamStorageChangeNotSupported";
     /// RabbitMQ will not change queue arguments in place.
     pub const IMMUTABLE_QUEUE_ARGUMENTS: &str = "ImmutableQueueArguments";
     /// A broker-side object with our name exists and is not ours.

@@ -174,16 +174,19 @@ pub enum BrokerType {
     GooglePubSub,
     /// AWS SQS with SNS fan-out.
     AwsSqs,
+    /// NATS with JetStream.
+    NatsJetStream,
 }
 
 impl BrokerType {
     /// Every broker type.
-    pub const ALL: [BrokerType; 5] = [
+    pub const ALL: [BrokerType; 6] = [
         BrokerType::Kafka,
         BrokerType::Redis,
         BrokerType::RabbitMQ,
         BrokerType::GooglePubSub,
         BrokerType::AwsSqs,
+        BrokerType::NatsJetStream,
     ];
 
     /// The name used in the API and in status.
@@ -194,6 +197,7 @@ impl BrokerType {
             BrokerType::RabbitMQ => "RabbitMQ",
             BrokerType::GooglePubSub => "GooglePubSub",
             BrokerType::AwsSqs => "AwsSqs",
+            BrokerType::NatsJetStream => "NatsJetStream",
         }
     }
 }
@@ -208,16 +212,18 @@ impl std::fmt::Display for BrokerType {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(
-    validation = Rule::new("self.type != 'Kafka' || (has(self.kafka) && !has(self.redis) && !has(self.rabbitmq) && !has(self.googlePubSub) && !has(self.awsSqs))")
+    validation = Rule::new("self.type != 'Kafka' || (has(self.kafka) && !has(self.redis) && !has(self.rabbitmq) && !has(self.googlePubSub) && !has(self.awsSqs) && !has(self.natsJetStream))")
         .message("type Kafka needs exactly the `kafka` settings block (and no other broker's block)"),
-    validation = Rule::new("self.type != 'Redis' || (has(self.redis) && !has(self.kafka) && !has(self.rabbitmq) && !has(self.googlePubSub) && !has(self.awsSqs))")
+    validation = Rule::new("self.type != 'Redis' || (has(self.redis) && !has(self.kafka) && !has(self.rabbitmq) && !has(self.googlePubSub) && !has(self.awsSqs) && !has(self.natsJetStream))")
         .message("type Redis needs exactly the `redis` settings block (and no other broker's block)"),
-    validation = Rule::new("self.type != 'RabbitMQ' || (has(self.rabbitmq) && !has(self.kafka) && !has(self.redis) && !has(self.googlePubSub) && !has(self.awsSqs))")
+    validation = Rule::new("self.type != 'RabbitMQ' || (has(self.rabbitmq) && !has(self.kafka) && !has(self.redis) && !has(self.googlePubSub) && !has(self.awsSqs) && !has(self.natsJetStream))")
         .message("type RabbitMQ needs exactly the `rabbitmq` settings block (and no other broker's block)"),
-    validation = Rule::new("self.type != 'GooglePubSub' || (has(self.googlePubSub) && !has(self.kafka) && !has(self.redis) && !has(self.rabbitmq) && !has(self.awsSqs))")
+    validation = Rule::new("self.type != 'GooglePubSub' || (has(self.googlePubSub) && !has(self.kafka) && !has(self.redis) && !has(self.rabbitmq) && !has(self.awsSqs) && !has(self.natsJetStream))")
         .message("type GooglePubSub needs exactly the `googlePubSub` settings block (and no other broker's block)"),
-    validation = Rule::new("self.type != 'AwsSqs' || (has(self.awsSqs) && !has(self.kafka) && !has(self.redis) && !has(self.rabbitmq) && !has(self.googlePubSub))")
+    validation = Rule::new("self.type != 'AwsSqs' || (has(self.awsSqs) && !has(self.kafka) && !has(self.redis) && !has(self.rabbitmq) && !has(self.googlePubSub) && !has(self.natsJetStream))")
         .message("type AwsSqs needs exactly the `awsSqs` settings block (and no other broker's block)"),
+    validation = Rule::new("self.type != 'NatsJetStream' || (has(self.natsJetStream) && !has(self.kafka) && !has(self.redis) && !has(self.rabbitmq) && !has(self.googlePubSub) && !has(self.awsSqs))")
+        .message("type NatsJetStream needs exactly the `natsJetStream` settings block (and no other broker's block)"),
 )]
 pub struct EnvSpec {
     /// Environment slug such as `prd` or `dev`: lowercase letters, digits and '-', 1 to 20 characters.
@@ -252,6 +258,9 @@ pub struct EnvSpec {
     /// AWS SQS/SNS settings (when type is AwsSqs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub aws_sqs: Option<AwsSqsSpec>,
+    /// NATS JetStream settings (when type is NatsJetStream).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nats_jet_stream: Option<NatsJetStreamSpec>,
 }
 
 /// A key in a Secret in the same namespace as the MessageBroker.
@@ -567,6 +576,72 @@ pub struct AwsSqsSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 512), regex(pattern = r"^https?://[^\s@]+$"))]
     pub endpoint: Option<String>,
+}
+
+/// Where a JetStream stream keeps its messages.
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, schemars::JsonSchema,
+)]
+pub enum NatsStorage {
+    /// On disk (default).
+    #[default]
+    File,
+    /// In memory: faster, lost when the server restarts.
+    Memory,
+}
+
+/// NATS JetStream connection. Topics become streams (subject `<subjectPrefix>.<topic>`),
+/// subscriptions durable pull consumers, and dead letters a `<stream>-dlq` stream. The owner
+/// is recorded in each stream's and consumer's metadata. A stream's storage type is fixed at
+/// creation: changing `storage` for existing streams is refused (StreamStorageChangeNotSupported).
+/// At most one way to authenticate may be set.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("[has(self.credentialsSecretRef), has(self.tokenSecretRef), has(self.nkeySeedSecretRef), has(self.credsSecretRef)].filter(x, x).size() <= 1")
+        .message("set at most one of credentialsSecretRef, tokenSecretRef, nkeySeedSecretRef and credsSecretRef"),
+    validation = Rule::new("!has(self.tls) || (!has(self.tls.certSecretRef) && !has(self.tls.keySecretRef))")
+        .message("tls: client certificates are not supported for NATS; authenticate with credentialsSecretRef, tokenSecretRef, nkeySeedSecretRef or credsSecretRef"),
+)]
+pub struct NatsJetStreamSpec {
+    /// Server URLs, `nats://host:port` (or `tls://host:port` to require TLS), without
+    /// credentials: use the Secret references.
+    #[schemars(length(min = 1, max = 16))]
+    #[schemars(inner(
+        length(min = 10, max = 512),
+        regex(pattern = r"^(nats|tls)://[^\s@/]+$")
+    ))]
+    pub servers: Vec<String>,
+    /// First subject tokens of every topic's subject, `<subjectPrefix>.<topic>` (default
+    /// `<namespace>.<name>`, with dots in the name replaced by `_`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 100),
+        regex(pattern = r"^[a-zA-Z0-9_-]+(\.[a-zA-Z0-9_-]+)*$")
+    )]
+    pub subject_prefix: Option<String>,
+    /// Secret with a username and password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret_ref: Option<CredentialsSecretRef>,
+    /// Secret key holding an authentication token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_secret_ref: Option<SecretKeyRef>,
+    /// Secret key holding an NKey user seed (`SU...`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nkey_seed_secret_ref: Option<SecretKeyRef>,
+    /// Secret key holding a `.creds` file (user JWT and NKey seed, decentralised auth).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub creds_secret_ref: Option<SecretKeyRef>,
+    /// TLS settings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsSpec>,
+    /// Replicas of created streams (1 to 5; default 1). JetStream changes it in place.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 5))]
+    pub replicas: Option<i32>,
+    /// Storage of created streams (File by default); fixed when a stream is created.
+    #[serde(default)]
+    pub storage: NatsStorage,
 }
 
 impl SecretKeyRef {

@@ -17,7 +17,7 @@ use super::{
     Backend, BrokerError, BrokerErrorKind, Capabilities, ConnectionInfo, Connector, DesiredState,
     Scope,
 };
-use super::{kafka, pubsub, rabbitmq, redis, sqs};
+use super::{kafka, nats, pubsub, rabbitmq, redis, sqs};
 use crate::Error;
 use crate::api::{BrokerType, EnvSpec, TopicSpec};
 use crate::secrets::ResolvedSecrets;
@@ -285,6 +285,7 @@ pub fn driver(broker_type: BrokerType) -> &'static dyn EnvDriver {
         BrokerType::RabbitMQ => &Erased::<rabbitmq::RabbitMq>(PhantomData),
         BrokerType::GooglePubSub => &Erased::<pubsub::GooglePubSub>(PhantomData),
         BrokerType::AwsSqs => &Erased::<sqs::AwsSqs>(PhantomData),
+        BrokerType::NatsJetStream => &Erased::<nats::NatsJetStream>(PhantomData),
     }
 }
 

@@ -295,6 +295,8 @@ pub enum Immutable {
     QueueArguments,
     /// Pub/Sub message ordering on a subscription.
     MessageOrdering,
+    /// A JetStream stream's storage type (file or memory).
+    StreamStorage,
 }
 
 /// What a backend can and cannot change in place.
@@ -613,6 +615,7 @@ pub mod driver;
 pub use driver::{ConnectOptions, Driver, EnvDriver, RealConnector, driver};
 
 pub mod kafka;
+pub mod nats;
 pub mod pubsub;
 pub mod rabbitmq;
 pub mod redis;

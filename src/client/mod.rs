@@ -197,13 +197,14 @@ pub trait Transport: Send + Sync {
 
 /// The data plane of a binding's broker: the one place a binding `type` meets its transport.
 pub async fn transport(binding: &Binding) -> Result<Arc<dyn Transport>, ClientError> {
-    use crate::brokers::{kafka, pubsub, rabbitmq, redis, sqs};
+    use crate::brokers::{kafka, nats, pubsub, rabbitmq, redis, sqs};
     match binding.broker_type() {
         kafka::data::BINDING_TYPE => kafka::data::transport(binding).await,
         redis::data::BINDING_TYPE => Ok(Arc::new(redis::data::transport(binding).await?)),
         rabbitmq::data::BINDING_TYPE => rabbitmq::data::transport(binding).await,
         pubsub::data::BINDING_TYPE => pubsub::data::transport(binding).await,
         sqs::data::BINDING_TYPE => sqs::data::transport(binding).await,
+        nats::data::BINDING_TYPE => Ok(Arc::new(nats::data::transport(binding).await?)),
         other => Err(ClientError::Unsupported(other.to_string())),
     }
 }

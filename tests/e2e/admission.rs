@@ -266,3 +266,95 @@ async fn invalid_manifests_are_refused_with_clear_messages() {
         failures.join("\n")
     );
 }
+
+#[tokio::test]
+async fn nats_jetstream_settings_are_checked_at_apply_time() {
+    let (client, ns) = setup("admission-nats").await;
+    let nats = |block: Value| {
+        with(move |v| {
+            v["spec"]["envs"] =
+                json!([{"slug": "prd", "type": "NatsJetStream", "natsJetStream": block.clone()}]);
+        })
+    };
+    let valid = nats(json!({
+        "servers": ["nats://nats-0.nats:4222", "tls://nats-1.nats:4222"],
+        "subjectPrefix": "shop.orders",
+        "credentialsSecretRef": {"name": "nats"},
+        "tls": {"caSecretRef": {"name": "nats-ca", "key": "ca.crt"}},
+        "replicas": 3,
+        "storage": "Memory",
+    }));
+    dry_run_apply(&client, &ns, &valid)
+        .await
+        .expect("a full NATS env is valid");
+
+    let cases: Vec<(&str, Value, &str)> = vec![
+        (
+            "type without its block",
+            with(|v| v["spec"]["envs"][0]["type"] = json!("NatsJetStream")),
+            "type NatsJetStream needs exactly the `natsJetStream` settings block",
+        ),
+        (
+            "another type with a NATS block",
+            with(|v| v["spec"]["envs"][0]["natsJetStream"] = json!({"servers": ["nats://n:4222"]})),
+            "type Kafka needs exactly the `kafka` settings block",
+        ),
+        ("no servers", nats(json!({"servers": []})), "servers"),
+        (
+            "credentials in a server url",
+            nats(json!({"servers": ["nats://u:p@n:4222"]})),
+            "servers[0]",
+        ),
+        (
+            "not a nats url",
+            nats(json!({"servers": ["http://n:4222"]})),
+            "servers[0]",
+        ),
+        (
+            "two ways to authenticate",
+            nats(
+                json!({"servers": ["nats://n:4222"], "credentialsSecretRef": {"name": "a"},
+                        "tokenSecretRef": {"name": "b", "key": "token"}}),
+            ),
+            "set at most one of credentialsSecretRef",
+        ),
+        (
+            "client certificate",
+            nats(json!({"servers": ["nats://n:4222"],
+                        "tls": {"certSecretRef": {"name": "c", "key": "tls.crt"}, "keySecretRef": {"name": "c", "key": "tls.key"}}})),
+            "client certificates are not supported for NATS",
+        ),
+        (
+            "too many replicas",
+            nats(json!({"servers": ["nats://n:4222"], "replicas": 7})),
+            "replicas",
+        ),
+        (
+            "unknown storage",
+            nats(json!({"servers": ["nats://n:4222"], "storage": "Disk"})),
+            "storage",
+        ),
+        (
+            "wildcard in the subject prefix",
+            nats(json!({"servers": ["nats://n:4222"], "subjectPrefix": "shop.*"})),
+            "subjectPrefix",
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (what, manifest, expected) in &cases {
+        match dry_run_apply(&client, &ns, manifest).await {
+            Ok(()) => failures.push(format!("{what}: accepted")),
+            Err(msg) if !msg.contains(expected) => {
+                failures.push(format!("{what}: message {msg:?} lacks {expected:?}"))
+            }
+            Err(_) => {}
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases wrong:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
+}

@@ -631,3 +631,70 @@ async fn pubsub_conformance() {
     );
     ctl.stop().await;
 }
+
+#[tokio::test]
+async fn nats_conformance() {
+    let url = env_var("SWITCHYARD_NATS_URL");
+    let (user, password) = (
+        env_var("SWITCHYARD_NATS_USER"),
+        env_var("SWITCHYARD_NATS_PASSWORD"),
+    );
+    let env = format!(
+        "{{slug: prd, type: NatsJetStream, natsJetStream: {{servers: [\"{url}\"], credentialsSecretRef: {{name: nats}}}}}}"
+    );
+    let credentials: &[(&str, &[(&str, &str)])] = &[(
+        "nats",
+        &[("username", user.as_str()), ("password", password.as_str())],
+    )];
+    let (client, ctl) = provisioned_with("client-nats", &env, credentials).await;
+    assert_eq!(client.binding().broker_type(), "nats");
+    assert_eq!(client.binding().get("uri"), Some(url.as_str()));
+    assert_eq!(client.binding().get("username"), Some(user.as_str()));
+    conformance(&client).await;
+
+    // The poison message sits in the dead-letter stream, once, with its delivery count.
+    let dlq = dead_letter(&client);
+    let admin = async_nats::ConnectOptions::with_user_and_password(user, password)
+        .connect(url.as_str())
+        .await
+        .expect("admin connection");
+    let js = async_nats::jetstream::new(admin);
+    assert!(dlq.ends_with("-dlq"), "{dlq}");
+    let mut stream = js.get_stream(&dlq).await.expect("dead-letter stream");
+    let info = stream.info().await.expect("info").clone();
+    assert_eq!(info.state.messages, 1, "one dead letter");
+    let dead = stream
+        .get_last_raw_message_by_subject(&info.config.subjects[0])
+        .await
+        .expect("the dead letter");
+    assert_eq!(dead.payload.as_ref(), b"poison");
+    let header = |name: &str| dead.headers.get(name).map(|v| v.as_str().to_string());
+    assert_eq!(header("delivery-count").as_deref(), Some("5"));
+    assert_eq!(
+        header("ce-specversion").as_deref(),
+        Some("1.0"),
+        "CloudEvents attributes kept"
+    );
+    assert!(header("ce-id").is_some(), "CloudEvents id kept");
+    // Billing settled everything it received (nothing unacknowledged); the ten shipping
+    // messages came after it stopped reading and wait for it.
+    let billing = client
+        .binding()
+        .target("orders", "billing")
+        .expect("target");
+    let orders = js
+        .stream_by_subject(billing.physical_topic.clone())
+        .await
+        .expect("orders stream");
+    let mut consumer: async_nats::jetstream::consumer::PullConsumer = js
+        .get_consumer_from_stream(&billing.physical_subscription, &orders)
+        .await
+        .expect("billing consumer");
+    let info = consumer.info().await.expect("consumer info");
+    assert_eq!(
+        (info.num_pending, info.num_ack_pending),
+        (10, 0),
+        "billing settled all it received"
+    );
+    ctl.stop().await;
+}

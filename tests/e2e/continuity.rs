@@ -48,6 +48,21 @@ async fn a_steady_stream_crosses_every_broker_without_loss() {
     let rabbitmq = crate::rabbitmq::env_with_secret(&kube, &ns).await;
     let moto = Moto::new();
     put_secret(&kube, &ns, "aws", &moto.credentials()).await;
+    let (nats_user, nats_password) = (
+        env_var("SWITCHYARD_NATS_USER"),
+        env_var("SWITCHYARD_NATS_PASSWORD"),
+    );
+    put_secret(
+        &kube,
+        &ns,
+        "nats",
+        &[("username", &nats_user), ("password", &nats_password)],
+    )
+    .await;
+    let nats = format!(
+        "{{slug: prd, type: NatsJetStream, natsJetStream: {{servers: [\"{}\"], credentialsSecretRef: {{name: nats}}}}}}",
+        env_var("SWITCHYARD_NATS_URL")
+    );
     let ctl = start_real_controller(kube.clone(), &ns);
 
     let redis = |db: u32| {
@@ -71,6 +86,7 @@ async fn a_steady_stream_crosses_every_broker_without_loss() {
             ),
         ),
         ("AwsSqs", moto.env.clone()),
+        ("NatsJetStream", nats),
         ("RabbitMQ", rabbitmq),
     ];
     apply_mb(&kube, &ns, &orders_on(&chain[0].1)).await;

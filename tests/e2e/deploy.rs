@@ -262,7 +262,7 @@ async fn rendered_chart_kustomize_and_samples_pass_server_side_dry_run() {
     kubectl(&apply, Some(&default)).await;
 
     let samples = kubectl(&["kustomize", &format!("{ROOT}/config/samples")], None).await;
-    assert_eq!(of_kind(&documents(&samples), "MessageBroker").len(), 5);
+    assert_eq!(of_kind(&documents(&samples), "MessageBroker").len(), 6);
     kubectl(
         &[
             "apply",

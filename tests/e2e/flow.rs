@@ -484,3 +484,22 @@ async fn one_kafka_flow_read_serves_every_message_broker_on_the_endpoint() {
     backend.flow(&names[1]).await.expect("b's flow");
     assert_eq!(metrics.broker_requests.total(), sent, "b is answered by it");
 }
+
+#[tokio::test]
+async fn nats_backlog_and_dead_letters_reach_the_metrics() {
+    let (user, password) = (
+        env_var("SWITCHYARD_NATS_USER"),
+        env_var("SWITCHYARD_NATS_PASSWORD"),
+    );
+    let env = format!(
+        "{{slug: prd, type: NatsJetStream, natsJetStream: {{servers: [\"{}\"], credentialsSecretRef: {{name: nats}}}}}}",
+        env_var("SWITCHYARD_NATS_URL")
+    );
+    let credentials: &[(&str, &[(&str, &str)])] = &[(
+        "nats",
+        &[("username", user.as_str()), ("password", password.as_str())],
+    )];
+    let (client, ctl, kube, ns) = provisioned_in("flow-nats", &env, credentials).await;
+    backlog_and_dead_letters(&client, &ctl, &kube, &ns).await;
+    ctl.stop().await;
+}

@@ -56,6 +56,7 @@ fn env(spec: KafkaSpec, adopt: bool) -> EnvSpec {
         rabbitmq: None,
         google_pub_sub: None,
         aws_sqs: None,
+        nats_jet_stream: None,
     }
 }
 

@@ -18,6 +18,7 @@ mod flux;
 mod kafka;
 mod kstatus;
 mod monitoring;
+mod nats;
 mod plan;
 mod pubsub;
 mod rabbitmq;

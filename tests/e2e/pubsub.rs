@@ -36,6 +36,7 @@ fn env_spec(endpoint: &str, adopt: bool) -> EnvSpec {
             ack_deadline_seconds: Some(20),
         }),
         aws_sqs: None,
+        nats_jet_stream: None,
     }
 }
 

@@ -102,6 +102,7 @@ fn env(spec: RabbitMqSpec) -> EnvSpec {
         rabbitmq: Some(spec),
         google_pub_sub: None,
         aws_sqs: None,
+        nats_jet_stream: None,
     }
 }
 

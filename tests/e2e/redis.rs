@@ -40,6 +40,7 @@ fn env(spec: RedisSpec, adopt_existing: bool) -> EnvSpec {
         rabbitmq: None,
         google_pub_sub: None,
         aws_sqs: None,
+        nats_jet_stream: None,
     }
 }
 

@@ -30,6 +30,7 @@ fn env_spec(endpoint: &str, adopt: bool) -> EnvSpec {
         redis: None,
         rabbitmq: None,
         google_pub_sub: None,
+        nats_jet_stream: None,
         aws_sqs: Some(AwsSqsSpec {
             region: support::env_var("AWS_REGION"),
             credentials_secret_ref: Some(AwsCredentialsSecretRef {
