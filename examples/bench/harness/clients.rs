@@ -21,8 +21,8 @@ use super::native;
 use super::operator::Operator;
 use super::report::{Report, percentile};
 use super::scenarios::{
-    AWS_SECRET, ONE_TIMEOUT, RABBIT_SECRET, apply, create_namespace, delete_and_wait, env_block,
-    fmt_s, manifest, put_secret,
+    ONE_TIMEOUT, apply, create_namespace, delete_and_wait, env_block, fmt_s, manifest,
+    put_broker_secrets,
 };
 use super::watch::ReadyWatch;
 use super::{Brokers, Config};
@@ -163,20 +163,7 @@ pub async fn run(
 ) -> Result<(), String> {
     let kube = &plane.client;
     create_namespace(kube, ns).await?;
-    put_secret(
-        kube,
-        ns,
-        RABBIT_SECRET,
-        json!({"username": brokers.rabbit.3, "password": brokers.rabbit.4}),
-    )
-    .await?;
-    put_secret(
-        kube,
-        ns,
-        AWS_SECRET,
-        json!({"accessKeyId": brokers.aws.2, "secretAccessKey": brokers.aws.3}),
-    )
-    .await?;
+    put_broker_secrets(kube, ns, brokers).await?;
     let log = config.work_dir.join("operator-client.log");
     let op = Operator::start(config, &plane.kubeconfig, ns, &log).await?;
     let watch = ReadyWatch::start(kube.clone(), ns);

@@ -54,7 +54,14 @@ impl Scenario {
 }
 
 /// The backends the latency scenario visits.
-pub const BACKENDS: [&str; 5] = ["Kafka", "Redis", "RabbitMQ", "GooglePubSub", "AwsSqs"];
+pub const BACKENDS: [&str; 6] = [
+    "Kafka",
+    "Redis",
+    "RabbitMQ",
+    "GooglePubSub",
+    "AwsSqs",
+    "NatsJetStream",
+];
 
 /// Sizes and settings of a run.
 #[derive(Clone, Debug, Serialize)]
@@ -257,6 +264,8 @@ pub struct Brokers {
     pub pubsub: String,
     /// SQS/SNS endpoint, region, access key, secret key.
     pub aws: (String, String, String, String),
+    /// NATS URL, user, password.
+    pub nats: (String, String, String),
 }
 
 fn env_required(name: &str) -> Result<String, String> {
@@ -286,6 +295,11 @@ impl Brokers {
                 env_required("AWS_REGION")?,
                 env_required("AWS_ACCESS_KEY_ID")?,
                 env_required("AWS_SECRET_ACCESS_KEY")?,
+            ),
+            nats: (
+                env_required("SWITCHYARD_NATS_URL")?,
+                env_required("SWITCHYARD_NATS_USER")?,
+                env_required("SWITCHYARD_NATS_PASSWORD")?,
             ),
         })
     }

@@ -1,7 +1,7 @@
 //! Each broker's own client, used directly: the floor the client library is measured against.
 //! Same crates and the same delivery settings the library uses (Kafka `acks=all` with
 //! idempotence, RabbitMQ publisher confirms on a persistent message, XADD, a Pub/Sub publish
-//! answered with its id, an SNS publish), on the physical names the binding gives, with the
+//! answered with its id, an SNS publish, a JetStream publish ack), on the physical names the binding gives, with the
 //! payload only: no CloudEvents attributes, no binding, no swap-following.
 
 use std::time::Duration;
@@ -35,6 +35,7 @@ pub enum Publisher {
     },
     PubSub(google_cloud_pubsub::client::Publisher),
     Sns(aws_sdk_sns::Client, String),
+    Nats(async_nats::jetstream::Context, String),
 }
 
 /// A native consumer of one physical subscription.
@@ -47,6 +48,7 @@ pub enum Consumer {
     },
     PubSub(Box<google_cloud_pubsub::subscriber::MessageStream>),
     Sqs(aws_sdk_sqs::Client, String),
+    Nats(Box<async_nats::jetstream::consumer::pull::Stream>),
 }
 
 fn e(what: &str) -> impl Fn(String) -> String + '_ {
@@ -83,6 +85,15 @@ async fn aws(brokers: &Brokers) -> aws_config::SdkConfig {
         ))
         .load()
         .await
+}
+
+async fn nats(brokers: &Brokers) -> Result<async_nats::jetstream::Context, String> {
+    let (url, user, password) = &brokers.nats;
+    let client = async_nats::ConnectOptions::with_user_and_password(user.clone(), password.clone())
+        .connect(url.as_str())
+        .await
+        .map_err(|x| e("nats connect")(x.to_string()))?;
+    Ok(async_nats::jetstream::new(client))
 }
 
 async fn pubsub_publisher(
@@ -150,6 +161,7 @@ impl Publisher {
                         .build(),
                 )
             }
+            "NatsJetStream" => Publisher::Nats(nats(brokers).await?, physical),
             _ => {
                 let sns = aws_sdk_sns::Client::new(&aws(brokers).await);
                 let topics = sns
@@ -239,6 +251,13 @@ impl Publisher {
                 .await
                 .map(|_| ())
                 .map_err(|x| e("pubsub publish")(x.to_string())),
+            Publisher::Nats(js, subject) => js
+                .publish(subject.clone(), payload.to_vec().into())
+                .await
+                .map_err(|x| e("nats publish")(x.to_string()))?
+                .await
+                .map(|_| ())
+                .map_err(|x| e("nats ack")(x.to_string())),
             Publisher::Sns(sns, arn) => sns
                 .publish()
                 .topic_arn(arn)
@@ -323,6 +342,22 @@ impl Consumer {
                 let path = format!("projects/{}/subscriptions/{group}", project(binding));
                 Consumer::PubSub(Box::new(pull.subscribe(path).build()))
             }
+            "NatsJetStream" => {
+                let js = nats(brokers).await?;
+                let stream = js
+                    .stream_by_subject(topic.clone())
+                    .await
+                    .map_err(|x| e("nats stream")(x.to_string()))?;
+                let consumer: async_nats::jetstream::consumer::PullConsumer = js
+                    .get_consumer_from_stream(&group, &stream)
+                    .await
+                    .map_err(|x| e("nats consumer")(x.to_string()))?;
+                let messages = consumer
+                    .messages()
+                    .await
+                    .map_err(|x| e("nats messages")(x.to_string()))?;
+                Consumer::Nats(Box::new(messages))
+            }
             _ => {
                 let sqs = aws_sdk_sqs::Client::new(&aws(brokers).await);
                 let url = sqs
@@ -399,6 +434,15 @@ impl Consumer {
                     .map_err(|x| e("pubsub pull")(x.to_string()))?;
                 handler.ack();
                 Ok(m.data.to_vec())
+            }
+            Consumer::Nats(messages) => {
+                let m = messages
+                    .next()
+                    .await
+                    .ok_or("native nats: stream ended")?
+                    .map_err(|x| e("nats pull")(x.to_string()))?;
+                m.ack().await.map_err(|x| e("nats ack")(x.to_string()))?;
+                Ok(m.payload.to_vec())
             }
             Consumer::Sqs(sqs, url) => loop {
                 let out = sqs

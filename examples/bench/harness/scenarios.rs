@@ -23,6 +23,7 @@ use super::{Brokers, Config, Scenario};
 const MANAGER: &str = "switchyard-bench";
 pub const RABBIT_SECRET: &str = "bench-rabbit";
 pub const AWS_SECRET: &str = "bench-aws";
+pub const NATS_SECRET: &str = "bench-nats";
 /// Latency and swap: how long one MessageBroker may take.
 pub const ONE_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -84,6 +85,31 @@ pub async fn create_namespace(client: &Client, name: &str) -> Result<(), String>
     }
 }
 
+/// The credential Secrets the backends' env blocks ([`env_block`]) refer to.
+pub async fn put_broker_secrets(client: &Client, ns: &str, b: &Brokers) -> Result<(), String> {
+    put_secret(
+        client,
+        ns,
+        RABBIT_SECRET,
+        json!({"username": b.rabbit.3, "password": b.rabbit.4}),
+    )
+    .await?;
+    put_secret(
+        client,
+        ns,
+        AWS_SECRET,
+        json!({"accessKeyId": b.aws.2, "secretAccessKey": b.aws.3}),
+    )
+    .await?;
+    put_secret(
+        client,
+        ns,
+        NATS_SECRET,
+        json!({"username": b.nats.1, "password": b.nats.2}),
+    )
+    .await
+}
+
 pub async fn put_secret(client: &Client, ns: &str, name: &str, data: Value) -> Result<(), String> {
     let api: Api<Secret> = Api::namespaced(client.clone(), ns);
     let s = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "stringData": data});
@@ -110,6 +136,11 @@ pub fn env_block(backend: &str, b: &Brokers) -> Value {
         "GooglePubSub" => (
             "googlePubSub",
             json!({"projectId": "switchyard-bench", "endpoint": b.pubsub}),
+        ),
+        "NatsJetStream" => (
+            "natsJetStream",
+            json!({"servers": [b.nats.0], "credentialsSecretRef": {"name": NATS_SECRET},
+                   "storage": "Memory"}),
         ),
         _ => (
             "awsSqs",
@@ -510,20 +541,7 @@ async fn latency(
 ) -> Result<(), String> {
     let client = &plane.client;
     create_namespace(client, ns).await?;
-    put_secret(
-        client,
-        ns,
-        RABBIT_SECRET,
-        json!({"username": brokers.rabbit.3, "password": brokers.rabbit.4}),
-    )
-    .await?;
-    put_secret(
-        client,
-        ns,
-        AWS_SECRET,
-        json!({"accessKeyId": brokers.aws.2, "secretAccessKey": brokers.aws.3}),
-    )
-    .await?;
+    put_broker_secrets(client, ns, brokers).await?;
     let log = config.work_dir.join("operator-latency.log");
     let op = Operator::start(config, &plane.kubeconfig, ns, &log).await?;
     let watch = ReadyWatch::start(client.clone(), ns);
