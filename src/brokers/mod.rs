@@ -19,6 +19,8 @@ pub mod fake;
 pub mod naming;
 pub mod plan;
 pub mod pool;
+#[cfg(test)]
+pub(crate) mod spec_fixtures;
 
 /// Who is asking: the MessageBroker's namespace and name. Broker-side names derive from it,
 /// and ownership markers carry [`Scope::owner`].

@@ -5,13 +5,12 @@
 //! client following its binding reads them all.
 
 use std::collections::BTreeSet;
-use std::time::Duration;
 
 use futures::stream::{FuturesUnordered, StreamExt};
 use kube::Api;
 use kube::api::{Patch, PatchParams};
 use serde_json::json;
-use switchyard::api::{MessageBroker, SwapPhase};
+use switchyard::api::MessageBroker;
 use switchyard::client::{Binding, Client, Message, Publisher};
 use switchyard::controller::ABANDON_ANNOTATION;
 use tokio::time::Instant;
@@ -22,7 +21,7 @@ use super::operator::Operator;
 use super::report::{Report, percentile};
 use super::scenarios::{
     ONE_TIMEOUT, apply, create_namespace, delete_and_wait, env_block, fmt_s, manifest,
-    put_broker_secrets,
+    put_broker_secrets, swap_complete,
 };
 use super::watch::ReadyWatch;
 use super::{Brokers, Config};
@@ -394,24 +393,7 @@ async fn drain(
         d.ack().await.map_err(|e| e.to_string())?;
     }
     let drained = flip_at.elapsed();
-    let mut complete = None;
-    while t0.elapsed() < ONE_TIMEOUT * 2 {
-        let mb = api.get(name).await.map_err(|e| e.to_string())?;
-        let phase = mb
-            .status
-            .as_ref()
-            .and_then(|s| s.envs.first())
-            .and_then(|e| e.swap.as_ref())
-            .map(|s| s.phase);
-        if super::watch::is_ready(&mb)
-            && mb.metadata.generation == Some(g2)
-            && phase == Some(SwapPhase::Complete)
-        {
-            complete = Some(t0.elapsed());
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let complete = swap_complete(api, name, g2, t0, ONE_TIMEOUT * 2).await;
     let per_1000 = drained.as_secs_f64() * 1000.0 / n.max(1) as f64;
     report.drain = Some(json!({
         "queued": n,

@@ -194,6 +194,35 @@ pub async fn delete_and_wait(
     None
 }
 
+/// When, counted from `t0`, the MessageBroker's swap of `generation` is Complete (Ready, and
+/// the old side retired); `None` when not within `timeout` of `t0`.
+pub async fn swap_complete(
+    api: &Api<MessageBroker>,
+    name: &str,
+    generation: i64,
+    t0: Instant,
+    timeout: Duration,
+) -> Option<Duration> {
+    while t0.elapsed() < timeout {
+        if let Ok(mb) = api.get(name).await {
+            let phase = mb
+                .status
+                .as_ref()
+                .and_then(|s| s.envs.first())
+                .and_then(|e| e.swap.as_ref())
+                .map(|s| s.phase);
+            if super::watch::is_ready(&mb)
+                && mb.metadata.generation == Some(generation)
+                && phase == Some(SwapPhase::Complete)
+            {
+                return Some(t0.elapsed());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    None
+}
+
 /// Wait until the operator's status and binding writes stop for `quiet`.
 async fn settle(op: &Operator, quiet: Duration, timeout: Duration) {
     let deadline = Instant::now() + timeout;
@@ -707,25 +736,7 @@ async fn swap(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // Complete: Ready on Kafka and the old side retired.
-    let mut complete = None;
-    while t0.elapsed() < ONE_TIMEOUT {
-        if let Ok(mb) = api.get(name).await {
-            let phase = mb
-                .status
-                .as_ref()
-                .and_then(|s| s.envs.first())
-                .and_then(|e| e.swap.as_ref())
-                .map(|s| s.phase);
-            if super::watch::is_ready(&mb)
-                && mb.metadata.generation == Some(g2)
-                && phase == Some(SwapPhase::Complete)
-            {
-                complete = Some(t0.elapsed());
-                break;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let complete = swap_complete(&api, name, g2, t0, ONE_TIMEOUT).await;
     report.swap = Some(json!({
         "topics": config.swap_topics,
         "from": "RabbitMQ",

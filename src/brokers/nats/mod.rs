@@ -394,29 +394,11 @@ impl super::Driver for NatsJetStream {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{CredentialsSecretRef, DeadLetterSpec, SecretKeyRef, SubscriptionSpec};
+    use crate::api::{CredentialsSecretRef, SecretKeyRef};
+    use crate::brokers::spec_fixtures::{sub, topic};
 
     fn spec() -> NatsJetStreamSpec {
         serde_json::from_value(serde_json::json!({"servers": ["nats://n:4222"]})).expect("spec")
-    }
-
-    fn topic(name: &str) -> TopicSpec {
-        TopicSpec {
-            name: name.into(),
-            partitions: None,
-            retention: None,
-            ordered: false,
-            subscriptions: vec![],
-        }
-    }
-
-    fn sub(name: &str, dead_letter: Option<i32>) -> SubscriptionSpec {
-        SubscriptionSpec {
-            name: name.into(),
-            dead_letter: dead_letter.map(|n| DeadLetterSpec {
-                max_delivery_attempts: n,
-            }),
-        }
     }
 
     #[test]

@@ -343,7 +343,8 @@ impl super::Driver for Redis {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{DeadLetterSpec, SecretKeyRef, SubscriptionSpec};
+    use crate::api::SecretKeyRef;
+    use crate::brokers::spec_fixtures::{sub, topic};
 
     fn scope() -> Scope {
         Scope::new("shop", "bus")
@@ -376,25 +377,6 @@ mod tests {
             .expect_err("a server that never answers");
         assert_eq!(err.kind, BrokerErrorKind::Timeout, "{err}");
         assert!(err.message.contains("0.3s"), "{}", err.message);
-    }
-
-    fn topic(name: &str) -> TopicSpec {
-        TopicSpec {
-            name: name.into(),
-            partitions: None,
-            retention: None,
-            ordered: false,
-            subscriptions: vec![],
-        }
-    }
-
-    fn sub(name: &str, dead_letter: Option<i32>) -> SubscriptionSpec {
-        SubscriptionSpec {
-            name: name.into(),
-            dead_letter: dead_letter.map(|n| DeadLetterSpec {
-                max_delivery_attempts: n,
-            }),
-        }
     }
 
     #[test]
