@@ -17,7 +17,8 @@
 //!
 //! Delivery is at least once on every broker: a message is redelivered until it is acked, a
 //! `nack` redelivers it, and after the subscription's `maxDeliveryAttempts` it goes to the
-//! subscription's dead-letter destination. Each broker's data plane lives in its folder under
+//! subscription's dead-letter destination; a `reject` sends it there at once (or drops it when
+//! the subscription has none). Each broker's data plane lives in its folder under
 //! `src/brokers/<broker>/` and implements [`Transport`].
 
 use std::collections::BTreeMap;
@@ -223,6 +224,9 @@ pub trait Settle: Send + Sync {
     async fn ack(self: Box<Self>) -> Result<(), ClientError>;
     /// Not done: deliver it again (or dead-letter it once attempts are used up).
     async fn nack(self: Box<Self>) -> Result<(), ClientError>;
+    /// Give up on it now: move it to the subscription's dead-letter destination (or drop it
+    /// when the subscription has none), whatever attempts are left.
+    async fn reject(self: Box<Self>) -> Result<(), ClientError>;
 }
 
 /// One delivered message.
@@ -261,6 +265,14 @@ impl Delivery {
     /// Ask for redelivery.
     pub async fn nack(self) -> Result<(), ClientError> {
         self.settle.nack().await
+    }
+
+    /// Dead-letter it now, whatever attempts are left: it goes to the subscription's
+    /// dead-letter destination as it would after `maxDeliveryAttempts`, or is dropped when the
+    /// subscription has none. It is not delivered on the subscription again. When this fails,
+    /// the message is delivered again, as after a `nack` or a crash.
+    pub async fn reject(self) -> Result<(), ClientError> {
+        self.settle.reject().await
     }
 }
 

@@ -14,7 +14,9 @@
 //!   lives only in memory and starts over after a crash;
 //! - dead letters: Kafka has no broker-side delivery count, so past `maxDeliveryAttempts` the
 //!   consumer publishes the record to the subscription's dead-letter topic with a
-//!   `delivery-count` header and then settles it as acked.
+//!   `delivery-count` header and then settles it as acked. A `reject` takes the same path at
+//!   once, with the deliveries so far as `delivery-count` (just settled when the subscription
+//!   has no dead-letter topic); when the publish fails, the delivery is handed out again.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -118,6 +120,23 @@ fn headers(message: &Message, extra: &[(&str, String)]) -> OwnedHeaders {
         })
 }
 
+/// Publish a delivery to the dead-letter topic `dlq` with its `delivery-count`: the deliveries
+/// it had before it was given up.
+async fn dead_letter(
+    producer: &FutureProducer<LogContext>,
+    dlq: &str,
+    d: &Pending,
+    count: u32,
+) -> Result<(), ClientError> {
+    send(
+        producer,
+        dlq,
+        &d.message,
+        &[("delivery-count", count.to_string())],
+    )
+    .await
+}
+
 /// Publish and wait for the broker's confirmation.
 async fn send(
     producer: &FutureProducer<LogContext>,
@@ -186,9 +205,9 @@ impl Transport for KafkaTransport {
                 topic: target.physical_topic.clone(),
                 state,
                 wake: Notify::new(),
+                producer: self.producer.clone(),
+                dead_letter: target.dead_letter.clone(),
             }),
-            producer: self.producer.clone(),
-            dead_letter: target.dead_letter.clone(),
             max_attempts: target.max_delivery_attempts,
             joined: false,
         }))
@@ -363,6 +382,10 @@ struct Shared {
     state: Arc<Mutex<State>>,
     /// Woken by a nack, so a waiting `next` hands the delivery out again.
     wake: Notify,
+    /// Publishes dead letters.
+    producer: FutureProducer<LogContext>,
+    /// The subscription's dead-letter topic.
+    dead_letter: Option<String>,
 }
 
 impl Shared {
@@ -433,8 +456,6 @@ const COMMIT_RETRY: Duration = Duration::from_secs(1);
 
 struct KafkaConsumer {
     shared: Arc<Shared>,
-    producer: FutureProducer<LogContext>,
-    dead_letter: Option<String>,
     max_attempts: Option<u32>,
     /// Whether this consumer has joined the group (on its first `next`).
     joined: bool,
@@ -481,11 +502,11 @@ impl Consumer for KafkaConsumer {
         loop {
             let again = lock(&self.shared.state).redeliver.pop_front();
             if let Some(d) = again {
-                if let (Some(max), Some(dlq)) = (self.max_attempts, &self.dead_letter)
+                if let (Some(max), Some(dlq)) = (self.max_attempts, &self.shared.dead_letter)
                     && d.attempt > max
                 {
-                    let count = [("delivery-count", (d.attempt - 1).to_string())];
-                    if let Err(e) = send(&self.producer, dlq, &d.message, &count).await {
+                    if let Err(e) = dead_letter(&self.shared.producer, dlq, &d, d.attempt - 1).await
+                    {
                         self.shared.requeue(d, true);
                         return Err(e);
                     }
@@ -528,5 +549,19 @@ impl Settle for KafkaSettle {
         d.attempt = d.attempt.saturating_add(1);
         self.shared.requeue(d, false);
         Ok(())
+    }
+
+    async fn reject(self: Box<Self>) -> Result<(), ClientError> {
+        let d = &self.delivery;
+        if let Some(dlq) = &self.shared.dead_letter
+            && let Err(e) = dead_letter(&self.shared.producer, dlq, d, d.attempt).await
+        {
+            // Not dead-lettered: hand it out again, as a nack would.
+            let mut d = self.delivery;
+            d.attempt = d.attempt.saturating_add(1);
+            self.shared.requeue(d, false);
+            return Err(e);
+        }
+        self.shared.settle(d).await
     }
 }

@@ -8,7 +8,10 @@
 //! - dead letters: the consumer allows one delivery more than `maxDeliveryAttempts`; that one
 //!   is copied to the subject of the subscription's dead-letter stream (`<stream>-dlq`) with a
 //!   `delivery-count` header and `Nats-Msg-Id` set to stream, sequence and consumer (so a copy
-//!   repeated after a crash is dropped by the stream's duplicate window), then terminated.
+//!   repeated after a crash is dropped by the stream's duplicate window), then terminated. A
+//!   `reject` does the same at once, with the deliveries so far as `delivery-count` (a plain
+//!   `+TERM` when the subscription has no dead-letter stream); when the copy fails, the message
+//!   is nacked, so it is delivered again.
 //!
 //! CloudEvents attributes travel as headers with the `ce-` prefix, as the CloudEvents NATS
 //! protocol binding's binary mode names them; the key is the `Switchyard-Key` header.
@@ -274,46 +277,65 @@ impl Transport for NatsTransport {
             None => None,
         };
         Ok(Box::new(NatsConsumer {
-            js: self.js.clone(),
             consumer,
-            name: target.physical_subscription.clone(),
-            dead_letter,
+            dead_letters: dead_letter.map(|subject| {
+                Arc::new(DeadLetters {
+                    js: self.js.clone(),
+                    subject,
+                    consumer: target.physical_subscription.clone(),
+                })
+            }),
             max_attempts: target.max_delivery_attempts,
         }))
     }
 }
 
-struct NatsConsumer {
+/// Where a subscription's dead letters go.
+struct DeadLetters {
     js: jetstream::Context,
-    consumer: PullConsumer,
-    name: String,
-    dead_letter: Option<String>,
-    max_attempts: Option<u32>,
+    /// The subject of the dead-letter stream.
+    subject: String,
+    /// The subscription's consumer, named in the dead letters' `Nats-Msg-Id`.
+    consumer: String,
 }
 
-impl NatsConsumer {
-    /// Copy a message to the dead-letter subject, then terminate it on the subscription.
-    async fn dead_letter(
-        &self,
-        m: jetstream::Message,
-        dlq: &str,
-        count: u32,
-    ) -> Result<(), ClientError> {
-        let (stream, seq) = {
-            let info = m.info().map_err(err)?;
-            (info.stream.to_string(), info.stream_sequence)
-        };
-        let mut h = m.message.headers.clone().unwrap_or_default();
+/// A message as its dead letter carries it (its headers and payload), and the `Nats-Msg-Id`
+/// naming its stream, sequence and consumer.
+struct DeadLetter {
+    message: async_nats::Message,
+    id: String,
+}
+
+impl DeadLetters {
+    /// The `Nats-Msg-Id` of the dead letter of a message of this subscription.
+    fn id(&self, m: &jetstream::Message) -> Result<String, ClientError> {
+        let info = m.info().map_err(err)?;
+        Ok(format!(
+            "{}:{}:{}",
+            info.stream, info.stream_sequence, self.consumer
+        ))
+    }
+
+    /// Publish a dead letter with its `delivery-count`: the deliveries it had before it was
+    /// given up. The caller terminates the message once this returned.
+    async fn send(&self, letter: DeadLetter, count: u32) -> Result<(), ClientError> {
+        let mut h = letter.message.headers.unwrap_or_default();
         h.insert(DELIVERY_COUNT_HEADER, count.to_string());
-        h.insert("Nats-Msg-Id", format!("{stream}:{seq}:{}", self.name));
+        h.insert("Nats-Msg-Id", letter.id);
         self.js
-            .publish_with_headers(dlq.to_string(), h, m.message.payload.clone())
+            .publish_with_headers(self.subject.clone(), h, letter.message.payload)
             .await
             .map_err(err)?
             .await
             .map_err(err)?;
-        m.double_ack_with(AckKind::Term).await.map_err(err)
+        Ok(())
     }
+}
+
+struct NatsConsumer {
+    consumer: PullConsumer,
+    dead_letters: Option<Arc<DeadLetters>>,
+    max_attempts: Option<u32>,
 }
 
 #[async_trait]
@@ -334,17 +356,36 @@ impl Consumer for NatsConsumer {
             let m = m.map_err(err)?;
             let delivered = m.info().map_err(err)?.delivered;
             let attempt = u32::try_from(delivered).unwrap_or(u32::MAX).max(1);
-            if let (Some(max), Some(dlq)) = (self.max_attempts, self.dead_letter.clone())
+            if let (Some(max), Some(dl)) = (self.max_attempts, &self.dead_letters)
                 && attempt > max
             {
-                self.dead_letter(m, &dlq, attempt - 1).await?;
+                // Copied, then terminated on the subscription.
+                let id = dl.id(&m)?;
+                let (message, acker) = m.split();
+                dl.send(DeadLetter { message, id }, attempt - 1).await?;
+                acker.double_ack_with(AckKind::Term).await.map_err(err)?;
                 continue;
             }
+            let id = match &self.dead_letters {
+                Some(dl) => Some(dl.id(&m)?),
+                None => None,
+            };
             let (message, acker) = m.split();
+            let delivered = self::message(&message);
+            // What a reject copies to the dead-letter stream.
+            let dead_letter = self
+                .dead_letters
+                .clone()
+                .zip(id)
+                .map(|(dl, id)| (dl, DeadLetter { message, id }));
             return Ok(Delivery::new(
-                self::message(&message),
+                delivered,
                 attempt,
-                Box::new(NatsSettle { acker }),
+                Box::new(NatsSettle {
+                    acker,
+                    attempt,
+                    dead_letter,
+                }),
             ));
         }
     }
@@ -352,6 +393,11 @@ impl Consumer for NatsConsumer {
 
 struct NatsSettle {
     acker: jetstream::message::Acker,
+    /// Deliveries so far, this one included.
+    attempt: u32,
+    /// Where a reject sends it, and its dead letter, when the subscription has a dead-letter
+    /// stream.
+    dead_letter: Option<(Arc<DeadLetters>, DeadLetter)>,
 }
 
 #[async_trait]
@@ -365,6 +411,23 @@ impl Settle for NatsSettle {
             .double_ack_with(AckKind::Nak(None))
             .await
             .map_err(err)
+    }
+
+    async fn reject(self: Box<Self>) -> Result<(), ClientError> {
+        let NatsSettle {
+            acker,
+            attempt,
+            dead_letter,
+        } = *self;
+        if let Some((dl, letter)) = dead_letter
+            && let Err(e) = dl.send(letter, attempt).await
+        {
+            // Not dead-lettered: have it delivered again (or after the ack wait, if this
+            // fails too).
+            let _ = acker.ack_with(AckKind::Nak(None)).await;
+            return Err(e);
+        }
+        acker.double_ack_with(AckKind::Term).await.map_err(err)
     }
 }
 

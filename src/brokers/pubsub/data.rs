@@ -32,7 +32,12 @@
 //! - dead letters: the subscription's dead-letter policy, set by the operator; Pub/Sub forwards
 //!   a message delivered `maxDeliveryAttempts` times (at least 5) to the dead-letter topic
 //!   instead of delivering it again (on Google Cloud that count is best effort, as Pub/Sub
-//!   documents). Competing consumers are subscribers of one subscription.
+//!   documents). Competing consumers are subscribers of one subscription. Pub/Sub has no call
+//!   to dead-letter one message, so a `reject` forwards it itself as Pub/Sub would: it
+//!   publishes the message's data, attributes (CloudEvents ones included) and ordering key to
+//!   the dead-letter topic, with the `CloudPubSubDeadLetterSource*` attributes Pub/Sub adds,
+//!   and acks it once the publish is confirmed (a plain ack when the subscription has no
+//!   dead-letter topic). When the publish fails, the message is nacked.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -80,6 +85,11 @@ const PUBLISH_RETRIES: Duration = Duration::from_secs(30);
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(45);
 /// Deliveries counted per process before the counts start over (see the module doc).
 const MAX_COUNTED: usize = 100_000;
+/// The attributes Pub/Sub adds to a message it forwards to a dead-letter topic.
+const DEAD_LETTER_DELIVERY_COUNT: &str = "CloudPubSubDeadLetterSourceDeliveryCount";
+const DEAD_LETTER_SUBSCRIPTION: &str = "CloudPubSubDeadLetterSourceSubscription";
+const DEAD_LETTER_PROJECT: &str = "CloudPubSubDeadLetterSourceSubscriptionProject";
+const DEAD_LETTER_PUBLISH_TIME: &str = "CloudPubSubDeadLetterSourceTopicPublishTime";
 
 fn err(e: impl std::fmt::Display) -> ClientError {
     ClientError::broker(BROKER, e)
@@ -218,6 +228,35 @@ fn encode(message: &Message) -> PubsubMessage {
         .set_ordering_key(message.key.clone().unwrap_or_default())
 }
 
+/// A message of `subscription` (a full name) as Pub/Sub forwards it to the dead-letter topic
+/// after `delivery_count` deliveries: its data, attributes and ordering key as received, and
+/// the attributes saying where it came from.
+fn forwarded(m: &PubsubMessage, subscription: &str, delivery_count: u32) -> PubsubMessage {
+    let (project, id) = match subscription
+        .strip_prefix("projects/")
+        .and_then(|rest| rest.split_once("/subscriptions/"))
+    {
+        Some((project, id)) => (project, id),
+        None => ("", subscription),
+    };
+    let mut attributes = m.attributes.clone();
+    attributes.extend([
+        (
+            DEAD_LETTER_DELIVERY_COUNT.into(),
+            delivery_count.to_string(),
+        ),
+        (DEAD_LETTER_SUBSCRIPTION.into(), id.to_string()),
+        (DEAD_LETTER_PROJECT.into(), project.to_string()),
+    ]);
+    if let Some(t) = m.publish_time {
+        attributes.insert(DEAD_LETTER_PUBLISH_TIME.into(), String::from(t));
+    }
+    PubsubMessage::new()
+        .set_data(m.data.clone())
+        .set_attributes(attributes)
+        .set_ordering_key(m.ordering_key.clone())
+}
+
 /// A message as received. CloudEvents attributes under the Pub/Sub binding's `ce-` prefix are
 /// read too, when the message has no `ce_` ones.
 fn decode(m: PubsubMessage) -> Message {
@@ -257,24 +296,34 @@ impl PubSubTransport {
     }
 }
 
+/// Publish `m` to `topic` and wait for its message id.
+async fn send(publisher: &Publisher, topic: &str, m: PubsubMessage) -> Result<(), ClientError> {
+    let key = m.ordering_key.clone();
+    let sent = tokio::time::timeout(PUBLISH_TIMEOUT, publisher.publish(m)).await;
+    let failed = match sent {
+        Ok(Ok(_message_id)) => return Ok(()),
+        Ok(Err(e)) => publish_err(topic, &e),
+        Err(_) => err(format!(
+            "Publish {topic}: no message id within {}s (it may still be published)",
+            PUBLISH_TIMEOUT.as_secs()
+        )),
+    };
+    // A failed publish pauses its ordering key; this one failed, the next may go.
+    if !key.is_empty() {
+        publisher.resume_publish(&key);
+    }
+    Err(failed)
+}
+
 #[async_trait]
 impl Transport for PubSubTransport {
     async fn publish(&self, physical_topic: &str, message: &Message) -> Result<(), ClientError> {
-        let publisher = self.publisher(physical_topic);
-        let sent = tokio::time::timeout(PUBLISH_TIMEOUT, publisher.publish(encode(message))).await;
-        let failed = match sent {
-            Ok(Ok(_message_id)) => return Ok(()),
-            Ok(Err(e)) => publish_err(physical_topic, &e),
-            Err(_) => err(format!(
-                "Publish {physical_topic}: no message id within {}s (it may still be published)",
-                PUBLISH_TIMEOUT.as_secs()
-            )),
-        };
-        // A failed publish pauses its ordering key; this one failed, the next may go.
-        if let Some(key) = &message.key {
-            publisher.resume_publish(key);
-        }
-        Err(failed)
+        send(
+            &self.publisher(physical_topic),
+            physical_topic,
+            encode(message),
+        )
+        .await
     }
 
     async fn subscribe(
@@ -294,8 +343,15 @@ impl Transport for PubSubTransport {
             .set_max_lease_extension(STREAM_ACK_DEADLINE)
             .set_shutdown_behavior(ShutdownBehavior::WaitForProcessing)
             .build();
+        let dead_letter = target.dead_letter.as_ref().map(|topic| {
+            Arc::new(DeadLetterTopic {
+                publisher: self.publisher(topic),
+                topic: topic.clone(),
+            })
+        });
         Ok(Box::new(PubSubConsumer {
             subscription,
+            dead_letter,
             stream: Some(stream),
             pending: None,
             received: false,
@@ -335,8 +391,15 @@ impl Counts {
 
 type Pulled = Option<google_cloud_pubsub::Result<(PubsubMessage, Handler)>>;
 
+/// A subscription's dead-letter topic, where a reject publishes.
+struct DeadLetterTopic {
+    topic: String,
+    publisher: Publisher,
+}
+
 struct PubSubConsumer {
     subscription: String,
+    dead_letter: Option<Arc<DeadLetterTopic>>,
     /// The stream, while no receive is in flight.
     stream: Option<MessageStream>,
     /// The receive in flight, kept across a dropped `next`; it hands the stream back.
@@ -358,10 +421,19 @@ impl PubSubConsumer {
                 )
             }
         };
+        // What a reject publishes.
+        let dead_letter = self
+            .dead_letter
+            .clone()
+            .map(|topic| (topic, forwarded(&m, &self.subscription, attempt)));
         Delivery::new(
             decode(m),
             attempt,
-            Box::new(PubSubSettle { handler, counted }),
+            Box::new(PubSubSettle {
+                handler,
+                counted,
+                dead_letter,
+            }),
         )
     }
 }
@@ -427,34 +499,65 @@ struct PubSubSettle {
     handler: Handler,
     /// The transport's count of this delivery, when Pub/Sub keeps none.
     counted: Option<(Arc<Counts>, (String, String))>,
+    /// The dead-letter topic and the message as forwarded there, when the subscription has a
+    /// dead-letter topic.
+    dead_letter: Option<(Arc<DeadLetterTopic>, PubsubMessage)>,
+}
+
+/// Acknowledge (waiting for Pub/Sub's answer on exactly-once subscriptions).
+async fn ack(
+    handler: Handler,
+    counted: Option<(Arc<Counts>, (String, String))>,
+) -> Result<(), ClientError> {
+    match handler {
+        Handler::ExactlyOnce(h) => h
+            .confirmed_ack()
+            .await
+            .map_err(|e| err(format!("Acknowledge: {e}")))?,
+        other => other.ack(),
+    }
+    if let Some((counts, key)) = counted {
+        counts.forget(&key);
+    }
+    Ok(())
+}
+
+/// Have it redelivered (waiting for Pub/Sub's answer on exactly-once subscriptions).
+async fn nack(handler: Handler) -> Result<(), ClientError> {
+    match handler {
+        Handler::ExactlyOnce(h) => h
+            .confirmed_nack()
+            .await
+            .map_err(|e| err(format!("ModifyAckDeadline: {e}")))?,
+        other => other.nack(),
+    }
+    Ok(())
 }
 
 #[async_trait]
 impl Settle for PubSubSettle {
     async fn ack(self: Box<Self>) -> Result<(), ClientError> {
-        let PubSubSettle { handler, counted } = *self;
-        match handler {
-            Handler::ExactlyOnce(h) => h
-                .confirmed_ack()
-                .await
-                .map_err(|e| err(format!("Acknowledge: {e}")))?,
-            other => other.ack(),
-        }
-        if let Some((counts, key)) = counted {
-            counts.forget(&key);
-        }
-        Ok(())
+        ack(self.handler, self.counted).await
     }
 
     async fn nack(self: Box<Self>) -> Result<(), ClientError> {
-        match self.handler {
-            Handler::ExactlyOnce(h) => h
-                .confirmed_nack()
-                .await
-                .map_err(|e| err(format!("ModifyAckDeadline: {e}")))?,
-            other => other.nack(),
+        nack(self.handler).await
+    }
+
+    async fn reject(self: Box<Self>) -> Result<(), ClientError> {
+        let PubSubSettle {
+            handler,
+            counted,
+            dead_letter,
+        } = *self;
+        if let Some((dlq, m)) = dead_letter
+            && let Err(e) = send(&dlq.publisher, &dlq.topic, m).await
+        {
+            // Not dead-lettered: have it delivered again.
+            let _ = nack(handler).await;
+            return Err(e);
         }
-        Ok(())
+        ack(handler, counted).await
     }
 }
 
@@ -489,6 +592,39 @@ mod tests {
         let wire = encode(&unkeyed);
         assert!(wire.ordering_key.is_empty() && !wire.attributes.contains_key(KEY));
         assert_eq!(decode(wire), unkeyed);
+    }
+
+    #[test]
+    fn a_rejected_message_is_forwarded_as_pubsub_forwards_a_dead_letter() {
+        let m = Message::new(b"order 1".to_vec())
+            .with_key("customer-1")
+            .with_header("trace-id", "t1");
+        let mut received = encode(&m);
+        received.message_id = "42".into();
+        received.publish_time = Some("2026-12-01T00:00:00Z".try_into().expect("timestamp"));
+        let f = forwarded(&received, "projects/p/subscriptions/billing", 3);
+        // What the publisher may not set is not set; the rest is as received.
+        assert!(f.message_id.is_empty() && f.publish_time.is_none());
+        assert_eq!(
+            (&f.data, &f.ordering_key),
+            (&received.data, &received.ordering_key)
+        );
+        for (k, v) in &received.attributes {
+            assert_eq!(f.attributes.get(k), Some(v), "{k}");
+        }
+        assert_eq!(f.attributes[DEAD_LETTER_DELIVERY_COUNT], "3");
+        assert_eq!(f.attributes[DEAD_LETTER_SUBSCRIPTION], "billing");
+        assert_eq!(f.attributes[DEAD_LETTER_PROJECT], "p");
+        assert_eq!(
+            f.attributes[DEAD_LETTER_PUBLISH_TIME],
+            "2026-12-01T00:00:00Z"
+        );
+        let back = decode(f);
+        assert_eq!(
+            (&back.id, &back.key, &back.payload),
+            (&m.id, &m.key, &m.payload)
+        );
+        assert_eq!(back.headers["trace-id"], "t1");
     }
 
     #[test]

@@ -13,7 +13,10 @@
 //!   least 2) on classic queues, which count nothing;
 //! - dead letters: the broker's, through the queue's `x-delivery-limit` and dead-letter exchange
 //!   set up by the operator. As a guard, a delivery past `maxDeliveryAttempts` is rejected
-//!   without requeue (so the broker dead-letters it) instead of being handed to the app.
+//!   without requeue (so the broker dead-letters it) instead of being handed to the app. A
+//!   `reject` is that same `basic.reject` without requeue: the broker dead-letters it through
+//!   the queue's dead-letter exchange (`x-death` reason `rejected`), or drops it when the queue
+//!   has none.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -370,6 +373,16 @@ impl Settle for RabbitMqSettle {
             })
             .await
             .map_err(|e| err(format!("nack: {e}")))?;
+        Ok(())
+    }
+
+    async fn reject(self: Box<Self>) -> Result<(), ClientError> {
+        // The broker dead-letters (or, without a dead-letter exchange, drops) what is rejected
+        // without requeue.
+        self.acker
+            .reject(BasicRejectOptions { requeue: false })
+            .await
+            .map_err(|e| err(format!("reject: {e}")))?;
         Ok(())
     }
 }

@@ -9,7 +9,10 @@
 //!   delivery count), so the next claim redelivers it at once;
 //! - dead letters: Redis has no broker-side limit, so the client reads the delivery count from
 //!   the pending list and, past `maxDeliveryAttempts`, copies the entry to the subscription's
-//!   `:dlq` stream with a `delivery-count` field and acks it, in one MULTI/EXEC.
+//!   `:dlq` stream with a `delivery-count` field and acks it, in one MULTI/EXEC. A `reject`
+//!   does the same at once, with the deliveries so far as `delivery-count` (a plain `XACK` when
+//!   the subscription has no dead-letter stream); when it fails, the entry stays pending and is
+//!   claimed again after the redelivery interval.
 
 use std::time::Duration;
 
@@ -220,31 +223,15 @@ impl RedisConsumer {
             .unwrap_or(1))
     }
 
-    async fn dead_letter(
-        &mut self,
-        entry: &StreamId,
-        dlq: &str,
-        count: u32,
-    ) -> Result<(), ClientError> {
-        let mut xadd = redis::cmd("XADD");
-        xadd.arg(dlq).arg("*");
-        add_fields(&mut xadd, &message(entry));
-        xadd.arg("delivery-count").arg(count);
-        let mut pipe = redis::pipe();
-        pipe.atomic()
-            .add_command(xadd)
-            .ignore()
-            .cmd("XACK")
-            .arg(&self.stream)
-            .arg(&self.group)
-            .arg(&entry.id)
-            .ignore();
-        pipe.query_async::<()>(&mut self.conn).await.map_err(err)
-    }
-
     fn delivery(&self, entry: &StreamId, attempt: u32) -> Delivery {
+        let message = message(entry);
+        // What a reject copies to the dead-letter stream.
+        let dead_letter = self
+            .dead_letter
+            .clone()
+            .map(|dlq| (dlq, message.clone(), attempt));
         Delivery::new(
-            message(entry),
+            message,
             attempt,
             Box::new(RedisSettle {
                 conn: self.conn.clone(),
@@ -253,6 +240,7 @@ impl RedisConsumer {
                 consumer: self.consumer.clone(),
                 id: entry.id.clone(),
                 idle: self.redeliver_after,
+                dead_letter,
             }),
         )
     }
@@ -267,7 +255,14 @@ impl Consumer for RedisConsumer {
                 if let (Some(max), Some(dlq)) = (self.max_attempts, self.dead_letter.clone())
                     && count > max
                 {
-                    self.dead_letter(&entry, &dlq, count - 1).await?;
+                    dead_letter(
+                        &mut self.conn,
+                        (&self.stream, &self.group, &entry.id),
+                        &message(&entry),
+                        &dlq,
+                        count - 1,
+                    )
+                    .await?;
                     continue;
                 }
                 return Ok(self.delivery(&entry, count));
@@ -296,6 +291,31 @@ impl Consumer for RedisConsumer {
     }
 }
 
+/// Copy an entry (`stream`, `group`, entry id) to the dead-letter stream `dlq` with a
+/// `delivery-count` field (the deliveries it had before it was given up) and ack it, atomically.
+async fn dead_letter(
+    conn: &mut ConnectionManager,
+    (stream, group, id): (&str, &str, &str),
+    message: &Message,
+    dlq: &str,
+    count: u32,
+) -> Result<(), ClientError> {
+    let mut xadd = redis::cmd("XADD");
+    xadd.arg(dlq).arg("*");
+    add_fields(&mut xadd, message);
+    xadd.arg("delivery-count").arg(count);
+    let mut pipe = redis::pipe();
+    pipe.atomic()
+        .add_command(xadd)
+        .ignore()
+        .cmd("XACK")
+        .arg(stream)
+        .arg(group)
+        .arg(id)
+        .ignore();
+    pipe.query_async::<()>(conn).await.map_err(err)
+}
+
 struct RedisSettle {
     conn: ConnectionManager,
     stream: String,
@@ -303,11 +323,13 @@ struct RedisSettle {
     consumer: String,
     id: String,
     idle: Duration,
+    /// The dead-letter stream, the message and its deliveries so far, when the subscription
+    /// has a dead-letter stream.
+    dead_letter: Option<(String, Message, u32)>,
 }
 
-#[async_trait]
-impl Settle for RedisSettle {
-    async fn ack(mut self: Box<Self>) -> Result<(), ClientError> {
+impl RedisSettle {
+    async fn xack(&mut self) -> Result<(), ClientError> {
         let _: u64 = redis::cmd("XACK")
             .arg(&self.stream)
             .arg(&self.group)
@@ -316,6 +338,21 @@ impl Settle for RedisSettle {
             .await
             .map_err(err)?;
         Ok(())
+    }
+}
+
+#[async_trait]
+impl Settle for RedisSettle {
+    async fn ack(mut self: Box<Self>) -> Result<(), ClientError> {
+        self.xack().await
+    }
+
+    async fn reject(mut self: Box<Self>) -> Result<(), ClientError> {
+        let Some((dlq, message, count)) = self.dead_letter.take() else {
+            return self.xack().await;
+        };
+        let entry = (self.stream.as_str(), self.group.as_str(), self.id.as_str());
+        dead_letter(&mut self.conn, entry, &message, &dlq, count).await
     }
 
     async fn nack(mut self: Box<Self>) -> Result<(), ClientError> {

@@ -18,7 +18,11 @@
 //!   visibility timeout;
 //! - dead letters: the queue's redrive policy; SQS moves a message received `maxReceiveCount`
 //!   times to the dead-letter queue instead of delivering it again. Competing consumers are
-//!   receivers of one queue.
+//!   receivers of one queue. SQS has no call to dead-letter one message, so a `reject` moves it
+//!   itself as the redrive would: it sends the body and message attributes as received
+//!   (CloudEvents ones included; on FIFO queues with the message group and deduplication id)
+//!   to the dead-letter queue, then deletes the message (just deletes it when the subscription
+//!   has no dead-letter queue). When the send fails, the message is made visible again.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -473,9 +477,17 @@ impl Transport for SqsTransport {
         target: &SubscriptionTarget,
     ) -> Result<Box<dyn Consumer>, ClientError> {
         let url = self.queue_url(&target.physical_subscription).await?;
+        // Its URL is looked up at the first reject: receiving needs no access to it.
+        let dead_letter = target.dead_letter.as_ref().map(|name| {
+            Arc::new(DeadLetterQueue {
+                name: name.clone(),
+                url: tokio::sync::OnceCell::new(),
+            })
+        });
         Ok(Box::new(SqsConsumer {
             sqs: self.sqs.clone(),
             url,
+            dead_letter,
             pending: None,
         }))
     }
@@ -483,9 +495,79 @@ impl Transport for SqsTransport {
 
 type Received = Result<Option<aws_sdk_sqs::types::Message>, ClientError>;
 
+/// A subscription's dead-letter queue, where a reject sends.
+struct DeadLetterQueue {
+    name: String,
+    url: tokio::sync::OnceCell<String>,
+}
+
+impl DeadLetterQueue {
+    async fn url(&self, sqs: &aws_sdk_sqs::Client) -> Result<&str, ClientError> {
+        self.url
+            .get_or_try_init(|| async {
+                let out = sqs
+                    .get_queue_url()
+                    .queue_name(&self.name)
+                    .send()
+                    .await
+                    .map_err(|e| sdk_err(&format!("GetQueueUrl {}", self.name), &e))?;
+                out.queue_url
+                    .ok_or_else(|| err(format!("GetQueueUrl {}: no URL", self.name)))
+            })
+            .await
+            .map(String::as_str)
+    }
+}
+
+/// A message as the redrive moves it to the dead-letter queue: body and message attributes as
+/// received, and on FIFO queues its message group and deduplication id.
+struct DeadLetter {
+    body: Option<String>,
+    attributes: Option<HashMap<String, aws_sdk_sqs::types::MessageAttributeValue>>,
+    group: Option<String>,
+    deduplication: Option<String>,
+}
+
+impl DeadLetter {
+    fn of(m: &aws_sdk_sqs::types::Message) -> Self {
+        let system = |name| m.attributes().and_then(|a| a.get(&name)).cloned();
+        DeadLetter {
+            body: m.body.clone(),
+            attributes: m.message_attributes.clone(),
+            group: system(MessageSystemAttributeName::MessageGroupId),
+            // A queue with content-based deduplication names none: the message id stands in.
+            deduplication: system(MessageSystemAttributeName::MessageDeduplicationId)
+                .or_else(|| m.message_id.clone()),
+        }
+    }
+
+    async fn send(
+        self,
+        sqs: &aws_sdk_sqs::Client,
+        queue: &DeadLetterQueue,
+    ) -> Result<(), ClientError> {
+        let url = queue.url(sqs).await?;
+        let mut send = sqs
+            .send_message()
+            .queue_url(url)
+            .set_message_body(self.body)
+            .set_message_attributes(self.attributes);
+        if queue.name.ends_with(FIFO_SUFFIX) {
+            send = send
+                .message_group_id(self.group.as_deref().unwrap_or(DEFAULT_GROUP))
+                .set_message_deduplication_id(self.deduplication);
+        }
+        send.send()
+            .await
+            .map_err(|e| sdk_err(&format!("SendMessage {}", queue.name), &e))?;
+        Ok(())
+    }
+}
+
 struct SqsConsumer {
     sqs: aws_sdk_sqs::Client,
     url: String,
+    dead_letter: Option<Arc<DeadLetterQueue>>,
     /// The receive in flight, kept across a dropped `next`.
     pending: Option<JoinHandle<Received>>,
 }
@@ -498,6 +580,9 @@ async fn receive(sqs: aws_sdk_sqs::Client, url: String) -> Received {
         .wait_time_seconds(WAIT_SECONDS)
         .message_attribute_names("All")
         .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
+        // What a reject keeps when it moves a FIFO message to the dead-letter queue.
+        .message_system_attribute_names(MessageSystemAttributeName::MessageGroupId)
+        .message_system_attribute_names(MessageSystemAttributeName::MessageDeduplicationId)
         .send()
         .await
         .map_err(|e| sdk_err("ReceiveMessage", &e))?;
@@ -521,6 +606,11 @@ impl SqsConsumer {
             .flatten()
             .filter_map(|(k, v)| Some((k.clone(), v.string_value()?.to_string())))
             .collect();
+        // What a reject sends to the dead-letter queue.
+        let dead_letter = self
+            .dead_letter
+            .clone()
+            .map(|queue| (queue, DeadLetter::of(&m)));
         Ok(Delivery::new(
             decode(m.body().unwrap_or_default(), attributes),
             attempt,
@@ -528,6 +618,7 @@ impl SqsConsumer {
                 sqs: self.sqs.clone(),
                 url: self.url.clone(),
                 receipt,
+                dead_letter,
             }),
         ))
     }
@@ -583,11 +674,13 @@ struct SqsSettle {
     sqs: aws_sdk_sqs::Client,
     url: String,
     receipt: String,
+    /// The dead-letter queue and the message as moved there, when the subscription has a
+    /// dead-letter queue.
+    dead_letter: Option<(Arc<DeadLetterQueue>, DeadLetter)>,
 }
 
-#[async_trait]
-impl Settle for SqsSettle {
-    async fn ack(self: Box<Self>) -> Result<(), ClientError> {
+impl SqsSettle {
+    async fn delete(&self) -> Result<(), ClientError> {
         self.sqs
             .delete_message()
             .queue_url(&self.url)
@@ -597,9 +690,27 @@ impl Settle for SqsSettle {
             .map_err(|e| sdk_err("DeleteMessage", &e))?;
         Ok(())
     }
+}
+
+#[async_trait]
+impl Settle for SqsSettle {
+    async fn ack(self: Box<Self>) -> Result<(), ClientError> {
+        self.delete().await
+    }
 
     async fn nack(self: Box<Self>) -> Result<(), ClientError> {
         release(&self.sqs, &self.url, &self.receipt).await
+    }
+
+    async fn reject(mut self: Box<Self>) -> Result<(), ClientError> {
+        if let Some((queue, letter)) = self.dead_letter.take()
+            && let Err(e) = letter.send(&self.sqs, &queue).await
+        {
+            // Not dead-lettered: have it received again.
+            let _ = release(&self.sqs, &self.url, &self.receipt).await;
+            return Err(e);
+        }
+        self.delete().await
     }
 }
 
@@ -646,6 +757,32 @@ mod tests {
         );
         assert!(encode(&many).is_ok(), "10 attributes");
         assert!(encode(&Message::new(b"x".to_vec()).with_header("h", "")).is_err());
+    }
+
+    #[test]
+    fn a_dead_letter_keeps_the_body_attributes_and_fifo_ids_as_received() {
+        let received = |deduplication: Option<&str>| {
+            let m = aws_sdk_sqs::types::Message::builder()
+                .message_id("m-1")
+                .body("order 1")
+                .message_attributes("ce_id", sqs_attribute("abc").expect("attribute"))
+                .attributes(MessageSystemAttributeName::MessageGroupId, "customer-1")
+                .attributes(MessageSystemAttributeName::ApproximateReceiveCount, "1");
+            match deduplication {
+                Some(id) => m.attributes(MessageSystemAttributeName::MessageDeduplicationId, id),
+                None => m,
+            }
+            .build()
+        };
+        let m = received(None);
+        let d = DeadLetter::of(&m);
+        assert_eq!(d.body.as_deref(), Some("order 1"));
+        assert_eq!(d.attributes, m.message_attributes);
+        assert_eq!(d.group.as_deref(), Some("customer-1"));
+        // No deduplication id (content-based deduplication): the message id stands in.
+        assert_eq!(d.deduplication.as_deref(), Some("m-1"));
+        let d = DeadLetter::of(&received(Some("d-1")));
+        assert_eq!(d.deduplication.as_deref(), Some("d-1"));
     }
 
     #[test]
