@@ -27,6 +27,8 @@ pub mod metrics;
 #[cfg(feature = "operator")]
 pub mod preview;
 #[cfg(feature = "operator")]
+pub mod relay;
+#[cfg(feature = "operator")]
 pub mod secrets;
 #[cfg(feature = "operator")]
 pub mod server;

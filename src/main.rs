@@ -43,6 +43,9 @@ enum Command {
     Publish(PublishArgs),
     /// Consume a subscription through a binding, acking each message. Prints a JSON line each.
     Consume(ConsumeArgs),
+    /// Serve Dapr's pub/sub HTTP API on localhost over one or more bindings: a sidecar through
+    /// which apps in any language publish and subscribe with the Dapr SDK they already use.
+    Relay(Box<RelayArgs>),
     /// Print the MessageBroker CRD as YAML.
     Crd,
     /// Print the version.
@@ -154,6 +157,126 @@ struct ConsumeArgs {
     /// the broker delivers them again (some only after their redelivery delay).
     #[arg(long)]
     no_ack: bool,
+}
+
+#[derive(clap::Args)]
+struct RelayArgs {
+    /// A binding directory, `DIR` or `NAME=DIR` (repeatable). The pub/sub name is NAME, else
+    /// the directory's name: mount the binding at `/bindings/<MessageBroker name>`.
+    #[arg(long = "binding", required = true, value_parser = parse_binding)]
+    bindings: Vec<(String, std::path::PathBuf)>,
+    /// The app's id: `source` of the events it publishes, and the MessageBroker subscription
+    /// its subscriptions consume unless their metadata names one (`subscription`).
+    #[arg(long, env = "APP_ID")]
+    app_id: String,
+    /// Port of the Dapr HTTP API, on 127.0.0.1.
+    #[arg(long, default_value_t = 3500, env = "DAPR_HTTP_PORT")]
+    dapr_http_port: u16,
+    /// The app's port on 127.0.0.1, where deliveries are POSTed; none: publish only.
+    #[arg(long, env = "APP_PORT")]
+    app_port: Option<u16>,
+    /// Do not read the app's `GET /dapr/subscribe` (declarative subscriptions only).
+    #[arg(long)]
+    no_app_subscribe: bool,
+    /// A file of Dapr `Subscription` manifests (repeatable).
+    #[arg(long = "subscriptions")]
+    subscriptions: Vec<std::path::PathBuf>,
+    /// Deliveries per subscription the app may hold unanswered.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
+    max_in_flight: u16,
+    /// How long the app may take to answer a delivery before it is redelivered.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    app_timeout: Duration,
+    /// Probe the app's health and pause deliveries while it fails.
+    #[arg(long)]
+    enable_app_health_check: bool,
+    /// Path of the app's health check.
+    #[arg(long, default_value = "/healthz")]
+    app_health_check_path: String,
+    /// Interval of the app's health probe.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    app_health_probe_interval: Duration,
+    /// Timeout of one health probe.
+    #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
+    app_health_probe_timeout: Duration,
+    /// Failed probes in a row before the app counts as unhealthy.
+    #[arg(long, default_value_t = 3)]
+    app_health_threshold: u32,
+    /// Address of the relay's /metrics (and /healthz); empty: none.
+    #[arg(long, default_value = "0.0.0.0:9090")]
+    metrics_addr: String,
+    /// How long deliveries the app holds are waited for at shutdown.
+    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+    shutdown_grace: Duration,
+    /// Log format.
+    #[arg(
+        long,
+        value_enum,
+        default_value = "text",
+        env = "SWITCHYARD_LOG_FORMAT"
+    )]
+    log_format: LogFormat,
+    /// Log level (RUST_LOG overrides).
+    #[arg(long, default_value = "info", env = "SWITCHYARD_LOG_LEVEL")]
+    log_level: String,
+}
+
+fn parse_binding(s: &str) -> Result<(String, std::path::PathBuf), String> {
+    let (name, dir) = match s.split_once('=') {
+        Some((n, d)) => (n.to_string(), std::path::PathBuf::from(d)),
+        None => {
+            let dir = std::path::PathBuf::from(s);
+            let name = dir
+                .file_name()
+                .map(|n| n.to_string_lossy().to_string())
+                .ok_or_else(|| {
+                    format!("{s:?}: no directory name to take the pub/sub name from; use NAME=DIR")
+                })?;
+            (name, dir)
+        }
+    };
+    if name.is_empty() {
+        return Err(format!("{s:?}: empty pub/sub name"));
+    }
+    Ok((name, dir))
+}
+
+async fn relay(args: RelayArgs) -> ExitCode {
+    telemetry::init(args.log_format, &args.log_level);
+    let metrics_addr = match args.metrics_addr.as_str() {
+        "" => None,
+        a => match a.parse() {
+            Ok(a) => Some(a),
+            Err(e) => return fail(&format!("--metrics-addr {a:?}: {e}")),
+        },
+    };
+    let config = switchyard::relay::Config {
+        bindings: args.bindings,
+        app_id: args.app_id,
+        http_addr: SocketAddr::from(([127, 0, 0, 1], args.dapr_http_port)),
+        app_addr: args.app_port.map(|p| format!("127.0.0.1:{p}")),
+        app_subscribe: !args.no_app_subscribe,
+        subscription_files: args.subscriptions,
+        max_in_flight: usize::from(args.max_in_flight),
+        app_timeout: args.app_timeout,
+        app_health: args
+            .enable_app_health_check
+            .then(|| switchyard::relay::AppHealth {
+                path: args.app_health_check_path,
+                interval: args.app_health_probe_interval,
+                timeout: args.app_health_probe_timeout,
+                threshold: args.app_health_threshold.max(1),
+            }),
+        metrics_addr,
+        shutdown_grace: args.shutdown_grace,
+    };
+    match switchyard::relay::run(config).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!(error = %e, "relay failed");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn parse_header(s: &str) -> Result<(String, String), String> {
@@ -290,6 +413,7 @@ async fn async_main() -> ExitCode {
         Command::Check(args) => check(args).await,
         Command::Publish(args) => publish(args).await,
         Command::Consume(args) => consume(args).await,
+        Command::Relay(args) => relay(*args).await,
     }
 }
 
@@ -390,7 +514,7 @@ async fn run(args: RunArgs) -> ExitCode {
     state.ready.store(true, Ordering::SeqCst);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
-        wait_for_signal().await;
+        server::shutdown_signal().await;
         let _ = stop_tx.send(true);
     });
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -436,21 +560,6 @@ async fn run(args: RunArgs) -> ExitCode {
 }
 
 /// SIGTERM (what Kubernetes sends) or Ctrl-C.
-async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-            return;
-        }
-    }
-    let _ = tokio::signal::ctrl_c().await;
-}
-
 async fn preview_options(
     source: &SourceArgs,
     offline: bool,

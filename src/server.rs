@@ -21,12 +21,19 @@ pub struct ServerState {
 
 /// Serve until the process ends.
 pub async fn serve(addr: SocketAddr, state: Arc<ServerState>) -> std::io::Result<()> {
+    serve_on(tokio::net::TcpListener::bind(addr).await?, state).await
+}
+
+/// Serve on a bound listener until the process ends.
+pub async fn serve_on(
+    listener: tokio::net::TcpListener,
+    state: Arc<ServerState>,
+) -> std::io::Result<()> {
     let app = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .with_state(state);
-    let listener = tokio::net::TcpListener::bind(addr).await?;
     axum::serve(listener, app).await
 }
 
@@ -55,4 +62,20 @@ async fn readyz(State(state): State<Arc<ServerState>>) -> impl IntoResponse {
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "starting")
     }
+}
+
+/// SIGTERM (what the kubelet sends) or Ctrl-C.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
 }

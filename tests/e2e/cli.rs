@@ -1,9 +1,6 @@
 //! `switchyard publish` and `switchyard consume` as a user runs them: the real binary, a binding
 //! projected into a directory as the kubelet does, a real broker, JSON lines out.
 
-use std::collections::BTreeMap;
-use std::path::Path;
-
 use crate::support::*;
 
 async fn switchyard(args: &[&str]) -> Vec<serde_json::Value> {
@@ -22,19 +19,6 @@ async fn switchyard(args: &[&str]) -> Vec<serde_json::Value> {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
         .collect()
-}
-
-/// Write a binding's entries as a projected volume looks: key files linked through `..data`.
-fn project(dir: &Path, entries: &BTreeMap<String, String>) {
-    let data = dir.join("..2026_12_01_00_00_00.1");
-    std::fs::create_dir_all(&data).expect("mkdir");
-    for (k, v) in entries {
-        std::fs::write(data.join(k), v).expect("write");
-    }
-    std::os::unix::fs::symlink("..2026_12_01_00_00_00.1", dir.join("..data")).expect("link");
-    for k in entries.keys() {
-        std::os::unix::fs::symlink(format!("..data/{k}"), dir.join(k)).expect("link");
-    }
 }
 
 #[tokio::test]

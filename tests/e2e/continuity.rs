@@ -45,24 +45,7 @@ async fn a_steady_stream_crosses_every_broker_without_loss() {
         .with_test_writer()
         .try_init();
     let (kube, ns) = setup("continuity").await;
-    let rabbitmq = crate::rabbitmq::env_with_secret(&kube, &ns).await;
-    let moto = Moto::new();
-    put_secret(&kube, &ns, "aws", &moto.credentials()).await;
-    let (nats_user, nats_password) = (
-        env_var("SWITCHYARD_NATS_USER"),
-        env_var("SWITCHYARD_NATS_PASSWORD"),
-    );
-    put_secret(
-        &kube,
-        &ns,
-        "nats",
-        &[("username", &nats_user), ("password", &nats_password)],
-    )
-    .await;
-    let nats = format!(
-        "{{slug: prd, type: NatsJetStream, natsJetStream: {{servers: [\"{}\"], credentialsSecretRef: {{name: nats}}}}}}",
-        env_var("SWITCHYARD_NATS_URL")
-    );
+    let rabbitmq = backend_env(&kube, &ns, "RabbitMQ").await;
     let ctl = start_real_controller(kube.clone(), &ns);
 
     let redis = |db: u32| {
@@ -80,13 +63,13 @@ async fn a_steady_stream_crosses_every_broker_without_loss() {
         ("Redis", redis(2)),
         (
             "GooglePubSub",
-            format!(
-                "{{slug: prd, type: GooglePubSub, googlePubSub: {{projectId: switchyard-test, endpoint: \"{}\"}}}}",
-                env_var("SWITCHYARD_PUBSUB_ENDPOINT")
-            ),
+            backend_env(&kube, &ns, "GooglePubSub").await,
         ),
-        ("AwsSqs", moto.env.clone()),
-        ("NatsJetStream", nats),
+        ("AwsSqs", backend_env(&kube, &ns, "AwsSqs").await),
+        (
+            "NatsJetStream",
+            backend_env(&kube, &ns, "NatsJetStream").await,
+        ),
         ("RabbitMQ", rabbitmq),
     ];
     apply_mb(&kube, &ns, &orders_on(&chain[0].1)).await;

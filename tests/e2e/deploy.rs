@@ -20,7 +20,7 @@ use switchyard::metrics::Metrics;
 use crate::support::*;
 
 const TIMEOUT: Duration = Duration::from_secs(30);
-const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/switchyard");
+pub(crate) const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/switchyard");
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
 /// Run a command (optionally feeding stdin); fail the test with its output unless it succeeds.
@@ -50,23 +50,23 @@ async fn run(program: &str, args: &[&str], stdin: Option<&str>) -> String {
     stdout
 }
 
-async fn helm(args: &[&str]) -> String {
+pub(crate) async fn helm(args: &[&str]) -> String {
     run(&env_var("SWITCHYARD_HELM"), args, None).await
 }
 
-async fn kubectl(args: &[&str], stdin: Option<&str>) -> String {
+pub(crate) async fn kubectl(args: &[&str], stdin: Option<&str>) -> String {
     run(&env_var("SWITCHYARD_KUBECTL"), args, stdin).await
 }
 
 /// The non-empty documents of a multi-document YAML stream.
-fn documents(yaml: &str) -> Vec<Value> {
+pub(crate) fn documents(yaml: &str) -> Vec<Value> {
     serde_norway::Deserializer::from_str(yaml)
         .map(|d| Value::deserialize(d).expect("valid YAML document"))
         .filter(|v| !v.is_null())
         .collect()
 }
 
-fn of_kind<'a>(docs: &'a [Value], kind: &str) -> Vec<&'a Value> {
+pub(crate) fn of_kind<'a>(docs: &'a [Value], kind: &str) -> Vec<&'a Value> {
     docs.iter().filter(|d| d["kind"] == kind).collect()
 }
 

@@ -903,11 +903,7 @@ async fn scram_credentials_work_and_a_wrong_password_is_an_authentication_error(
 #[tokio::test(flavor = "multi_thread")]
 async fn unreachable_bootstrap_fails_check_quickly() {
     // A port nothing listens on: bind, learn the port, close.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port();
+    let port = crate::support::free_port();
     let kspec = spec(&format!("127.0.0.1:{port}"));
     let b = backend(&kspec, &ResolvedSecrets::default()).await;
     let started = Instant::now();

@@ -24,6 +24,7 @@ mod pubsub;
 mod rabbitmq;
 mod readers;
 mod redis;
+mod relay;
 mod reliability;
 mod sqs;
 #[allow(dead_code)]

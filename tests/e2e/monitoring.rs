@@ -383,10 +383,7 @@ impl Operator {
         // SWITCHYARD_BIN as `make test` sets it, else the binary cargo built for this run.
         let bin = std::env::var("SWITCHYARD_BIN")
             .unwrap_or_else(|_| env!("CARGO_BIN_EXE_switchyard").to_string());
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
+        let port = free_port();
         let log = std::env::temp_dir().join(format!("{}.log", unique("monitoring-operator")));
         let out = std::fs::File::create(&log).expect("operator log");
         let err = out.try_clone().expect("operator log");
@@ -480,10 +477,7 @@ async fn every_metric_the_alerts_and_dashboard_query_is_exported_by_the_operator
         "{{slug: prd, type: Redis, redis: {{url: \"{}\"}}}}",
         env_var("SWITCHYARD_REDIS_URL")
     );
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
+    let closed = free_port();
     let nowhere =
         format!("{{slug: prd, type: Redis, redis: {{url: \"redis://127.0.0.1:{closed}/0\"}}}}");
     for (name, policy, env) in [

@@ -791,10 +791,7 @@ async fn an_unreachable_broker_is_classified_and_connect_stays_lazy() {
     let b = broker();
     let mut s = spec(&b, false);
     // A port nothing listens on: bind one, then close it.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port();
+    let port = crate::support::free_port();
     s.port = Some(i32::from(port));
     let backend = rabbitmq::connect(&s, &secrets(&b.username, &b.password), &Default::default())
         .await

@@ -6,7 +6,7 @@
 //! finds that token on the broker through the subscription the operator provisioned.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -146,23 +146,6 @@ impl Bound {
         let _ = std::fs::remove_dir_all(&self.root);
         drop(self.client);
     }
-}
-
-/// Write a Secret's entries the way the kubelet projects a Secret volume: a timestamped
-/// directory holding the files, a `..data` link to it, and one link per key into `..data`.
-fn project(dir: &Path, data: &BTreeMap<String, Vec<u8>>) {
-    let stamp = format!(
-        "..{}",
-        jiff::Timestamp::now().strftime("%Y_%m_%d_%H_%M_%S.%f")
-    );
-    let payload = dir.join(&stamp);
-    std::fs::create_dir_all(&payload).expect("binding directory");
-    for (key, value) in data {
-        std::fs::write(payload.join(key), value).expect("binding file");
-        std::os::unix::fs::symlink(Path::new("..data").join(key), dir.join(key))
-            .expect("binding key link");
-    }
-    std::os::unix::fs::symlink(&stamp, dir.join("..data")).expect("..data link");
 }
 
 fn is_env_name(key: &str) -> bool {

@@ -39,14 +39,6 @@ const TIMEOUT: Duration = Duration::from_secs(60);
 // ---------------------------------------------------------------------------------------------
 // Private instances
 
-/// A TCP port nothing listens on right now.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
 /// Wait until something accepts connections on the port.
 fn wait_listening(port: u16, timeout: Duration) {
     let deadline = Instant::now() + timeout;

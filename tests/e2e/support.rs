@@ -10,6 +10,14 @@ pub fn env_var(name: &str) -> String {
     })
 }
 
+/// A TCP port nothing listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
 /// An AWS SQS env on the test environment's moto, with the `aws` credentials Secret it
 /// references.
 pub struct Moto {
@@ -381,4 +389,122 @@ pub fn kafka_env() -> String {
         "{{slug: prd, type: Kafka, kafka: {{bootstrapServers: [\"{}\"]}}}}",
         env_var("SWITCHYARD_KAFKA_BOOTSTRAP")
     )
+}
+
+/// Write a binding's entries the way the kubelet projects a Secret volume: a timestamped
+/// directory holding the files, a `..data` link to it, and one link per key into `..data`.
+/// Called again on the same directory it swaps `..data` atomically, as the kubelet does when
+/// the Secret changed, so a reader never sees half an update.
+pub fn project<V: AsRef<[u8]>>(
+    dir: &std::path::Path,
+    entries: &std::collections::BTreeMap<String, V>,
+) {
+    use std::path::Path;
+    let stamp = format!(
+        "..{}",
+        jiff::Timestamp::now().strftime("%Y_%m_%d_%H_%M_%S.%f")
+    );
+    let payload = dir.join(&stamp);
+    std::fs::create_dir_all(&payload).expect("binding directory");
+    for (key, value) in entries {
+        std::fs::write(payload.join(key), value).expect("binding file");
+    }
+    let old = std::fs::read_link(dir.join("..data")).ok();
+    let next = dir.join("..data_tmp");
+    let _ = std::fs::remove_file(&next);
+    std::os::unix::fs::symlink(&stamp, &next).expect("..data link");
+    std::fs::rename(&next, dir.join("..data")).expect("..data swap");
+    for key in entries.keys() {
+        let link = dir.join(key);
+        if std::fs::symlink_metadata(&link).is_err() {
+            std::os::unix::fs::symlink(Path::new("..data").join(key), &link)
+                .expect("binding key link");
+        }
+    }
+    // Keys gone from the Secret go from the directory; so does the old payload.
+    for entry in std::fs::read_dir(dir).expect("binding directory").flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        if !name.starts_with('.') && !entries.contains_key(&name) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+    if let Some(old) = old
+        && old != Path::new(&stamp)
+    {
+        let _ = std::fs::remove_dir_all(dir.join(old));
+    }
+}
+
+/// Play the kubelet for a binding Secret: project it into `dir` now and again on each change,
+/// until the returned task is aborted.
+pub async fn follow_secret(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    dir: &std::path::Path,
+) -> tokio::task::JoinHandle<()> {
+    use futures::StreamExt;
+    use k8s_openapi::api::core::v1::Secret;
+    use kube::runtime::{WatchStreamExt, watcher};
+    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let decoded = |s: Secret| -> std::collections::BTreeMap<String, Vec<u8>> {
+        s.data
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k, v.0))
+            .collect()
+    };
+    let first = api.get(name).await.expect("binding Secret");
+    std::fs::create_dir_all(dir).expect("binding directory");
+    project(dir, &decoded(first));
+    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    let dir = dir.to_path_buf();
+    tokio::spawn(async move {
+        let mut secrets = std::pin::pin!(watcher(api, config).default_backoff().applied_objects());
+        while let Some(next) = secrets.next().await {
+            if let Ok(s) = next {
+                project(&dir, &decoded(s));
+            }
+        }
+    })
+}
+
+/// The env `prd` on the test environment's `broker` (a `type` of the CRD), with the
+/// credentials Secret it references created in `namespace`.
+pub async fn backend_env(client: &Client, namespace: &str, broker: &str) -> String {
+    match broker {
+        "Kafka" => kafka_env(),
+        "Redis" => format!(
+            "{{slug: prd, type: Redis, redis: {{url: \"{}\"}}}}",
+            env_var("SWITCHYARD_REDIS_URL")
+        ),
+        "RabbitMQ" => crate::rabbitmq::env_with_secret(client, namespace).await,
+        "GooglePubSub" => format!(
+            "{{slug: prd, type: GooglePubSub, googlePubSub: {{projectId: switchyard-test, endpoint: \"{}\"}}}}",
+            env_var("SWITCHYARD_PUBSUB_ENDPOINT")
+        ),
+        "AwsSqs" => {
+            let moto = Moto::new();
+            put_secret(client, namespace, "aws", &moto.credentials()).await;
+            moto.env
+        }
+        "NatsJetStream" => {
+            let (user, password) = (
+                env_var("SWITCHYARD_NATS_USER"),
+                env_var("SWITCHYARD_NATS_PASSWORD"),
+            );
+            put_secret(
+                client,
+                namespace,
+                "nats",
+                &[("username", &user), ("password", &password)],
+            )
+            .await;
+            format!(
+                "{{slug: prd, type: NatsJetStream, natsJetStream: {{servers: [\"{}\"], credentialsSecretRef: {{name: nats}}}}}}",
+                env_var("SWITCHYARD_NATS_URL")
+            )
+        }
+        other => panic!("no test env for broker {other}"),
+    }
 }

@@ -18,6 +18,7 @@ use tokio::time::Instant;
 use super::apiserver::ControlPlane;
 use super::native;
 use super::operator::Operator;
+use super::relay::RelaySide;
 use super::report::{Report, percentile};
 use super::scenarios::{
     ONE_TIMEOUT, apply, create_namespace, delete_and_wait, env_block, fmt_s, manifest,
@@ -30,6 +31,8 @@ const SC: &str = "5 client";
 /// The client's topic and the native client's twin (one subscription each, `s0`).
 const CLIENT_TOPIC: &str = "t0";
 const NATIVE_TOPIC: &str = "t1";
+/// The topic published and delivered through `switchyard relay` (Dapr's HTTP API).
+const RELAY_TOPIC: &str = "t2";
 const SUBSCRIPTION: &str = "s0";
 /// Latency samples dropped at the start (connections, group joins, stream opening).
 const WARMUP: usize = 10;
@@ -38,6 +41,7 @@ const WARMUP: usize = 10;
 enum Side<'a> {
     Client(&'a Publisher),
     Native(&'a native::Publisher),
+    Relay(&'a RelaySide),
 }
 
 impl Side<'_> {
@@ -48,6 +52,7 @@ impl Side<'_> {
                 .await
                 .map_err(|e| format!("client publish: {e}")),
             Side::Native(p) => p.publish(payload).await,
+            Side::Relay(r) => r.publish(payload).await,
         }
     }
 }
@@ -212,7 +217,7 @@ async fn one_backend(
     let generation = apply(
         api,
         &name,
-        &manifest(&name, "Delete", 2, 1, env_block(backend, brokers)),
+        &manifest(&name, "Delete", 3, 1, env_block(backend, brokers)),
     )
     .await?;
     watch
@@ -233,16 +238,27 @@ async fn one_backend(
     let client_lat = client_latency(&client, config, "client").await?;
     let native_lat = native_latency(&native_pub, &mut native_sub, config, "native").await?;
     drop(native_sub);
+    let mut relay = RelaySide::start(config, &binding, &name, RELAY_TOPIC, SUBSCRIPTION).await?;
+    let relay_lat = relay
+        .latency(config, WARMUP, |tag| tagged(config.payload_bytes, tag))
+        .await?;
 
     // Throughput: alternate rounds, so drift in the broker hits both sides alike.
     let payload = tagged(config.payload_bytes, "throughput-");
     let client_pub = client.publisher(CLIENT_TOPIC);
-    let (mut c_rates, mut n_rates) = (Vec::new(), Vec::new());
+    let (mut c_rates, mut n_rates, mut r_rates) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..config.client_rounds.max(1) {
         c_rates.push(throughput(&Side::Client(&client_pub), config, &payload).await?);
         n_rates.push(throughput(&Side::Native(&native_pub), config, &payload).await?);
+        r_rates.push(throughput(&Side::Relay(&relay), config, &payload).await?);
     }
-    let (c_rate, n_rate) = (median(c_rates.clone()), median(n_rates.clone()));
+    let (c_rate, n_rate, r_rate) = (
+        median(c_rates.clone()),
+        median(n_rates.clone()),
+        median(r_rates.clone()),
+    );
+    let relay_rss = relay.peak_rss_mib();
+    relay.stop().await;
     // Redis entries are small, so the five CloudEvents fields are much of the broker's work:
     // measure the native client writing them too, to tell the format's cost from the library's.
     let enveloped = if backend == "Redis" {
@@ -266,6 +282,7 @@ async fn one_backend(
         p(&native_lat, 0.99),
     );
     let added = c50 - n50;
+    let (r50, r99) = (p(&relay_lat, 0.5), p(&relay_lat, 0.99));
     report.client.push(json!({
         "backend": backend,
         "clientMsgPerSec": c_rate,
@@ -279,7 +296,32 @@ async fn one_backend(
         "nativeP99Seconds": n99,
         "addedP50Seconds": added,
         "nativeSameFieldsMsgPerSec": enveloped,
+        "relayMsgPerSec": r_rate,
+        "relayRounds": r_rates,
+        "relayP50Seconds": r50,
+        "relayP99Seconds": r99,
+        "relayPeakRssMiB": relay_rss,
     }));
+    report.row(
+        SC,
+        &format!("{backend} publish msg/s relay / library"),
+        format!(
+            "{r_rate:.0} / {c_rate:.0} = {:.1} %",
+            r_rate / c_rate * 100.0
+        ),
+    );
+    report.row(
+        SC,
+        &format!("{backend} e2e p50 relay / library (p99)"),
+        format!(
+            "{} / {} ({} / {}), relay peak RSS {}",
+            ms(r50),
+            ms(c50),
+            ms(r99),
+            ms(c99),
+            relay_rss.map_or("?".into(), |m| format!("{m:.1} MiB"))
+        ),
+    );
     report.check(
         SC,
         &format!("{backend} publish msg/s client / native"),

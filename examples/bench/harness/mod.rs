@@ -1,7 +1,7 @@
 //! The benchmark harness behind `make bench`: runs the `switchyard` binary as a child process
 //! against a real API server and the real brokers of the test environment, measures four
-//! scenarios (scale, idle cost, latency, swap) and the client library against each broker's own
-//! client, prints a table and writes JSON.
+//! scenarios (scale, idle cost, latency, swap), the client library against each broker's own
+//! client and `switchyard relay` against the library, prints a table and writes JSON.
 //!
 //! Sizes come from `SWITCHYARD_BENCH_*` variables (see [`Config::from_env`]); the e2e smoke test
 //! calls [`run`] with tiny sizes.
@@ -17,6 +17,7 @@ pub mod cpu;
 pub mod kafka;
 pub mod native;
 pub mod operator;
+pub mod relay;
 pub mod report;
 pub mod scenarios;
 pub mod watch;
@@ -36,7 +37,8 @@ pub enum Scenario {
     /// RabbitMQ → Kafka: apply → binding flip.
     Swap,
     /// Publish throughput and end-to-end latency through the client library next to the
-    /// native client, per backend; and the drain of messages queued at a swap.
+    /// native client, and through `switchyard relay` (Dapr's HTTP API), per backend; and the
+    /// drain of messages queued at a swap.
     Client,
 }
 

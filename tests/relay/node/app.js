@@ -4,7 +4,13 @@
 // Usage:
 //   node app.js subscribe --pubsub P --topic T [--subscription S] [--route /path]
 //                         [--answer success|retry-first|drop|slow:MS] [--dead-letter-topic DLT]
-//   node app.js publish --pubsub P --topic T --count N [--run R] [--bulk] [--key K]
+//   node app.js publish --pubsub P --topic T (--count N | --stream) [--from SEQ] [--run R]
+//                       [--bulk] [--key K] [--data-answer SUCCESS|RETRY|DROP]
+//                       [--interval MS] [--retry]
+//
+// Messages are {"run":R,"seq":i} (plus "answer" with --data-answer: the subscriber answers a
+// message carrying one with it, whatever its --answer). --stream publishes until stdin closes;
+// --retry publishes a refused message again after --interval instead of failing.
 //
 // stdout carries one JSON object per line and nothing else (the SDK's own log goes to stderr):
 //   subscribe  {"event":"ready"} once the server is up and the sidecar answered, then per delivery
@@ -34,7 +40,7 @@ function fail(message, extra = {}) {
 }
 
 function parseArgs(argv) {
-  const flags = new Set(['bulk']);
+  const flags = new Set(['bulk', 'stream', 'retry']);
   const args = {};
   for (let i = 0; i < argv.length; i++) {
     const m = /^--([a-z-]+)$/.exec(argv[i]);
@@ -110,6 +116,7 @@ async function subscribe(args) {
       let status = DaprPubSubStatusEnum.SUCCESS;
       if (answer === 'drop') status = DaprPubSubStatusEnum.DROP;
       if (answer === 'retry-first' && !seen.has(id)) status = DaprPubSubStatusEnum.RETRY;
+      if (data && typeof data.answer === 'string') status = data.answer;
       seen.add(id);
       out({ event: 'received', id, data, inFlight, answer: status });
       if (slow) await new Promise((resolve) => setTimeout(resolve, Number(slow[1])));
@@ -141,16 +148,28 @@ async function subscribe(args) {
 }
 
 async function publish(args) {
-  const count = Number(args.count);
-  if (!Number.isInteger(count) || count < 0) fail('--count must be a whole number');
+  const count = args.stream ? Infinity : Number(args.count);
+  if (!args.stream && (!Number.isInteger(count) || count < 0)) fail('--count must be a whole number');
+  const from = Number(args.from ?? 0);
+  const interval = Number(args.interval ?? 0);
   const run = args.run ?? null;
   const metadata = args.key !== undefined ? { partitionKey: args.key } : undefined;
+  const message = (seq) =>
+    args['data-answer'] ? { run, seq, answer: args['data-answer'] } : { run, seq };
+  const pause = () => new Promise((resolve) => setTimeout(resolve, interval));
+
+  let open = true;
+  if (args.stream) {
+    process.stdin.on('end', () => (open = false));
+    process.stdin.on('close', () => (open = false));
+    process.stdin.resume();
+  }
 
   const client = new DaprClient(clientOptions());
   await client.start();
 
-  const messages = Array.from({ length: count }, (_, seq) => ({ run, seq }));
   if (args.bulk) {
+    const messages = Array.from({ length: count }, (_, i) => message(from + i));
     // publishBulk resolves with the entries it knows failed rather than throwing.
     const res = await client.pubsub.publishBulk(args.pubsub, args.topic, messages, metadata);
     const failed = new Set(res.failedMessages.map((f) => f.message.event.seq));
@@ -160,11 +179,18 @@ async function publish(args) {
       fail(first?.message ?? first, { failed: [...failed].sort((a, b) => a - b) });
     }
   } else {
-    for (const m of messages) {
-      // publish resolves with {error} on failure rather than throwing.
-      const res = await client.pubsub.publish(args.pubsub, args.topic, m, { metadata });
-      if (res.error) fail(res.error.message ?? res.error, { seq: m.seq });
+    for (let i = 0; i < count && open; i++) {
+      const m = message(from + i);
+      for (;;) {
+        // publish resolves with {error} on failure rather than throwing.
+        const res = await client.pubsub.publish(args.pubsub, args.topic, m, { metadata });
+        if (!res.error) break;
+        if (!args.retry) fail(res.error.message ?? res.error, { seq: m.seq });
+        out({ event: 'refused', seq: m.seq, message: String(res.error.message ?? res.error) });
+        await pause();
+      }
       out({ event: 'published', seq: m.seq });
+      if (interval > 0) await pause();
     }
   }
   out({ event: 'done' });
