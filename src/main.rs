@@ -159,6 +159,22 @@ struct ConsumeArgs {
     no_ack: bool,
 }
 
+/// Logging flags of the long-running commands.
+#[derive(clap::Args)]
+struct LogArgs {
+    /// Log format.
+    #[arg(
+        long,
+        value_enum,
+        default_value = "text",
+        env = "SWITCHYARD_LOG_FORMAT"
+    )]
+    log_format: LogFormat,
+    /// Log level (RUST_LOG overrides).
+    #[arg(long, default_value = "info", env = "SWITCHYARD_LOG_LEVEL")]
+    log_level: String,
+}
+
 #[derive(clap::Args)]
 struct RelayArgs {
     /// A binding directory, `DIR` or `NAME=DIR` (repeatable). The pub/sub name is NAME, else
@@ -208,17 +224,8 @@ struct RelayArgs {
     /// How long deliveries the app holds are waited for at shutdown.
     #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
     shutdown_grace: Duration,
-    /// Log format.
-    #[arg(
-        long,
-        value_enum,
-        default_value = "text",
-        env = "SWITCHYARD_LOG_FORMAT"
-    )]
-    log_format: LogFormat,
-    /// Log level (RUST_LOG overrides).
-    #[arg(long, default_value = "info", env = "SWITCHYARD_LOG_LEVEL")]
-    log_level: String,
+    #[command(flatten)]
+    log: LogArgs,
 }
 
 fn parse_binding(s: &str) -> Result<(String, std::path::PathBuf), String> {
@@ -242,7 +249,7 @@ fn parse_binding(s: &str) -> Result<(String, std::path::PathBuf), String> {
 }
 
 async fn relay(args: RelayArgs) -> ExitCode {
-    telemetry::init(args.log_format, &args.log_level);
+    telemetry::init(args.log.log_format, &args.log.log_level);
     let metrics_addr = match args.metrics_addr.as_str() {
         "" => None,
         a => match a.parse() {
@@ -333,17 +340,8 @@ struct RunArgs {
     /// Address of the /metrics, /healthz and /readyz endpoints.
     #[arg(long, default_value = "0.0.0.0:8080", env = "SWITCHYARD_METRICS_ADDR")]
     metrics_addr: SocketAddr,
-    /// Log format.
-    #[arg(
-        long,
-        value_enum,
-        default_value = "text",
-        env = "SWITCHYARD_LOG_FORMAT"
-    )]
-    log_format: LogFormat,
-    /// Log level (RUST_LOG overrides).
-    #[arg(long, default_value = "info", env = "SWITCHYARD_LOG_LEVEL")]
-    log_level: String,
+    #[command(flatten)]
+    log: LogArgs,
     /// Instance name for Events (the pod name in a cluster).
     #[arg(long, env = "POD_NAME", default_value = "switchyard")]
     instance: String,
@@ -475,7 +473,7 @@ fn fail(message: &str) -> ExitCode {
 }
 
 async fn run(args: RunArgs) -> ExitCode {
-    telemetry::init(args.log_format, &args.log_level);
+    telemetry::init(args.log.log_format, &args.log.log_level);
     let client = match kube::Client::try_default().await {
         Ok(c) => c,
         Err(e) => {

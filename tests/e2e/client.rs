@@ -33,6 +33,17 @@ fn dead_letter(client: &Client) -> String {
         .expect("billing has a dead-letter destination")
 }
 
+/// What a rejected message keeps on brokers that carry them as message attributes (SNS/SQS,
+/// Pub/Sub): its key and its header.
+fn key_and_header_kept(attribute: impl Fn(&str) -> Option<String>) {
+    assert_eq!(
+        attribute("ce_partitionkey").as_deref(),
+        Some("customer-r"),
+        "key kept"
+    );
+    assert_eq!(attribute("trace-id").as_deref(), Some("tr"), "headers kept");
+}
+
 async fn next(sub: &mut Subscriber, what: &str) -> switchyard::client::Delivery {
     tokio::time::timeout(DELIVERY, sub.next())
         .await
@@ -739,16 +750,7 @@ async fn sqs_conformance() {
             .and_then(|a| a.get(&MessageSystemAttributeName::ApproximateReceiveCount))
             .map(String::as_str);
         if sent.is_rejected(&attribute(m, "ce_id").unwrap_or_default()) {
-            assert_eq!(
-                attribute(m, "ce_partitionkey").as_deref(),
-                Some("customer-r"),
-                "key kept"
-            );
-            assert_eq!(
-                attribute(m, "trace-id").as_deref(),
-                Some("tr"),
-                "headers kept"
-            );
+            key_and_header_kept(|k| attribute(m, k));
             assert_eq!(
                 receives,
                 Some("1"),
@@ -881,16 +883,7 @@ async fn pubsub_conformance() {
                 Some("customer-r"),
                 "ordering key kept"
             );
-            assert_eq!(
-                attribute(m, "ce_partitionkey").as_deref(),
-                Some("customer-r"),
-                "key kept"
-            );
-            assert_eq!(
-                attribute(m, "trace-id").as_deref(),
-                Some("tr"),
-                "headers kept"
-            );
+            key_and_header_kept(|k| attribute(m, k));
         } else {
             assert_eq!(
                 count.as_deref(),

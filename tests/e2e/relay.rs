@@ -466,34 +466,23 @@ async fn sdk_round_trip(broker: &str, prefix: &str) {
     bus.stop().await;
 }
 
-#[tokio::test]
-async fn dapr_sdk_on_redis() {
-    sdk_round_trip("Redis", "relay-redis").await;
+/// One test per backend, each its own namespace and MessageBroker.
+macro_rules! dapr_sdk_on {
+    ($($test:ident: $broker:literal,)*) => {$(
+        #[tokio::test]
+        async fn $test() {
+            sdk_round_trip($broker, &format!("relay-{}", $broker.to_ascii_lowercase())).await;
+        }
+    )*};
 }
 
-#[tokio::test]
-async fn dapr_sdk_on_kafka() {
-    sdk_round_trip("Kafka", "relay-kafka").await;
-}
-
-#[tokio::test]
-async fn dapr_sdk_on_rabbitmq() {
-    sdk_round_trip("RabbitMQ", "relay-rabbitmq").await;
-}
-
-#[tokio::test]
-async fn dapr_sdk_on_pubsub() {
-    sdk_round_trip("GooglePubSub", "relay-pubsub").await;
-}
-
-#[tokio::test]
-async fn dapr_sdk_on_sqs() {
-    sdk_round_trip("AwsSqs", "relay-sqs").await;
-}
-
-#[tokio::test]
-async fn dapr_sdk_on_nats() {
-    sdk_round_trip("NatsJetStream", "relay-nats").await;
+dapr_sdk_on! {
+    dapr_sdk_on_redis: "Redis",
+    dapr_sdk_on_kafka: "Kafka",
+    dapr_sdk_on_rabbitmq: "RabbitMQ",
+    dapr_sdk_on_pubsub: "GooglePubSub",
+    dapr_sdk_on_sqs: "AwsSqs",
+    dapr_sdk_on_nats: "NatsJetStream",
 }
 
 /// A slow app holds no more deliveries than `--max-in-flight`, and gets that many at once.
