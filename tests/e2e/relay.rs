@@ -302,19 +302,31 @@ async fn watch(sub: &mut NodeApp, seen: &mut Seen, what: &str, done: impl Fn(&Se
     }
 }
 
+/// A relay on `bus` with `relay_flags`, and the Node app subscribed through it to `orders`
+/// (`app_flags` after `subscribe --pubsub bus --topic orders`), started and ready.
+async fn relay_and_subscriber(
+    bus: &Bus,
+    relay_flags: &[&str],
+    app_flags: &[&str],
+) -> (Relay, NodeApp) {
+    let app_port = free_port();
+    let relay = Relay::start(&bus.binding(), Some(app_port), relay_flags).await;
+    let args: Vec<&str> = ["subscribe", "--pubsub", "bus", "--topic", "orders"]
+        .into_iter()
+        .chain(app_flags.iter().copied())
+        .collect();
+    let mut sub = NodeApp::start("subscriber", &args, relay.port, Some(app_port));
+    sub.until("ready", TIMEOUT).await;
+    (relay, sub)
+}
+
 /// Publish, subscribe, RETRY, DROP and bulk publish through the relay with the Dapr Node SDK.
 async fn sdk_round_trip(broker: &str, prefix: &str) {
     let bus = Bus::on(prefix, broker).await;
-    let app_port = free_port();
-    let relay = Relay::start(&bus.binding(), Some(app_port), &[]).await;
-    let mut sub = NodeApp::start(
-        "subscriber",
+    let (relay, mut sub) = relay_and_subscriber(
+        &bus,
+        &[],
         &[
-            "subscribe",
-            "--pubsub",
-            "bus",
-            "--topic",
-            "orders",
             "--subscription",
             "billing",
             "--answer",
@@ -322,10 +334,8 @@ async fn sdk_round_trip(broker: &str, prefix: &str) {
             "--dead-letter-topic",
             "jobs",
         ],
-        relay.port,
-        Some(app_port),
-    );
-    sub.until("ready", TIMEOUT).await;
+    )
+    .await;
     wait_until(
         TIMEOUT,
         "the relay to read the app's subscriptions",
@@ -490,7 +500,6 @@ dapr_sdk_on! {
 #[tokio::test]
 async fn a_slow_app_gets_no_more_than_the_in_flight_bound() {
     let bus = Bus::on("relay-slow", "Redis").await;
-    let app_port = free_port();
     let manifests = bus.root.join("subscriptions.yaml");
     // The route the SDK registers for bus/orders (`/<pubsub>--<topic>--default`).
     std::fs::write(
@@ -498,9 +507,8 @@ async fn a_slow_app_gets_no_more_than_the_in_flight_bound() {
         "apiVersion: dapr.io/v2alpha1\nkind: Subscription\nmetadata: {name: slow}\nspec:\n  pubsubname: bus\n  topic: orders\n  routes: {default: /bus--orders--default}\n  metadata: {subscription: shipping}\nscopes: [orders-app]\n---\napiVersion: dapr.io/v2alpha1\nkind: Subscription\nmetadata: {name: not-ours}\nspec: {pubsubname: bus, topic: jobs, routes: {default: /jobs}}\nscopes: [another-app]\n",
     )
     .expect("subscriptions file");
-    let relay = Relay::start(
-        &bus.binding(),
-        Some(app_port),
+    let (relay, mut sub) = relay_and_subscriber(
+        &bus,
         &[
             "--max-in-flight",
             "3",
@@ -508,6 +516,7 @@ async fn a_slow_app_gets_no_more_than_the_in_flight_bound() {
             "--subscriptions",
             manifests.to_str().expect("path"),
         ],
+        &["--subscription", "shipping", "--answer", "slow:300"],
     )
     .await;
     // Ready once the manifests are read (no app to ask).
@@ -527,23 +536,6 @@ async fn a_slow_app_gets_no_more_than_the_in_flight_bound() {
         "{meta}"
     );
     assert_eq!(meta["subscriptions"][0]["type"], "DECLARATIVE");
-    let mut sub = NodeApp::start(
-        "slow subscriber",
-        &[
-            "subscribe",
-            "--pubsub",
-            "bus",
-            "--topic",
-            "orders",
-            "--subscription",
-            "shipping",
-            "--answer",
-            "slow:300",
-        ],
-        relay.port,
-        Some(app_port),
-    );
-    sub.until("ready", TIMEOUT).await;
     let run = unique("run");
     let mut publisher = NodeApp::start(
         "publisher",
@@ -699,23 +691,7 @@ async fn a_swap_under_the_node_app_loses_nothing() {
     use std::sync::{Arc, Mutex};
     // `orders` read by `billing` alone: the app drains all there is on the old side.
     let bus = Bus::with("relay-swap", "RabbitMQ", orders_on).await;
-    let app_port = free_port();
-    let relay = Relay::start(&bus.binding(), Some(app_port), &[]).await;
-    let mut sub = NodeApp::start(
-        "subscriber",
-        &[
-            "subscribe",
-            "--pubsub",
-            "bus",
-            "--topic",
-            "orders",
-            "--subscription",
-            "billing",
-        ],
-        relay.port,
-        Some(app_port),
-    );
-    sub.until("ready", TIMEOUT).await;
+    let (relay, mut sub) = relay_and_subscriber(&bus, &[], &["--subscription", "billing"]).await;
     let run = unique("run");
     let mut publisher = NodeApp::start(
         "publisher",

@@ -83,5 +83,18 @@ maven_libs() {
   rm -rf "$dir/target"
 }
 
+# npm_ci NAME SRC DIR WHAT: install SRC's package.json and package-lock.json into DIR with
+# `npm ci` (the shared npm cache keeps the downloads), once: DIR/.complete marks it done.
+npm_ci() {
+  local name="$1" src="$2" dir="$3" what="$4"
+  [ -f "$dir/.complete" ] && return 0
+  log "$name: installing $what (npm ci)"
+  rm -rf "$dir" && mkdir -p "$dir"
+  cp "$src/package.json" "$src/package-lock.json" "$dir/"
+  (cd "$dir" && npm ci --ignore-scripts --no-audit --no-fund --cache "$CACHE_DIR/npm") \
+    >"$dir/build.log" 2>&1 || die "$name" "$dir/build.log" "npm ci failed"
+  touch "$dir/.complete"
+}
+
 # write_env NAME: stdin holds `export KEY=VALUE` lines; saved as this service's env fragment.
 write_env() { cat >"$RUN_DIR/$1.env"; }

@@ -18,13 +18,7 @@ PY_VERSION="$(python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
 PY_DIR="$CACHE_DIR/readers-python-py$PY_VERSION-$(key "$SRC/python/requirements.txt")"
 
 build_node() {
-  [ -f "$NODE_DIR/.complete" ] && return 0
-  log "readers: installing the Node readers (npm ci)"
-  rm -rf "$NODE_DIR" && mkdir -p "$NODE_DIR"
-  cp "$SRC/node/package.json" "$SRC/node/package-lock.json" "$NODE_DIR/"
-  (cd "$NODE_DIR" && npm ci --ignore-scripts --no-audit --no-fund --cache "$CACHE_DIR/npm") \
-    >"$NODE_DIR/build.log" 2>&1 || die readers "$NODE_DIR/build.log" "npm ci failed"
-  touch "$NODE_DIR/.complete"
+  npm_ci readers "$SRC/node" "$NODE_DIR" "the Node readers"
 }
 
 build_spring() {

@@ -12,13 +12,7 @@ key() { cat "$@" | sha256sum | cut -c1-12; }
 NODE_DIR="$CACHE_DIR/relay-sdk-node-$(key "$SRC/package.json" "$SRC/package-lock.json")"
 
 build() {
-  [ -f "$NODE_DIR/.complete" ] && return 0
-  log "relay-sdk: installing the Dapr JavaScript SDK (npm ci)"
-  rm -rf "$NODE_DIR" && mkdir -p "$NODE_DIR"
-  cp "$SRC/package.json" "$SRC/package-lock.json" "$NODE_DIR/"
-  (cd "$NODE_DIR" && npm ci --ignore-scripts --no-audit --no-fund --cache "$CACHE_DIR/npm") \
-    >"$NODE_DIR/build.log" 2>&1 || die relay-sdk "$NODE_DIR/build.log" "npm ci failed"
-  touch "$NODE_DIR/.complete"
+  npm_ci relay-sdk "$SRC" "$NODE_DIR" "the Dapr JavaScript SDK"
 }
 
 start() {
