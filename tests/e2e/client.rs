@@ -206,6 +206,9 @@ async fn conformance(client: &Client) -> DeadLetters {
 
     // Rejected on the first delivery: dead-lettered at once, never delivered again.
     let rejected = rejected_at_once(client, &publisher, &mut billing).await;
+    // Done with billing: a subscriber left open but unread would still be handed messages on
+    // Pub/Sub (its stream) and count deliveries against them.
+    drop(billing);
 
     // Competing consumers share one subscription: every message once, both get some.
     let mut a = client.subscriber("orders", "shipping").await.expect("a");

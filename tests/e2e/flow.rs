@@ -193,6 +193,13 @@ async fn backlog_and_dead_letters(
         if d.message.id == poison.id {
             d.nack().await.expect("nack");
             nacked += 1;
+            if nacked == 5 {
+                // Where the client dead-letters (Kafka, Redis, NATS) it does so on the next
+                // receive: billing goes on until a message published after the last nack is in.
+                let last = Message::new(b"last".to_vec());
+                publisher.publish(last.clone()).await.expect("publish");
+                unacked.insert(last.id.clone());
+            }
         } else {
             unacked.remove(&d.message.id);
             d.ack().await.expect("ack");
