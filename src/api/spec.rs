@@ -224,6 +224,10 @@ impl std::fmt::Display for BrokerType {
         .message("type AwsSqs needs exactly the `awsSqs` settings block (and no other broker's block)"),
     validation = Rule::new("self.type != 'NatsJetStream' || (has(self.natsJetStream) && !has(self.kafka) && !has(self.redis) && !has(self.rabbitmq) && !has(self.googlePubSub) && !has(self.awsSqs))")
         .message("type NatsJetStream needs exactly the `natsJetStream` settings block (and no other broker's block)"),
+    validation = Rule::new("!has(self.appCredentialsSecretRef) || self.type != 'Kafka' || (has(self.kafka) && has(self.kafka.sasl))")
+        .message("appCredentialsSecretRef on Kafka needs kafka.sasl: apps get SASL credentials, and this env uses none"),
+    validation = Rule::new("!has(self.appCredentialsSecretRef) || self.type != 'GooglePubSub'")
+        .message("appCredentialsSecretRef is not used on Google Pub/Sub: its bindings carry no credentials, apps use their own Google identity (workload identity or GOOGLE_APPLICATION_CREDENTIALS)"),
 )]
 pub struct EnvSpec {
     /// Environment slug such as `prd` or `dev`: lowercase letters, digits and '-', 1 to 20 characters.
@@ -261,6 +265,30 @@ pub struct EnvSpec {
     /// NATS JetStream settings (when type is NatsJetStream).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nats_jet_stream: Option<NatsJetStreamSpec>,
+
+    /// The credentials apps get: a Secret in the same namespace whose entries are copied into
+    /// the binding instead of the ones the operator provisions with. Without it, every app that
+    /// reads the binding holds the operator's access to the broker (status and `plan` say so).
+    /// The Secret holds the same kind of credential the env's settings use, under fixed keys:
+    /// `username` and `password` (Kafka SASL, RabbitMQ, NATS user; Redis `password`, plus
+    /// `username` when the env logs in as an ACL user), `token`, `nkeySeed` or `creds` (NATS,
+    /// matching the env's), `accessKeyId`, `secretAccessKey` and optional `sessionToken` (AWS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_credentials_secret_ref: Option<LocalSecretRef>,
+}
+
+/// A whole Secret in the same namespace as the MessageBroker.
+#[derive(
+    Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, schemars::JsonSchema,
+)]
+#[serde(rename_all = "camelCase")]
+pub struct LocalSecretRef {
+    /// Secret name (same namespace; other namespaces are not allowed).
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    )]
+    pub name: String,
 }
 
 /// A key in a Secret in the same namespace as the MessageBroker.
@@ -648,6 +676,35 @@ impl SecretKeyRef {
     /// The `(secret, key)` it names.
     pub fn secret_key(&self) -> (String, String) {
         (self.name.clone(), self.key.clone())
+    }
+}
+
+impl LocalSecretRef {
+    /// Its `username` and `password` entries.
+    pub fn credentials(&self) -> CredentialsSecretRef {
+        CredentialsSecretRef {
+            name: self.name.clone(),
+            username_key: default_username_key(),
+            password_key: default_password_key(),
+        }
+    }
+
+    /// Its entry `key`.
+    pub fn key(&self, key: &str) -> SecretKeyRef {
+        SecretKeyRef {
+            name: self.name.clone(),
+            key: key.to_string(),
+        }
+    }
+
+    /// Its `accessKeyId`, `secretAccessKey` and optional `sessionToken` entries.
+    pub fn aws(&self) -> AwsCredentialsSecretRef {
+        AwsCredentialsSecretRef {
+            name: self.name.clone(),
+            access_key_id_key: default_access_key_id_key(),
+            secret_access_key_key: default_secret_access_key_key(),
+            session_token_key: default_session_token_key(),
+        }
     }
 }
 

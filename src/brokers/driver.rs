@@ -19,7 +19,7 @@ use super::{
 };
 use super::{kafka, nats, pubsub, rabbitmq, redis, sqs};
 use crate::Error;
-use crate::api::{BrokerType, EnvSpec, TopicSpec};
+use crate::api::{BrokerType, EnvSpec, LocalSecretRef, TopicSpec};
 use crate::secrets::ResolvedSecrets;
 
 /// What one kind of broker supplies. Every function is pure except `connect`, which builds a
@@ -37,6 +37,9 @@ pub trait Driver: Send + Sync + 'static {
 
     /// This broker's settings block of an env, if set.
     fn settings(env: &EnvSpec) -> Option<&Self::Spec>;
+
+    /// The same, to change.
+    fn settings_mut(env: &mut EnvSpec) -> Option<&mut Self::Spec>;
 
     /// The objects the spec means on this broker (pure).
     fn desired(
@@ -58,6 +61,15 @@ pub trait Driver: Send + Sync + 'static {
     /// The Secret keys the settings reference, as `(secret, key)`.
     fn secret_keys(spec: &Self::Spec) -> Vec<(String, String)>;
 
+    /// Whether the binding built from these settings carries credentials (the operator's own,
+    /// unless the env names the credentials apps get).
+    fn binding_has_credentials(spec: &Self::Spec) -> bool;
+
+    /// These settings as the binding describes them to apps: the credentials taken from the
+    /// app credentials Secret `app` (under the keys `EnvSpec::app_credentials_secret_ref`
+    /// documents), of the same kind the settings use.
+    fn with_app_credentials(spec: &Self::Spec, app: &LocalSecretRef) -> Self::Spec;
+
     /// A client for the endpoint; only unusable settings fail here, never a broker that is down.
     fn connect(
         spec: &Self::Spec,
@@ -76,6 +88,10 @@ macro_rules! forward_to_folder {
 
         fn settings(env: &$crate::api::EnvSpec) -> Option<&$spec> {
             env.$field.as_ref()
+        }
+
+        fn settings_mut(env: &mut $crate::api::EnvSpec) -> Option<&mut $spec> {
+            env.$field.as_mut()
         }
 
         fn desired(
@@ -139,6 +155,12 @@ pub trait EnvDriver: Send + Sync {
     fn settings_json(&self, env: &EnvSpec) -> serde_json::Value;
     /// See [`Driver::secret_keys`]; empty when the settings block is missing.
     fn secret_keys(&self, env: &EnvSpec) -> Vec<(String, String)>;
+    /// See [`Driver::binding_has_credentials`].
+    fn binding_has_credentials(&self, env: &EnvSpec) -> bool;
+    /// The env as its binding describes it to apps: with the app credentials Secret in place
+    /// of the operator's credentials (see [`Driver::with_app_credentials`]); `None` when the
+    /// env names none.
+    fn app_view(&self, env: &EnvSpec) -> Option<EnvSpec>;
     /// See [`Driver::connect`].
     async fn connect(
         &self,
@@ -209,6 +231,18 @@ impl<D: Driver> EnvDriver for Erased<D> {
 
     fn secret_keys(&self, env: &EnvSpec) -> Vec<(String, String)> {
         D::settings(env).map(D::secret_keys).unwrap_or_default()
+    }
+
+    fn binding_has_credentials(&self, env: &EnvSpec) -> bool {
+        D::settings(env).is_some_and(D::binding_has_credentials)
+    }
+
+    fn app_view(&self, env: &EnvSpec) -> Option<EnvSpec> {
+        let app = env.app_credentials_secret_ref.as_ref()?;
+        let spec = D::with_app_credentials(D::settings(env)?, app);
+        let mut view = env.clone();
+        *D::settings_mut(&mut view)? = spec;
+        Some(view)
     }
 
     async fn connect(
@@ -335,6 +369,144 @@ mod tests {
                 ("one".to_string(), "password".to_string())
             ]
         );
+    }
+
+    /// Each broker's settings with the operator's credentials in the Secret `op`, and the
+    /// app's (`appCredentialsSecretRef`) in `app`.
+    const WITH_APP_CREDENTIALS: [&str; 7] = [
+        r#"{slug: p, type: Kafka, kafka: {bootstrapServers: ["k:9092"], sasl: {mechanism: PLAIN, credentialsSecretRef: {name: op}}}}"#,
+        r#"{slug: p, type: Redis, redis: {url: "redis://r:6379", usernameSecretRef: {name: op, key: username}, passwordSecretRef: {name: op, key: password}}}"#,
+        r#"{slug: p, type: RabbitMQ, rabbitmq: {url: "amqp://q:5672/", credentialsSecretRef: {name: op}}}"#,
+        r#"{slug: p, type: AwsSqs, awsSqs: {region: eu-west-1, credentialsSecretRef: {name: op}}}"#,
+        r#"{slug: p, type: NatsJetStream, natsJetStream: {servers: ["nats://n:4222"], credentialsSecretRef: {name: op}}}"#,
+        r#"{slug: p, type: NatsJetStream, natsJetStream: {servers: ["nats://n:4222"], tokenSecretRef: {name: op, key: token}}}"#,
+        r#"{slug: p, type: NatsJetStream, natsJetStream: {servers: ["nats://n:4222"], credsSecretRef: {name: op, key: creds}}}"#,
+    ];
+
+    fn both_secrets() -> ResolvedSecrets {
+        let mut s = ResolvedSecrets::default();
+        for (secret, who) in [("op", "OPERATOR"), ("app", "app")] {
+            for key in [
+                "username",
+                "password",
+                "token",
+                "nkeySeed",
+                "creds",
+                "accessKeyId",
+                "secretAccessKey",
+            ] {
+                s.insert(secret, key, format!("{who}-{key}"));
+            }
+        }
+        s
+    }
+
+    #[test]
+    fn with_app_credentials_the_binding_never_holds_the_operators() {
+        let secrets = both_secrets();
+        for yaml in WITH_APP_CREDENTIALS {
+            let mut e = env(yaml);
+            let scope = crate::brokers::Scope::new("shop", "bus");
+            // Without the app Secret: the operator's credentials, and the note that says so.
+            let info = crate::brokers::connection_info(&e, &secrets).expect("info");
+            let content = crate::binding::content(e.broker_type, &info, &Default::default(), &[]);
+            assert!(
+                content.data.values().any(|v| v.starts_with("OPERATOR-")),
+                "{yaml}: the operator's credentials are expected without an app Secret"
+            );
+            let desired =
+                crate::brokers::desired(&scope, &e, &[], &Default::default()).expect("desired");
+            assert!(
+                desired
+                    .notes
+                    .iter()
+                    .any(|n| n == crate::brokers::OPERATOR_CREDENTIALS_NOTE),
+                "{yaml}: {:?}",
+                desired.notes
+            );
+
+            e.app_credentials_secret_ref = Some(LocalSecretRef { name: "app".into() });
+            let info = crate::brokers::connection_info(&e, &secrets).expect("info");
+            let content = crate::binding::content(e.broker_type, &info, &Default::default(), &[]);
+            let leaked: Vec<_> = content
+                .data
+                .iter()
+                .filter(|(_, v)| v.contains("OPERATOR"))
+                .map(|(k, _)| k)
+                .collect();
+            assert!(
+                leaked.is_empty(),
+                "{yaml}: operator credentials under {leaked:?}"
+            );
+            assert!(
+                content
+                    .data
+                    .values()
+                    .filter(|v| v.starts_with("app-"))
+                    .count()
+                    >= 1,
+                "{yaml}: the app's credentials are missing: {:?}",
+                content.data.keys().collect::<Vec<_>>()
+            );
+            // The operator still provisions with its own, and both Secrets are watched.
+            let keys = crate::brokers::secret_keys(&e);
+            assert!(keys.iter().any(|(n, _)| n == "op"), "{yaml}: {keys:?}");
+            assert!(keys.iter().any(|(n, _)| n == "app"), "{yaml}: {keys:?}");
+            assert_eq!(
+                driver(e.broker_type).secret_keys(&e),
+                driver(e.broker_type).secret_keys(&env(yaml)),
+                "{yaml}: the operator's own settings are unchanged"
+            );
+            let desired =
+                crate::brokers::desired(&scope, &e, &[], &Default::default()).expect("desired");
+            assert!(
+                !desired
+                    .notes
+                    .iter()
+                    .any(|n| n == crate::brokers::OPERATOR_CREDENTIALS_NOTE),
+                "{yaml}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_app_secret_fills_in_where_the_operator_uses_none() {
+        let secrets = both_secrets();
+        for (yaml, user_key) in [
+            (
+                r#"{slug: p, type: RabbitMQ, rabbitmq: {url: "amqp://q:5672/"}, appCredentialsSecretRef: {name: app}}"#,
+                "username",
+            ),
+            (
+                r#"{slug: p, type: AwsSqs, awsSqs: {region: eu-west-1}, appCredentialsSecretRef: {name: app}}"#,
+                "AWS_ACCESS_KEY_ID",
+            ),
+            (
+                r#"{slug: p, type: NatsJetStream, natsJetStream: {servers: ["nats://n:4222"]}, appCredentialsSecretRef: {name: app}}"#,
+                "username",
+            ),
+        ] {
+            let e = env(yaml);
+            let info = crate::brokers::connection_info(&e, &secrets).expect("info");
+            let content = crate::binding::content(e.broker_type, &info, &Default::default(), &[]);
+            assert!(
+                content
+                    .data
+                    .get(user_key)
+                    .is_some_and(|v| v.starts_with("app-")),
+                "{yaml}: {:?}",
+                content.data.keys().collect::<Vec<_>>()
+            );
+        }
+        // Pub/Sub bindings carry no credentials either way; an env without credentials gets no
+        // note.
+        let e = env(
+            r#"{slug: p, type: GooglePubSub, googlePubSub: {projectId: my-project, credentialsSecretRef: {name: op, key: key.json}}}"#,
+        );
+        let scope = crate::brokers::Scope::new("shop", "bus");
+        let desired =
+            crate::brokers::desired(&scope, &e, &[], &Default::default()).expect("desired");
+        assert!(desired.notes.is_empty(), "{:?}", desired.notes);
     }
 
     #[test]

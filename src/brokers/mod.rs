@@ -520,8 +520,16 @@ pub fn desired(
         }
     }
     refuse_shared_objects(&state)?;
+    if driver.binding_has_credentials(env) && env.app_credentials_secret_ref.is_none() {
+        state.notes.push(OPERATOR_CREDENTIALS_NOTE.to_string());
+    }
     Ok(state)
 }
+
+/// The note on an env whose binding hands apps the operator's own credentials.
+pub const OPERATOR_CREDENTIALS_NOTE: &str = "the binding carries the credentials the operator \
+provisions with, so every app that reads it can do what the operator can; set \
+appCredentialsSecretRef to a Secret with the apps' own credentials";
 
 /// The objects that serve a logical topic (`t`, `t/sub`, `t/sub/dlq`, `t/dlq`).
 fn keys_of_topic<'a>(state: &'a DesiredState, topic: &str) -> BTreeSet<&'a ObjectKey> {
@@ -575,7 +583,11 @@ pub fn connection_info(
     env: &EnvSpec,
     secrets: &ResolvedSecrets,
 ) -> Result<ConnectionInfo, crate::Error> {
-    driver(env.broker_type).connection_info(env, secrets)
+    let driver = driver(env.broker_type);
+    match driver.app_view(env) {
+        Some(app) => driver.connection_info(&app, secrets),
+        None => driver.connection_info(env, secrets),
+    }
 }
 
 /// The binding's `ca.crt` entry (named as in Kubernetes TLS Secrets) for a referenced CA;
@@ -600,7 +612,11 @@ pub(crate) fn enabled_ca(tls: &Option<crate::api::TlsSpec>) -> Option<&crate::ap
 
 /// Every `(secret, key)` an env references, for resolving and watching, sorted and unique.
 pub fn secret_keys(env: &EnvSpec) -> Vec<(String, String)> {
-    let mut keys = driver(env.broker_type).secret_keys(env);
+    let driver = driver(env.broker_type);
+    let mut keys = driver.secret_keys(env);
+    if let Some(app) = driver.app_view(env) {
+        keys.extend(driver.secret_keys(&app));
+    }
     keys.sort();
     keys.dedup();
     keys

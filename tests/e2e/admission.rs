@@ -245,6 +245,29 @@ async fn invalid_manifests_are_refused_with_clear_messages() {
             with(|v| v["metadata"]["name"] = json!("b".repeat(70))),
             "must be at most 63 characters",
         ),
+        (
+            "app credentials on a Kafka env without SASL",
+            with(|v| v["spec"]["envs"][0]["appCredentialsSecretRef"] = json!({"name": "app"})),
+            "appCredentialsSecretRef on Kafka needs kafka.sasl",
+        ),
+        (
+            "app credentials on Google Pub/Sub",
+            with(|v| {
+                v["spec"]["envs"][0] = json!({"slug": "prd", "type": "GooglePubSub",
+                    "googlePubSub": {"projectId": "shop-prd"},
+                    "appCredentialsSecretRef": {"name": "app"}});
+            }),
+            "appCredentialsSecretRef is not used on Google Pub/Sub",
+        ),
+        (
+            "app credentials Secret without a name",
+            with(|v| {
+                v["spec"]["envs"][0]["kafka"]["sasl"] = json!({"mechanism": "ScramSha512",
+                    "credentialsSecretRef": {"name": "kafka-admin"}});
+                v["spec"]["envs"][0]["appCredentialsSecretRef"] = json!({});
+            }),
+            "appCredentialsSecretRef.name",
+        ),
     ];
     assert!(cases.len() >= 20);
 

@@ -57,6 +57,7 @@ fn env(spec: KafkaSpec, adopt: bool) -> EnvSpec {
         google_pub_sub: None,
         aws_sqs: None,
         nats_jet_stream: None,
+        app_credentials_secret_ref: None,
     }
 }
 

@@ -11,6 +11,7 @@ mod cli;
 mod client;
 mod continuity;
 mod controller;
+mod credentials;
 mod deploy;
 mod drain;
 mod flow;

@@ -63,6 +63,7 @@ fn env(spec: NatsJetStreamSpec) -> EnvSpec {
         google_pub_sub: None,
         aws_sqs: None,
         nats_jet_stream: Some(spec),
+        app_credentials_secret_ref: None,
     }
 }
 

@@ -37,6 +37,7 @@ fn env_spec(endpoint: &str, adopt: bool) -> EnvSpec {
         }),
         aws_sqs: None,
         nats_jet_stream: None,
+        app_credentials_secret_ref: None,
     }
 }
 

@@ -103,6 +103,7 @@ fn env(spec: RabbitMqSpec) -> EnvSpec {
         google_pub_sub: None,
         aws_sqs: None,
         nats_jet_stream: None,
+        app_credentials_secret_ref: None,
     }
 }
 

@@ -41,6 +41,7 @@ fn env(spec: RedisSpec, adopt_existing: bool) -> EnvSpec {
         google_pub_sub: None,
         aws_sqs: None,
         nats_jet_stream: None,
+        app_credentials_secret_ref: None,
     }
 }
 

@@ -31,6 +31,7 @@ fn env_spec(endpoint: &str, adopt: bool) -> EnvSpec {
         rabbitmq: None,
         google_pub_sub: None,
         nats_jet_stream: None,
+        app_credentials_secret_ref: None,
         aws_sqs: Some(AwsSqsSpec {
             region: support::env_var("AWS_REGION"),
             credentials_secret_ref: Some(AwsCredentialsSecretRef {

@@ -260,6 +260,18 @@ impl super::Driver for Kafka {
         );
         keys
     }
+
+    fn binding_has_credentials(spec: &KafkaSpec) -> bool {
+        spec.sasl.is_some()
+    }
+
+    fn with_app_credentials(spec: &KafkaSpec, app: &crate::api::LocalSecretRef) -> KafkaSpec {
+        let mut view = spec.clone();
+        if let Some(sasl) = &mut view.sasl {
+            sasl.credentials_secret_ref = app.credentials();
+        }
+        view
+    }
 }
 
 #[cfg(test)]

@@ -389,6 +389,36 @@ impl super::Driver for NatsJetStream {
         }
         keys
     }
+
+    fn binding_has_credentials(spec: &NatsJetStreamSpec) -> bool {
+        spec.credentials_secret_ref.is_some()
+            || spec.token_secret_ref.is_some()
+            || spec.nkey_seed_secret_ref.is_some()
+            || spec.creds_secret_ref.is_some()
+    }
+
+    /// The app's credential is of the kind the env uses (a user and password when it uses none).
+    fn with_app_credentials(
+        spec: &NatsJetStreamSpec,
+        app: &crate::api::LocalSecretRef,
+    ) -> NatsJetStreamSpec {
+        let same =
+            |r: &Option<crate::api::SecretKeyRef>, key: &str| r.as_ref().map(|_| app.key(key));
+        let mut view = NatsJetStreamSpec {
+            credentials_secret_ref: spec
+                .credentials_secret_ref
+                .as_ref()
+                .map(|_| app.credentials()),
+            token_secret_ref: same(&spec.token_secret_ref, "token"),
+            nkey_seed_secret_ref: same(&spec.nkey_seed_secret_ref, "nkeySeed"),
+            creds_secret_ref: same(&spec.creds_secret_ref, "creds"),
+            ..spec.clone()
+        };
+        if !Self::binding_has_credentials(spec) {
+            view.credentials_secret_ref = Some(app.credentials());
+        }
+        view
+    }
 }
 
 #[cfg(test)]

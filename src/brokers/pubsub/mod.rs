@@ -852,6 +852,19 @@ impl super::Driver for GooglePubSub {
             .map(|r| r.secret_key())
             .collect()
     }
+
+    /// The operator's key is never copied: apps bring their own Google identity.
+    fn binding_has_credentials(_spec: &GooglePubSubSpec) -> bool {
+        false
+    }
+
+    /// Nothing to replace (the API refuses the app Secret on Pub/Sub envs).
+    fn with_app_credentials(
+        spec: &GooglePubSubSpec,
+        _app: &crate::api::LocalSecretRef,
+    ) -> GooglePubSubSpec {
+        spec.clone()
+    }
 }
 
 #[cfg(test)]

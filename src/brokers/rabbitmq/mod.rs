@@ -363,6 +363,17 @@ impl super::Driver for RabbitMq {
         );
         keys
     }
+
+    fn binding_has_credentials(spec: &RabbitMqSpec) -> bool {
+        spec.credentials_secret_ref.is_some()
+    }
+
+    fn with_app_credentials(spec: &RabbitMqSpec, app: &crate::api::LocalSecretRef) -> RabbitMqSpec {
+        RabbitMqSpec {
+            credentials_secret_ref: Some(app.credentials()),
+            ..spec.clone()
+        }
+    }
 }
 
 #[cfg(test)]

@@ -338,6 +338,21 @@ impl super::Driver for Redis {
         .map(|r| r.secret_key())
         .collect()
     }
+
+    fn binding_has_credentials(spec: &RedisSpec) -> bool {
+        spec.username_secret_ref.is_some() || spec.password_secret_ref.is_some()
+    }
+
+    fn with_app_credentials(spec: &RedisSpec, app: &crate::api::LocalSecretRef) -> RedisSpec {
+        RedisSpec {
+            username_secret_ref: spec
+                .username_secret_ref
+                .as_ref()
+                .map(|_| app.key("username")),
+            password_secret_ref: Some(app.key("password")),
+            ..spec.clone()
+        }
+    }
 }
 
 #[cfg(test)]

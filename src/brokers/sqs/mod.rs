@@ -1311,6 +1311,17 @@ impl super::Driver for AwsSqs {
             .flat_map(|c| c.secret_keys())
             .collect()
     }
+
+    fn binding_has_credentials(spec: &AwsSqsSpec) -> bool {
+        spec.credentials_secret_ref.is_some()
+    }
+
+    fn with_app_credentials(spec: &AwsSqsSpec, app: &crate::api::LocalSecretRef) -> AwsSqsSpec {
+        AwsSqsSpec {
+            credentials_secret_ref: Some(app.aws()),
+            ..spec.clone()
+        }
+    }
 }
 
 #[cfg(test)]
