@@ -303,9 +303,14 @@ struct RunArgs {
     /// Env slugs this instance manages (repeat or comma-separate); all when unset.
     #[arg(long = "env", value_delimiter = ',', env = "SWITCHYARD_ENVS")]
     envs: Vec<String>,
-    /// Watch only this namespace (all namespaces when unset).
-    #[arg(long, env = "SWITCHYARD_WATCH_NAMESPACE")]
-    namespace: Option<String>,
+    /// Watch only these namespaces (repeat or comma-separate; all namespaces when unset). With
+    /// a list, the operator needs RBAC in those namespaces only.
+    #[arg(
+        long = "namespace",
+        value_delimiter = ',',
+        env = "SWITCHYARD_WATCH_NAMESPACE"
+    )]
+    namespaces: Vec<String>,
     /// Resync interval that repairs drift, e.g. 60s or 5m.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     resync: Duration,
@@ -520,7 +525,7 @@ async fn run(args: RunArgs) -> ExitCode {
     };
     let work = controller::run(
         client.clone(),
-        args.namespace,
+        args.namespaces,
         Arc::new(RealConnector::new(ConnectOptions {
             check_timeout: args.check_timeout,
             observe_max_age: args.observe_max_age.unwrap_or(args.resync),

@@ -26,6 +26,7 @@ use crate::metrics::Metrics;
 
 mod env;
 pub mod finalizer;
+mod namespaces;
 mod owner_index;
 mod reconcile;
 mod secret_index;
@@ -335,39 +336,62 @@ fn referenced_secrets(raw: &RawMessageBroker) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// Run the controller until `shutdown` resolves. Watches MessageBrokers in `namespace` (all when
-/// `None`), the metadata of Secrets (to react to credential rotation without caching Secret data),
-/// and the binding Secrets it writes.
+/// A watch of `K` in `namespaces` (every namespace when empty): one watch per namespace when
+/// there are several, merged so that `store` (the store the events feed, if any) stays right.
+fn watch_in<K>(
+    client: &Client,
+    namespaces: &[String],
+    config: watcher::Config,
+    store: Option<Store<K>>,
+) -> futures::stream::BoxStream<'static, Result<watcher::Event<K>, watcher::Error>>
+where
+    K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let one = |api: Api<K>| watcher(api, config.clone()).backoff(watch_backoff());
+    match namespaces {
+        [] => one(Api::all(client.clone())).boxed(),
+        [ns] => one(Api::namespaced(client.clone(), ns)).boxed(),
+        many => {
+            let watches = many
+                .iter()
+                .map(|ns| (ns.clone(), one(Api::namespaced(client.clone(), ns))))
+                .collect();
+            namespaces::merged(watches, store).boxed()
+        }
+    }
+}
+
+/// Run the controller until `shutdown` resolves. Watches MessageBrokers in `namespaces` (all
+/// when empty), the metadata of Secrets there (to react to credential rotation without caching
+/// Secret data), and the binding Secrets it writes.
 pub async fn run(
     client: Client,
-    namespace: Option<String>,
+    namespaces: Vec<String>,
     connector: Arc<dyn Connector>,
     config: Config,
     metrics: Arc<Metrics>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let brokers: Api<RawMessageBroker> = match &namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    };
-    let secrets: Api<PartialObjectMeta<Secret>> = match &namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    };
-
     // Binding Secrets we manage: metadata only, label-selected.
     let (binding_store, binding_writer) = reflector::store();
     let binding_stream = reflector::reflector(
         binding_writer,
-        watcher(
-            secrets.clone(),
+        watch_in::<PartialObjectMeta<Secret>>(
+            &client,
+            &namespaces,
             watcher::Config::default().labels(&format!(
                 "{}={}",
                 crate::binding::MANAGED_BY_LABEL.0,
                 crate::binding::MANAGED_BY_LABEL.1
             )),
+            Some(binding_store.clone()),
         )
-        .backoff(watch_backoff())
         .modify(|s: &mut PartialObjectMeta<Secret>| s.metadata.managed_fields = None),
     )
     .filter_map(|event| {
@@ -384,7 +408,7 @@ pub async fn run(
     });
 
     let ctx = Arc::new(Context::new(
-        client,
+        client.clone(),
         connector,
         config.clone(),
         metrics,
@@ -396,40 +420,48 @@ pub async fn run(
     let index = Arc::new(secret_index::SecretIndex::default());
     let index_writer = index.clone();
     // managedFields are the biggest part of a cached object and nothing here reads them.
-    let main_stream = watcher(brokers, watcher::Config::default().any_semantic())
-        .backoff(watch_backoff())
-        .modify(|mb: &mut RawMessageBroker| mb.metadata.managed_fields = None)
-        .reflect(writer)
-        .inspect_ok({
-            let ctx = ctx.clone();
-            move |event| {
-                if let watcher::Event::Delete(mb) = event {
-                    ctx.owners.remove(&owner_key(mb));
-                }
+    let main_stream = watch_in(
+        &client,
+        &namespaces,
+        watcher::Config::default().any_semantic(),
+        Some(store.clone()),
+    )
+    .modify(|mb: &mut RawMessageBroker| mb.metadata.managed_fields = None)
+    .reflect(writer)
+    .inspect_ok({
+        let ctx = ctx.clone();
+        move |event| {
+            if let watcher::Event::Delete(mb) = event {
+                ctx.owners.remove(&owner_key(mb));
             }
-        })
-        .applied_objects()
-        .inspect_ok(move |mb| {
-            cache_ctx.caught_up(mb);
-            if let Some(status) = mb.status() {
-                cache_ctx
-                    .owners
-                    .update(&owner_key(mb), owner_index::claims(&status));
-            }
-            // One parse per MessageBroker event, so a Secret event is a lookup.
-            index_writer.update(
-                mb.namespace().as_deref().unwrap_or_default(),
-                &mb.name_any(),
-                referenced_secrets(mb),
-            );
-        })
-        .predicate_filter(trigger_hash, Default::default());
+        }
+    })
+    .applied_objects()
+    .inspect_ok(move |mb| {
+        cache_ctx.caught_up(mb);
+        if let Some(status) = mb.status() {
+            cache_ctx
+                .owners
+                .update(&owner_key(mb), owner_index::claims(&status));
+        }
+        // One parse per MessageBroker event, so a Secret event is a lookup.
+        index_writer.update(
+            mb.namespace().as_deref().unwrap_or_default(),
+            &mb.name_any(),
+            referenced_secrets(mb),
+        );
+    })
+    .predicate_filter(trigger_hash, Default::default());
 
     let rotation_store = store.clone();
     let echo_ctx = ctx.clone();
-    let rotation = watcher(secrets, watcher::Config::default().any_semantic())
-        .backoff(watch_backoff())
-        .touched_objects();
+    let rotation = watch_in::<PartialObjectMeta<Secret>>(
+        &client,
+        &namespaces,
+        watcher::Config::default().any_semantic(),
+        None,
+    )
+    .touched_objects();
 
     let controller = Controller::for_stream(main_stream, store)
         .with_config(kube::runtime::controller::Config::default().concurrency(config.concurrency))

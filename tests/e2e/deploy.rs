@@ -1,6 +1,7 @@
 //! The ways Switchyard is deployed — the Helm chart, the kustomize tree, the samples — against
 //! the real API server, and leader election between two in-process instances.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -203,13 +204,105 @@ async fn chart_lints_clean_and_its_rbac_equals_config_rbac() {
         "{args}"
     );
 
-    // Two watched namespaces are refused by the schema (the operator watches one or all).
-    let out = tokio::process::Command::new(env_var("SWITCHYARD_HELM"))
-        .args(["template", "sy", CHART, "--set", "watchNamespaces={a,b}"])
-        .output()
-        .await
-        .expect("helm runs");
-    assert!(!out.status.success());
+    // Two watched namespaces: the Secret rules in a Role in each, and one --namespace each.
+    let docs = documents(
+        &helm(&[
+            "template",
+            "sy",
+            CHART,
+            "-n",
+            "ops",
+            "--set",
+            "watchNamespaces={a,b}",
+        ])
+        .await,
+    );
+    assert!(of_kind(&docs, "ClusterRole").is_empty());
+    let mut with_secrets: Vec<&str> = of_kind(&docs, "Role")
+        .into_iter()
+        .filter(|role| role["rules"].to_string().contains("\"secrets\""))
+        .map(|role| role["metadata"]["namespace"].as_str().expect("namespace"))
+        .collect();
+    with_secrets.sort();
+    assert_eq!(with_secrets, ["a", "b"]);
+    let args = of_kind(&docs, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["args"]
+        .clone();
+    for arg in ["--namespace=a", "--namespace=b"] {
+        assert!(
+            args.as_array().expect("args").contains(&arg.into()),
+            "{args}"
+        );
+    }
+}
+
+/// What `kubectl auth can-i --list` says `user` may do in `ns`: resource → verbs.
+async fn can_i_list(user: &str, ns: &str) -> BTreeMap<String, BTreeSet<String>> {
+    let out = kubectl(
+        &["auth", "can-i", "--list", "-n", ns, &format!("--as={user}")],
+        None,
+    )
+    .await;
+    let mut rules: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for line in out.lines().skip(1) {
+        // Non-resource URL rows start with blanks; resource rows with the resource.
+        if line.starts_with(' ') {
+            continue;
+        }
+        let Some(resource) = line.split_whitespace().next() else {
+            continue;
+        };
+        let verbs = line
+            .rsplit_once('[')
+            .and_then(|(_, v)| v.strip_suffix(']'))
+            .unwrap_or_else(|| panic!("a verbs column in {line:?}"));
+        rules
+            .entry(resource.to_string())
+            .or_default()
+            .extend(verbs.split_whitespace().map(str::to_string));
+    }
+    rules
+}
+
+/// What `user` may do in `ns` beyond what every authenticated identity may.
+async fn granted(user: &str, ns: &str, nobody: &str) -> BTreeMap<String, BTreeSet<String>> {
+    let baseline = can_i_list(nobody, ns).await;
+    let mut rules = can_i_list(user, ns).await;
+    for (resource, verbs) in &mut rules {
+        if let Some(base) = baseline.get(resource) {
+            verbs.retain(|v| !base.contains(v));
+        }
+    }
+    rules.retain(|_, verbs| !verbs.is_empty());
+    rules
+}
+
+/// The rules README's Security section documents (MessageBrokers, Secrets, Events), with `more`.
+fn operator_rules(more: &[(&str, &[&str])]) -> BTreeMap<String, BTreeSet<String>> {
+    let mut all = rules(&[
+        (
+            "messagebrokers.switchyard.dev",
+            &["get", "list", "watch", "patch", "update"],
+        ),
+        (
+            "messagebrokers.switchyard.dev/status",
+            &["get", "patch", "update"],
+        ),
+        ("messagebrokers.switchyard.dev/finalizers", &["update"]),
+        (
+            "secrets",
+            &["get", "list", "watch", "create", "patch", "delete"],
+        ),
+        ("events.events.k8s.io", &["create", "patch"]),
+    ]);
+    all.extend(rules(more));
+    all
+}
+
+fn rules(entries: &[(&str, &[&str])]) -> BTreeMap<String, BTreeSet<String>> {
+    entries
+        .iter()
+        .map(|(r, verbs)| (r.to_string(), verbs.iter().map(|v| v.to_string()).collect()))
+        .collect()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -396,6 +489,18 @@ async fn helm_install_creates_a_hardened_deployment_and_the_reference_rbac() {
     let port = &service.spec.expect("spec").ports.expect("ports")[0];
     assert_eq!(port.port, 8080);
 
+    // Cluster-wide, the ServiceAccount may do exactly the documented things in any namespace.
+    let elsewhere = namespace(&client, "deploy-helm-any").await;
+    assert_eq!(
+        granted(
+            &format!("system:serviceaccount:{ns}:{fullname}"),
+            &elsewhere,
+            &format!("system:serviceaccount:{ns}:nobody"),
+        )
+        .await,
+        operator_rules(&[("leases.coordination.k8s.io", &["get", "create", "update"])])
+    );
+
     helm(&["uninstall", &release, "-n", &ns]).await;
     assert!(
         Api::<ClusterRole>::all(client.clone())
@@ -457,12 +562,15 @@ async fn operator_reconciles_under_the_chart_rbac() {
     ctl.stop().await;
 }
 
-/// A chart installed with one watched namespace grants a fresh ServiceAccount nothing
-/// cluster-wide, yet the operator reconciles there and can hold its Lease.
+/// A chart installed with two watched namespaces grants a fresh ServiceAccount exactly the
+/// operator's rules there (and the Lease rule in the release namespace), nothing elsewhere and
+/// nothing cluster-wide, as `kubectl auth can-i` reports it; the operator, as that identity,
+/// watches both namespaces and reconciles in each.
 #[tokio::test]
 async fn namespaced_install_reconciles_without_cluster_wide_secret_access() {
     let (admin, ops) = setup("deploy-ops").await;
     let apps = namespace(&admin, "deploy-apps").await;
+    let billing = namespace(&admin, "deploy-billing").await;
     let other = namespace(&admin, "deploy-other").await;
     let release = unique("sy");
     helm(&[
@@ -473,30 +581,62 @@ async fn namespaced_install_reconciles_without_cluster_wide_secret_access() {
         &ops,
         "--skip-crds",
         "--set",
-        &format!("watchNamespaces={{{apps}}}"),
+        &format!("watchNamespaces={{{apps},{billing}}}"),
     ])
     .await;
     let sa = format!("{release}-switchyard");
-    let operator = impersonating(&format!("system:serviceaccount:{ops}:{sa}")).await;
+    let user = format!("system:serviceaccount:{ops}:{sa}");
+    let nobody = format!("system:serviceaccount:{ops}:nobody");
 
-    // No Secret access outside the watched namespace.
+    // Exactly the documented rules, where they belong.
+    let watched = operator_rules(&[]);
+    for ns in [&apps, &billing] {
+        assert_eq!(granted(&user, ns, &nobody).await, watched, "in {ns}");
+    }
+    assert_eq!(
+        granted(&user, &ops, &nobody).await,
+        rules(&[("leases.coordination.k8s.io", &["get", "create", "update"])]),
+        "in the release namespace"
+    );
+    assert_eq!(
+        granted(&user, &other, &nobody).await,
+        rules(&[]),
+        "in {other}"
+    );
+    let cluster_wide = tokio::process::Command::new(env_var("SWITCHYARD_KUBECTL"))
+        .args(["auth", "can-i", "list", "secrets", "--all-namespaces"])
+        .arg(format!("--as={user}"))
+        .output()
+        .await
+        .expect("kubectl runs");
+    assert_eq!(
+        String::from_utf8_lossy(&cluster_wide.stdout).trim(),
+        "no",
+        "listing Secrets cluster-wide"
+    );
+
+    // The API server agrees: no Secret access outside the watched namespaces.
+    let operator = impersonating(&user).await;
     for api in [
         Api::<Secret>::all(operator.clone()),
         Api::<Secret>::namespaced(operator.clone(), &other),
     ] {
         match api.list(&ListParams::default()).await {
             Err(kube::Error::Api(s)) => assert_eq!(s.code, 403, "{s:?}"),
-            other => panic!("listing Secrets outside {apps} must be forbidden: {other:?}"),
+            other => {
+                panic!("listing Secrets outside {apps} and {billing} must be forbidden: {other:?}")
+            }
         }
     }
 
-    // The operator, as that identity, leads through the chart's Lease Role and reconciles.
+    // The operator, as that identity, leads through the chart's Lease Role and reconciles in
+    // both namespaces.
     let metrics = Arc::new(Metrics::default());
     let lease = LeaseConfig::new(&ops, &sa, "pod-a", Duration::from_secs(3));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let work = controller::run(
         operator.clone(),
-        Some(apps.clone()),
+        vec![apps.clone(), billing.clone()],
         Arc::new(FakeConnector::default()),
         fast_config(),
         metrics.clone(),
@@ -507,8 +647,12 @@ async fn namespaced_install_reconciles_without_cluster_wide_secret_access() {
     let m = metrics.clone();
     let task =
         tokio::spawn(async move { leader::run_when_leader(operator, lease, &m, work).await });
-    apply_mb(&admin, &apps, &bus_manifest("bus", &["order-created"])).await;
-    wait_ready(&admin, &apps, "bus", TIMEOUT).await;
+    for ns in [&apps, &billing] {
+        apply_mb(&admin, ns, &bus_manifest("bus", &["order-created"])).await;
+    }
+    for ns in [&apps, &billing] {
+        wait_ready(&admin, ns, "bus", TIMEOUT).await;
+    }
     assert_eq!(metrics.leader.get(), 1);
     let _ = stop.send(());
     let result = tokio::time::timeout(TIMEOUT, task)
@@ -533,7 +677,7 @@ fn start_instance(client: &Client, ns: &str, lease: LeaseConfig) -> Instance {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let work = controller::run(
         client.clone(),
-        Some(ns.to_string()),
+        vec![ns.to_string()],
         Arc::new(FakeConnector::default()),
         fast_config(),
         metrics.clone(),

@@ -173,7 +173,7 @@ pub fn start_controller(
     let m = metrics.clone();
     let ns = namespace.to_string();
     let handle = tokio::spawn(async move {
-        controller::run(client, Some(ns), connector, config, m, async {
+        controller::run(client, vec![ns], connector, config, m, async {
             let _ = rx.await;
         })
         .await;
