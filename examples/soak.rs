@@ -5,7 +5,13 @@
 //! waits until all are Ready, changes every spec (topics added and removed), waits again, deletes
 //! them all (half under Retain, half under Delete) and waits until they are gone. Cycles repeat
 //! until `SOAK_SECONDS` (default 600) have passed. The operator's RSS (from /proc) and its
-//! `/metrics` are sampled after every phase.
+//! `/metrics` (with `switchyard_runtime_tasks`, the async tasks alive) are sampled after every
+//! cycle, when nothing is left to do.
+//!
+//! After a warm-up (`SOAK_WARMUP_SECONDS`, default a third of the run, at most 300 s), the RSS
+//! may grow by at most `SOAK_MAX_RSS_GROWTH_KIB` (default 5120) over the lowest RSS seen after
+//! the warm-up's last cycle, and the task count may not end above the warm-up's highest; the
+//! soak fails otherwise.
 //!
 //! Needs the test environment (`source target/testenv/env.sh`: KUBECONFIG) and
 //! `SWITCHYARD_BIN` (the release binary). Exits non-zero when a phase times out or the operator dies.
@@ -74,7 +80,8 @@ async fn scrape(http: &reqwest::Client, port: u16) -> BTreeMap<String, f64> {
         };
         let wanted = name.starts_with("switchyard_reconciles_total")
             || name.starts_with("switchyard_reconcile_errors_total")
-            || name.starts_with("switchyard_status_writes_total");
+            || name.starts_with("switchyard_status_writes_total")
+            || name == "switchyard_runtime_tasks";
         if wanted && let Ok(v) = value.parse::<f64>() {
             out.insert(name.to_string(), v);
         }
@@ -252,7 +259,8 @@ async fn soak(
     );
 
     let started = Instant::now();
-    let mut samples: Vec<u64> = Vec::new();
+    // (seconds since start, RSS KiB, tasks alive)
+    let mut samples: Vec<(u64, u64, u64)> = Vec::new();
     let mut cycle = 0;
     let outcome: Result<(), String> = async {
         while started.elapsed() < Duration::from_secs(seconds) {
@@ -270,11 +278,12 @@ async fn soak(
                 .map_err(|e| format!("delete: {e}"))?;
             let deleted = s.wait("all gone", |l| l.is_empty()).await?;
             let rss = rss_kib(pid).unwrap_or(0);
-            samples.push(rss);
             let m = scrape(&http, metrics_port).await;
+            let tasks = m.get("switchyard_runtime_tasks").copied().unwrap_or(0.0) as u64;
+            samples.push((started.elapsed().as_secs(), rss, tasks));
             let errors: f64 = m.iter().filter(|(k, _)| k.contains("errors")).map(|(_, v)| v).sum();
             println!(
-                "cycle {cycle:>3} t={:>4}s create {:>5.1}s update {:>5.1}s delete {:>5.1}s RSS {rss} KiB reconciles {} errors {errors}",
+                "cycle {cycle:>3} t={:>4}s create {:>5.1}s update {:>5.1}s delete {:>5.1}s RSS {rss} KiB tasks {tasks} reconciles {} errors {errors}",
                 started.elapsed().as_secs(),
                 created.as_secs_f64(),
                 updated.as_secs_f64(),
@@ -292,9 +301,10 @@ async fn soak(
     let _ = s.operator.wait();
     outcome?;
 
-    let first = samples.first().copied().unwrap_or(0);
-    let last = samples.last().copied().unwrap_or(0);
-    let peak = samples.iter().copied().max().unwrap_or(0);
+    let rss = |s: &(u64, u64, u64)| s.1;
+    let first = samples.first().map(rss).unwrap_or(0);
+    let last = samples.last().map(rss).unwrap_or(0);
+    let peak = samples.iter().map(rss).max().unwrap_or(0);
     println!("soak: {cycle} cycles in {}s", started.elapsed().as_secs());
     println!(
         "soak: RSS at launch {rss_launch} KiB, after cycle 1 {first} KiB, at the end {last} KiB, peak {peak} KiB"
@@ -308,6 +318,35 @@ async fn soak(
             0.0
         }
     );
+    let warmup = env_or("SOAK_WARMUP_SECONDS", (seconds / 3).min(300));
+    let budget: u64 = env_or("SOAK_MAX_RSS_GROWTH_KIB", 5120);
+    let (warm, after): (Vec<&(u64, u64, u64)>, Vec<_>) = samples.iter().partition(|s| s.0 < warmup);
+    let verdict = match (warm.last(), after.is_empty()) {
+        (Some(_), false) => {
+            let base = after.iter().map(|s| s.1).min().unwrap_or(0);
+            let growth = last.saturating_sub(base);
+            let warm_tasks = warm.iter().map(|s| s.2).max().unwrap_or(0);
+            let end_tasks = samples.last().map(|s| s.2).unwrap_or(0);
+            println!(
+                "soak: after the {warmup}s warm-up: RSS from {base} KiB to {last} KiB ({growth:+} KiB, budget {budget} KiB); tasks at the end {end_tasks}, highest in warm-up {warm_tasks}"
+            );
+            if growth > budget {
+                Err(format!(
+                    "RSS grew {growth} KiB after warm-up, over {budget} KiB"
+                ))
+            } else if end_tasks > warm_tasks {
+                Err(format!("tasks grew from {warm_tasks} to {end_tasks}"))
+            } else {
+                Ok(())
+            }
+        }
+        _ => {
+            println!(
+                "soak: too short for a verdict: no cycle before and after the {warmup}s warm-up"
+            );
+            Ok(())
+        }
+    };
     for (k, v) in &metrics {
         println!("soak: {k} {v}");
     }
@@ -315,7 +354,7 @@ async fn soak(
         "soak: operator log: {}",
         work.join("operator.log").display()
     );
-    Ok(())
+    verdict
 }
 
 #[tokio::main]

@@ -10,6 +10,33 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+/// `switchyard_runtime_tasks`: the async tasks alive when scraped, so a leak of in-flight work
+/// shows as a number that grows.
+#[derive(Debug)]
+struct RuntimeTasks;
+
+impl prometheus_client::collector::Collector for RuntimeTasks {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric;
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return Ok(());
+        };
+        let tasks = prometheus_client::metrics::gauge::ConstGauge::new(gauge_value(
+            runtime.metrics().num_alive_tasks() as u64,
+        ));
+        let metric = encoder.encode_descriptor(
+            "runtime_tasks",
+            "Async tasks alive in the process",
+            None,
+            tasks.metric_type(),
+        )?;
+        tasks.encode(metric)
+    }
+}
+
 /// Label set for errors.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ErrorLabels {
@@ -151,6 +178,7 @@ impl Metrics {
             self.leader.clone(),
         );
         self.flow.register(r);
+        r.register_collector(Box::new(RuntimeTasks));
     }
 
     /// Count a broker call.
@@ -467,6 +495,28 @@ mod tests {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &registry).expect("encode");
         out
+    }
+
+    fn runtime_tasks(text: &str) -> i64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix("switchyard_runtime_tasks "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no runtime_tasks in\n{text}"))
+    }
+
+    #[tokio::test]
+    async fn runtime_tasks_counts_the_tasks_alive_when_scraped() {
+        let metrics = Metrics::default();
+        let before = runtime_tasks(&text(&metrics));
+        let pending: Vec<_> = (0..5)
+            .map(|_| tokio::spawn(futures::future::pending::<()>()))
+            .collect();
+        assert_eq!(runtime_tasks(&text(&metrics)), before + 5);
+        for task in pending {
+            task.abort();
+            let _ = task.await;
+        }
+        assert_eq!(runtime_tasks(&text(&metrics)), before);
     }
 
     fn figures(subs: &[(&str, u64)]) -> MessageBrokerFigures {
