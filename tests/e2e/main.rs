@@ -3,6 +3,7 @@
 
 mod admission;
 mod argocd;
+mod aws_iam;
 #[allow(dead_code)]
 #[path = "../../examples/bench/harness/mod.rs"]
 mod bench_harness;

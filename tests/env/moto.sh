@@ -22,11 +22,17 @@ build() {
   touch "$VENV/.complete"
 }
 
+# The shared server's settings, and the moto_server binary for tests that start their own (with
+# IAM enforced, say).
+publish() {
+  { cat "$DATA/env"; echo "export SWITCHYARD_MOTO_SERVER=$VENV/bin/moto_server"; } | write_env moto
+}
+
 ready() { curl -sf "http://127.0.0.1:$1/moto-api/" >/dev/null; }
 
 start() {
   if is_running moto; then
-    log "moto: already running"; write_env moto <"$DATA/env"; return 0
+    log "moto: already running"; publish; return 0
   fi
   [ -f "$VENV/.complete" ] || die moto "" "not built; run: $0 build"
   rm -rf "$DATA" && mkdir -p "$DATA"
@@ -44,7 +50,7 @@ export AWS_SECRET_ACCESS_KEY=testing
 export AWS_REGION=us-east-1
 export AWS_DEFAULT_REGION=us-east-1
 ENV
-  write_env moto <"$DATA/env"
+  publish
   log "moto: ready"
 }
 

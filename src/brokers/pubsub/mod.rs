@@ -872,6 +872,38 @@ mod tests {
     use super::*;
     use crate::api::{DeadLetterSpec, SubscriptionSpec};
 
+    /// The emulator has no IAM, so Pub/Sub's permission and credential errors are checked here,
+    /// with the status codes Google's API answers.
+    #[test]
+    fn permission_and_credential_statuses_keep_their_reasons() {
+        use google_cloud_gax::error::rpc::{Code, Status};
+        let cases = [
+            (
+                Code::PermissionDenied,
+                "User not authorized to perform this action: pubsub.topics.create",
+                BrokerErrorKind::PermissionDenied,
+            ),
+            (
+                Code::Unauthenticated,
+                "Request had invalid authentication credentials.",
+                BrokerErrorKind::Authentication,
+            ),
+            (
+                Code::NotFound,
+                "Resource not found",
+                BrokerErrorKind::NotFound,
+            ),
+        ];
+        for (code, message, kind) in cases {
+            let e = google_cloud_pubsub::Error::service(
+                Status::default().set_code(code).set_message(message),
+            );
+            let err = classify(&e);
+            assert_eq!(err.kind, kind, "{code:?}");
+            assert!(err.message.contains(message), "{}", err.message);
+        }
+    }
+
     fn spec() -> GooglePubSubSpec {
         GooglePubSubSpec {
             project_id: "demo-project".into(),

@@ -433,11 +433,22 @@ pub struct SqsBackend {
 }
 
 /// Classify an SDK error from SQS or SNS.
-fn classify<E, R>(service: &str, e: &SdkError<E, R>) -> BrokerError
+fn classify<E>(
+    service: &str,
+    e: &SdkError<E, aws_sdk_sqs::config::http::HttpResponse>,
+) -> BrokerError
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
-    R: std::fmt::Debug,
 {
+    // An error body the SDK could not read (a wrapper element it does not expect, as moto's
+    // `ErrorResponse/Errors/Error`) still says what went wrong: read its code and message.
+    let raw = e
+        .raw_response()
+        .and_then(|r| r.body().bytes())
+        .map(String::from_utf8_lossy)
+        .unwrap_or_default();
+    let code = e.code().or_else(|| xml_text(&raw, "Code"));
+    let message = e.message().or_else(|| xml_text(&raw, "Message"));
     let kind = match e {
         SdkError::TimeoutError(_) => BrokerErrorKind::Timeout,
         SdkError::DispatchFailure(d) if d.is_timeout() => BrokerErrorKind::Timeout,
@@ -453,7 +464,7 @@ where
             }
         }
         SdkError::ResponseError(_) => BrokerErrorKind::Other,
-        SdkError::ServiceError(_) => match e.code().unwrap_or_default() {
+        SdkError::ServiceError(_) => match code.unwrap_or_default() {
             "InvalidClientTokenId"
             | "UnrecognizedClientException"
             | "SignatureDoesNotMatch"
@@ -482,7 +493,7 @@ where
         },
         _ => BrokerErrorKind::Other,
     };
-    let detail = match (e.code(), e.message()) {
+    let detail = match (code, message) {
         (Some(code), Some(message)) => format!("{code}: {message}"),
         (Some(code), None) => code.to_string(),
         _ => {
@@ -491,6 +502,13 @@ where
         }
     };
     BrokerError::new(kind, format!("{service}: {detail}"))
+}
+
+/// The text of the first `<tag>` element in an XML document.
+fn xml_text<'a>(xml: &'a str, tag: &str) -> Option<&'a str> {
+    let (_, rest) = xml.split_once(&format!("<{tag}>"))?;
+    let (text, _) = rest.split_once(&format!("</{tag}>"))?;
+    Some(text.trim()).filter(|t| !t.is_empty())
 }
 
 fn is_queue_missing<E: ProvideErrorMetadata, R>(e: &SdkError<E, R>) -> bool {
@@ -1434,6 +1452,17 @@ mod tests {
                 assert!(o.key.name.ends_with(".fifo"));
             }
         }
+    }
+
+    #[test]
+    fn error_bodies_the_sdk_cannot_read_still_give_code_and_message() {
+        let moto = "<?xml version=\"1.0\"?><ErrorResponse><Errors><Error><Type>Sender</Type>\
+            <Code>AccessDenied</Code><Message>User: arn:aws:iam::1:user/u is not authorized to \
+            perform: sns:CreateTopic</Message></Error></Errors><RequestId>r</RequestId></ErrorResponse>";
+        assert_eq!(xml_text(moto, "Code"), Some("AccessDenied"));
+        assert!(xml_text(moto, "Message").is_some_and(|m| m.ends_with("sns:CreateTopic")));
+        assert_eq!(xml_text(moto, "Missing"), None);
+        assert_eq!(xml_text("<Code></Code>", "Code"), None);
     }
 
     #[test]
