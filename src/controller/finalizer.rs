@@ -61,6 +61,42 @@ pub async fn store(
     raw: &RawMessageBroker,
     finalizers: Vec<String>,
 ) -> Result<(), Error> {
+    try_store(api, raw, finalizers)
+        .await
+        .map_err(Error::kube("patch MessageBroker finalizers"))
+}
+
+/// Release the object once cleanup is done: drop our finalizer. Cleanup itself writes status,
+/// so the resourceVersion `raw` was read at is usually stale by now; on that conflict the
+/// object is read again and the finalizers recomputed from what it holds now (another
+/// controller's stay), once, instead of failing the pass and waiting out a backoff.
+pub async fn release(api: &Api<RawMessageBroker>, raw: &RawMessageBroker) -> Result<(), Error> {
+    let error = Error::kube("patch MessageBroker finalizers");
+    match try_store(api, raw, without_ours(raw.finalizers())).await {
+        Err(kube::Error::Api(s)) if s.code == 409 => {
+            let Some(fresh) = api
+                .get_opt(&raw.name_any())
+                .await
+                .map_err(Error::kube("get MessageBroker"))?
+            else {
+                return Ok(());
+            };
+            if !holds(fresh.finalizers()) {
+                return Ok(());
+            }
+            try_store(api, &fresh, without_ours(fresh.finalizers()))
+                .await
+                .map_err(error)
+        }
+        other => other.map_err(error),
+    }
+}
+
+async fn try_store(
+    api: &Api<RawMessageBroker>,
+    raw: &RawMessageBroker,
+    finalizers: Vec<String>,
+) -> kube::Result<()> {
     let patch = serde_json::json!({
         "metadata": {
             "resourceVersion": raw.metadata.resource_version,
@@ -77,7 +113,7 @@ pub async fn store(
     {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-        Err(e) => Err(Error::kube("patch MessageBroker finalizers")(e)),
+        Err(e) => Err(e),
     }
 }
 

@@ -46,7 +46,7 @@ pub async fn reconcile(raw: Arc<RawMessageBroker>, ctx: Arc<Context>) -> Result<
         }
         match cleanup(&raw, &ctx).await? {
             Cleanup::Done => {
-                finalizer::store(&api, &raw, finalizer::without_ours(raw.finalizers())).await?;
+                finalizer::release(&api, &raw).await?;
                 ctx.forget(&raw);
                 Ok(Action::await_change())
             }
