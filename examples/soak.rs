@@ -81,7 +81,8 @@ async fn scrape(http: &reqwest::Client, port: u16) -> BTreeMap<String, f64> {
         let wanted = name.starts_with("switchyard_reconciles_total")
             || name.starts_with("switchyard_reconcile_errors_total")
             || name.starts_with("switchyard_status_writes_total")
-            || name == "switchyard_runtime_tasks";
+            || name == "switchyard_runtime_tasks"
+            || name.starts_with("switchyard_heap_");
         if wanted && let Ok(v) = value.parse::<f64>() {
             out.insert(name.to_string(), v);
         }
@@ -259,8 +260,8 @@ async fn soak(
     );
 
     let started = Instant::now();
-    // (seconds since start, RSS KiB, tasks alive)
-    let mut samples: Vec<(u64, u64, u64)> = Vec::new();
+    // (seconds since start, RSS KiB, tasks alive, bytes allocated)
+    let mut samples: Vec<(u64, u64, u64, u64)> = Vec::new();
     let mut cycle = 0;
     let outcome: Result<(), String> = async {
         while started.elapsed() < Duration::from_secs(seconds) {
@@ -280,14 +281,16 @@ async fn soak(
             let rss = rss_kib(pid).unwrap_or(0);
             let m = scrape(&http, metrics_port).await;
             let tasks = m.get("switchyard_runtime_tasks").copied().unwrap_or(0.0) as u64;
-            samples.push((started.elapsed().as_secs(), rss, tasks));
-            let errors: f64 = m.iter().filter(|(k, _)| k.contains("errors")).map(|(_, v)| v).sum();
+            let heap = m.get("switchyard_heap_allocated_bytes").copied().unwrap_or(0.0) as u64;
+            samples.push((started.elapsed().as_secs(), rss, tasks, heap));
+            let errors: f64 = m.iter().filter(|(k, _)| k.contains("errors")).fold(0.0, |a, (_, v)| a + v);
             println!(
-                "cycle {cycle:>3} t={:>4}s create {:>5.1}s update {:>5.1}s delete {:>5.1}s RSS {rss} KiB tasks {tasks} reconciles {} errors {errors}",
+                "cycle {cycle:>3} t={:>4}s create {:>5.1}s update {:>5.1}s delete {:>5.1}s RSS {rss} KiB heap {} KiB tasks {tasks} reconciles {} errors {errors}",
                 started.elapsed().as_secs(),
                 created.as_secs_f64(),
                 updated.as_secs_f64(),
                 deleted.as_secs_f64(),
+                heap / 1024,
                 m.get("switchyard_reconciles_total").copied().unwrap_or(0.0),
             );
             cycle += 1;
@@ -301,7 +304,7 @@ async fn soak(
     let _ = s.operator.wait();
     outcome?;
 
-    let rss = |s: &(u64, u64, u64)| s.1;
+    let rss = |s: &(u64, u64, u64, u64)| s.1;
     let first = samples.first().map(rss).unwrap_or(0);
     let last = samples.last().map(rss).unwrap_or(0);
     let peak = samples.iter().map(rss).max().unwrap_or(0);
@@ -320,13 +323,20 @@ async fn soak(
     );
     let warmup = env_or("SOAK_WARMUP_SECONDS", (seconds / 3).min(300));
     let budget: u64 = env_or("SOAK_MAX_RSS_GROWTH_KIB", 5120);
-    let (warm, after): (Vec<&(u64, u64, u64)>, Vec<_>) = samples.iter().partition(|s| s.0 < warmup);
+    let (warm, after): (Vec<&(u64, u64, u64, u64)>, Vec<_>) =
+        samples.iter().partition(|s| s.0 < warmup);
     let verdict = match (warm.last(), after.is_empty()) {
         (Some(_), false) => {
             let base = after.iter().map(|s| s.1).min().unwrap_or(0);
             let growth = last.saturating_sub(base);
             let warm_tasks = warm.iter().map(|s| s.2).max().unwrap_or(0);
             let end_tasks = samples.last().map(|s| s.2).unwrap_or(0);
+            let heap_from = after.first().map(|s| s.3 / 1024).unwrap_or(0);
+            let heap_to = samples.last().map(|s| s.3 / 1024).unwrap_or(0);
+            println!(
+                "soak: after the warm-up the program's allocated heap went from {heap_from} KiB to {heap_to} KiB ({:+} KiB)",
+                heap_to as i64 - heap_from as i64
+            );
             println!(
                 "soak: after the {warmup}s warm-up: RSS from {base} KiB to {last} KiB ({growth:+} KiB, budget {budget} KiB); tasks at the end {end_tasks}, highest in warm-up {warm_tasks}"
             );
