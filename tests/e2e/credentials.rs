@@ -12,7 +12,7 @@ use switchyard::api::MessageBroker;
 use switchyard::brokers::OPERATOR_CREDENTIALS_NOTE;
 use switchyard::client::{Binding, Client, Message};
 
-use crate::rabbitmq::{admin, broker, enc, env_yaml};
+use crate::rabbitmq::{broker, create_user, delete_user, env_yaml};
 use crate::support::*;
 
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -72,21 +72,8 @@ async fn rabbitmq_apps_get_their_own_user_never_the_operators() {
     let (client, ns) = setup("app-creds").await;
     let user = unique("app-user");
     let first_password = format!("{user}-first-pw");
-    admin(
-        &b,
-        reqwest::Method::PUT,
-        &format!("/api/users/{}", enc(&user)),
-        Some(serde_json::json!({"password": first_password, "tags": ""})),
-    )
-    .await;
     // Read and write, but no configure: the app cannot declare or delete anything.
-    admin(
-        &b,
-        reqwest::Method::PUT,
-        &format!("/api/permissions/%2F/{}", enc(&user)),
-        Some(serde_json::json!({"configure": "^$", "write": ".*", "read": ".*"})),
-    )
-    .await;
+    create_user(&b, &user, &first_password, "", Some(("^$", ".*", ".*"))).await;
     put_secret(
         &client,
         &ns,
@@ -209,11 +196,5 @@ async fn rabbitmq_apps_get_their_own_user_never_the_operators() {
     drop(billing);
     drop(app);
     ctl.stop().await;
-    admin(
-        &b,
-        reqwest::Method::DELETE,
-        &format!("/api/users/{}", enc(&user)),
-        None,
-    )
-    .await;
+    delete_user(&b, &user).await;
 }

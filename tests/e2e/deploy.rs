@@ -162,18 +162,7 @@ async fn chart_lints_clean_and_its_rbac_equals_config_rbac() {
 
     // One watched namespace: nothing cluster-wide; the Roles together carry the same rules,
     // Secrets only in the watched namespace.
-    let docs = documents(
-        &helm(&[
-            "template",
-            "sy",
-            CHART,
-            "-n",
-            "ops",
-            "--set",
-            "watchNamespaces={shop}",
-        ])
-        .await,
-    );
+    let docs = rendered("watchNamespaces={shop}").await;
     assert!(of_kind(&docs, "ClusterRole").is_empty());
     assert!(of_kind(&docs, "ClusterRoleBinding").is_empty());
     let roles = of_kind(&docs, "Role");
@@ -205,18 +194,7 @@ async fn chart_lints_clean_and_its_rbac_equals_config_rbac() {
     );
 
     // Two watched namespaces: the Secret rules in a Role in each, and one --namespace each.
-    let docs = documents(
-        &helm(&[
-            "template",
-            "sy",
-            CHART,
-            "-n",
-            "ops",
-            "--set",
-            "watchNamespaces={a,b}",
-        ])
-        .await,
-    );
+    let docs = rendered("watchNamespaces={a,b}").await;
     assert!(of_kind(&docs, "ClusterRole").is_empty());
     let mut with_secrets: Vec<&str> = of_kind(&docs, "Role")
         .into_iter()
@@ -233,6 +211,11 @@ async fn chart_lints_clean_and_its_rbac_equals_config_rbac() {
             "{args}"
         );
     }
+}
+
+/// The chart rendered into release namespace `ops` with one `--set`.
+async fn rendered(set: &str) -> Vec<Value> {
+    documents(&helm(&["template", "sy", CHART, "-n", "ops", "--set", set]).await)
 }
 
 /// What `kubectl auth can-i --list` says `user` may do in `ns`: resource → verbs.

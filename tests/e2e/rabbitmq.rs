@@ -210,6 +210,44 @@ pub(crate) fn enc(s: &str) -> String {
         .collect()
 }
 
+/// A user of its own on the default vhost, with these `tags` and, when given, the
+/// `(configure, write, read)` permission patterns.
+pub(crate) async fn create_user(
+    b: &Broker,
+    user: &str,
+    password: &str,
+    tags: &str,
+    permissions: Option<(&str, &str, &str)>,
+) {
+    admin(
+        b,
+        reqwest::Method::PUT,
+        &format!("/api/users/{}", enc(user)),
+        Some(serde_json::json!({"password": password, "tags": tags})),
+    )
+    .await;
+    if let Some((configure, write, read)) = permissions {
+        admin(
+            b,
+            reqwest::Method::PUT,
+            &format!("/api/permissions/%2F/{}", enc(user)),
+            Some(serde_json::json!({"configure": configure, "write": write, "read": read})),
+        )
+        .await;
+    }
+}
+
+/// Remove a user [`create_user`] made.
+pub(crate) async fn delete_user(b: &Broker, user: &str) {
+    admin(
+        b,
+        reqwest::Method::DELETE,
+        &format!("/api/users/{}", enc(user)),
+        None,
+    )
+    .await;
+}
+
 pub(crate) async fn amqp(b: &Broker) -> Connection {
     let uri = format!(
         "amqp://{}:{}@{}:{}/%2f",
@@ -720,13 +758,7 @@ async fn a_vhost_without_permission_or_missing_is_classified() {
     )
     .await;
     let user = unique("rmq-user");
-    admin(
-        &b,
-        reqwest::Method::PUT,
-        &format!("/api/users/{}", enc(&user)),
-        Some(serde_json::json!({"password": "user-secret-pw", "tags": ""})),
-    )
-    .await;
+    create_user(&b, &user, "user-secret-pw", "", None).await;
 
     let mut no_permission = spec(&b, false);
     no_permission.vhost = Some(vhost.clone());
@@ -778,13 +810,7 @@ async fn a_vhost_without_permission_or_missing_is_classified() {
         None,
     )
     .await;
-    admin(
-        &b,
-        reqwest::Method::DELETE,
-        &format!("/api/users/{}", enc(&user)),
-        None,
-    )
-    .await;
+    delete_user(&b, &user).await;
 }
 
 #[tokio::test]
@@ -866,18 +892,12 @@ async fn a_closed_pooled_connection_is_reopened() {
     let b = broker();
     // A user of its own, so closing its connections touches no other test.
     let user = unique("rmq-reconnect");
-    admin(
+    create_user(
         &b,
-        reqwest::Method::PUT,
-        &format!("/api/users/{}", enc(&user)),
-        Some(serde_json::json!({"password": "reconnect-pw", "tags": "monitoring"})),
-    )
-    .await;
-    admin(
-        &b,
-        reqwest::Method::PUT,
-        &format!("/api/permissions/%2F/{}", enc(&user)),
-        Some(serde_json::json!({"configure": ".*", "write": ".*", "read": ".*"})),
+        &user,
+        "reconnect-pw",
+        "monitoring",
+        Some((".*", ".*", ".*")),
     )
     .await;
     let backend = rabbitmq::connect(
@@ -952,13 +972,7 @@ async fn a_closed_pooled_connection_is_reopened() {
     assert_all_ok(&second.outcomes);
     assert_eq!(second.plan.actions.len(), 2, "{:?}", second.plan.actions);
     backend.check().await.expect("reconnected");
-    admin(
-        &b,
-        reqwest::Method::DELETE,
-        &format!("/api/users/{}", enc(&user)),
-        None,
-    )
-    .await;
+    delete_user(&b, &user).await;
 }
 
 /// Provisioning time for 100 topics × 3 subscriptions in one MessageBroker. Run with
