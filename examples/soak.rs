@@ -8,7 +8,9 @@
 //! `/metrics` (with `switchyard_runtime_tasks`, the async tasks alive) are sampled after every
 //! cycle, when nothing is left to do.
 //!
-//! After a warm-up (`SOAK_WARMUP_SECONDS`, default a third of the run, at most 300 s), the RSS
+//! After a warm-up (`SOAK_WARMUP_SECONDS`, default 420 s: kube's Event recorder keeps every Event
+//! it published for 6 minutes to aggregate repeats, so the heap grows with the Event rate until
+//! the first of them expire, about 20 MiB at this churn), the RSS
 //! may grow by at most `SOAK_MAX_RSS_GROWTH_KIB` (default 5120) over the lowest RSS seen after
 //! the warm-up's last cycle, and the task count may not end above the warm-up's highest; the
 //! soak fails otherwise.
@@ -321,7 +323,7 @@ async fn soak(
             0.0
         }
     );
-    let warmup = env_or("SOAK_WARMUP_SECONDS", (seconds / 3).min(300));
+    let warmup = env_or("SOAK_WARMUP_SECONDS", 420);
     let budget: u64 = env_or("SOAK_MAX_RSS_GROWTH_KIB", 5120);
     let (warm, after): (Vec<&(u64, u64, u64, u64)>, Vec<_>) =
         samples.iter().partition(|s| s.0 < warmup);
