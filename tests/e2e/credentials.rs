@@ -12,6 +12,7 @@ use switchyard::api::MessageBroker;
 use switchyard::brokers::OPERATOR_CREDENTIALS_NOTE;
 use switchyard::client::{Binding, Client, Message};
 
+use crate::plan::{switchyard, text, write_manifest};
 use crate::rabbitmq::{broker, create_user, delete_user, env_yaml};
 use crate::support::*;
 
@@ -51,19 +52,8 @@ async fn env_notes(client: &kube::Client, ns: &str) -> Vec<String> {
 }
 
 async fn plan(ns: &str, manifest: &str) -> String {
-    let path = std::env::temp_dir().join(format!("{}.yaml", unique("creds-plan")));
-    std::fs::write(&path, manifest).expect("write manifest");
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
-        .args(["plan", "-n", ns, "-f", path.to_str().expect("path")])
-        .output()
-        .await
-        .expect("switchyard plan runs");
-    let _ = std::fs::remove_file(&path);
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
+    let file = write_manifest(manifest);
+    text(&switchyard(&["plan", "-n", ns, "-f", file.0.to_str().expect("path")]).await)
 }
 
 #[tokio::test]

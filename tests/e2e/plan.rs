@@ -37,11 +37,11 @@ fn pubsub_env() -> String {
     )
 }
 
-fn write_manifest(text: &str) -> tempfile_path::TempPath {
+pub(crate) fn write_manifest(text: &str) -> tempfile_path::TempPath {
     tempfile_path::TempPath::with(text)
 }
 
-mod tempfile_path {
+pub(crate) mod tempfile_path {
     /// A manifest file removed on drop.
     pub struct TempPath(pub std::path::PathBuf);
     impl TempPath {
@@ -59,7 +59,7 @@ mod tempfile_path {
     }
 }
 
-async fn switchyard(args: &[&str]) -> Output {
+pub(crate) async fn switchyard(args: &[&str]) -> Output {
     tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
         .args(args)
         .output()
@@ -67,7 +67,7 @@ async fn switchyard(args: &[&str]) -> Output {
         .expect("switchyard runs")
 }
 
-fn text(o: &Output) -> String {
+pub(crate) fn text(o: &Output) -> String {
     format!(
         "{}{}",
         String::from_utf8_lossy(&o.stdout),
