@@ -69,11 +69,50 @@ pub fn serialize_refusal_kind<S: serde::Serializer>(
     s.serialize_str(refusal_reason(*kind))
 }
 
+/// What to check when the broker's certificate did not verify, by the words the TLS libraries
+/// (rustls, OpenSSL under librdkafka) use for it.
+const TLS_HINTS: [(&[&str], &str); 2] = [
+    (
+        &[
+            "UnknownIssuer",
+            "certificate verify failed",
+            "unable to get local issuer",
+            "self-signed certificate",
+            "BadSignature",
+        ],
+        "the broker's certificate is not signed by the CA the env references (tls.caSecretRef; \
+         caSecretRef on Redis), nor by a system root when it references none",
+    ),
+    (
+        &[
+            "NotValidForName",
+            "hostname mismatch",
+            "IP address mismatch",
+        ],
+        "the broker's certificate does not name the host the env connects to",
+    ),
+];
+
+/// A broker error's message, led by what to check when it is a certificate that did not verify.
+fn broker_message(e: &BrokerError) -> String {
+    let hint = (e.kind == BrokerErrorKind::Tls)
+        .then(|| {
+            TLS_HINTS
+                .iter()
+                .find(|(words, _)| words.iter().any(|w| e.message.contains(w)))
+        })
+        .flatten();
+    match hint {
+        Some((_, hint)) => format!("{hint}: {}", e.message),
+        None => e.message.clone(),
+    }
+}
+
 impl From<&BrokerError> for Failure {
     fn from(e: &BrokerError) -> Self {
         Failure {
             reason: broker_reason(e.kind),
-            message: e.message.clone(),
+            message: broker_message(e),
             retry: if e.is_transient() {
                 Retry::Backoff
             } else {
@@ -154,6 +193,41 @@ mod tests {
             let f = Failure::from(&BrokerError::new(kind, "m"));
             assert_eq!((f.reason, f.retry), (reason, retry), "{kind:?}");
             assert_eq!(f.message, "m");
+        }
+    }
+
+    #[test]
+    fn an_unverified_certificate_says_what_to_check() {
+        let cases = [
+            // rustls (Redis, RabbitMQ, NATS, the management API)
+            (
+                "connect: invalid peer certificate: UnknownIssuer",
+                "not signed by the CA",
+            ),
+            // OpenSSL under librdkafka
+            (
+                "SSL handshake failed: error:0A000086:SSL routines::certificate verify failed",
+                "not signed by the CA",
+            ),
+            (
+                "invalid peer certificate: NotValidForName",
+                "does not name the host",
+            ),
+        ];
+        for (message, hint) in cases {
+            let f = Failure::from(&BrokerError::new(BrokerErrorKind::Tls, message));
+            assert!(f.message.contains(hint), "{}", f.message);
+            assert!(f.message.ends_with(message), "{}", f.message);
+        }
+        // Other TLS failures, and other kinds with the same words, are left as they are.
+        for (kind, message) in [
+            (BrokerErrorKind::Tls, "handshake: protocol version"),
+            (BrokerErrorKind::Other, "UnknownIssuer"),
+        ] {
+            assert_eq!(
+                Failure::from(&BrokerError::new(kind, message)).message,
+                message
+            );
         }
     }
 

@@ -32,3 +32,4 @@ mod sqs;
 #[allow(dead_code)]
 mod support;
 mod swap;
+mod tls;

@@ -2,8 +2,9 @@
 # Apache Kafka (KRaft, one combined broker+controller node) from Maven Central jars.
 #   build  fetch the jars for the version pinned in kafka/pom.xml into the cache (~/.m2 keeps
 #          the Maven downloads) and compile kafka/KafkaProbe.java against them
-#   start  format fresh storage (with a SCRAM user) and run the broker with two client
-#          listeners: PLAINTEXT and SASL_PLAINTEXT (SCRAM-SHA-512 and SCRAM-SHA-256)
+#   start  format fresh storage (with a SCRAM user) and run the broker with four client
+#          listeners: PLAINTEXT, SASL_PLAINTEXT (SCRAM-SHA-512 and SCRAM-SHA-256), and the same
+#          two over TLS (SSL, SASL_SSL) with the env's test certificate
 #   stop   stop the broker this run started
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
@@ -35,25 +36,34 @@ start() {
   fi
   [ -f "$HOME_DIR/.complete" ] || die kafka "" "not built; run: $0 build"
   rm -rf "$DATA" && mkdir -p "$DATA/logs"
-  local port sasl_port ctl_port
-  port="$(free_port)"
-  sasl_port="$(free_port)"; while [ "$sasl_port" = "$port" ]; do sasl_port="$(free_port)"; done
-  ctl_port="$(free_port)"; while [ "$ctl_port" = "$port" ] || [ "$ctl_port" = "$sasl_port" ]; do ctl_port="$(free_port)"; done
+  local port sasl_port ssl_port sasl_ssl_port ctl_port p used=" "
+  for p in port sasl_port ssl_port sasl_ssl_port ctl_port; do
+    local v; v="$(free_port)"; while [[ "$used" == *" $v "* ]]; do v="$(free_port)"; done
+    used+="$v "; printf -v "$p" %s "$v"
+  done
+  tls_certs
 
   cat >"$DATA/server.properties" <<PROPS
 process.roles=broker,controller
 node.id=1
 controller.quorum.bootstrap.servers=127.0.0.1:$ctl_port
 controller.listener.names=CONTROLLER
-listeners=PLAINTEXT://127.0.0.1:$port,SASL_PLAINTEXT://127.0.0.1:$sasl_port,CONTROLLER://127.0.0.1:$ctl_port
-advertised.listeners=PLAINTEXT://127.0.0.1:$port,SASL_PLAINTEXT://127.0.0.1:$sasl_port
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT
+listeners=PLAINTEXT://127.0.0.1:$port,SASL_PLAINTEXT://127.0.0.1:$sasl_port,SSL://127.0.0.1:$ssl_port,SASL_SSL://127.0.0.1:$sasl_ssl_port,CONTROLLER://127.0.0.1:$ctl_port
+advertised.listeners=PLAINTEXT://127.0.0.1:$port,SASL_PLAINTEXT://127.0.0.1:$sasl_port,SSL://127.0.0.1:$ssl_port,SASL_SSL://127.0.0.1:$sasl_ssl_port
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT,SSL:SSL,SASL_SSL:SASL_SSL
+# The TLS listeners serve the env's test certificate (key and chain in one PEM file); clients
+# are not asked for one.
+ssl.keystore.type=PEM
+ssl.keystore.location=$TLS_DIR/server.pem
+ssl.client.auth=none
 inter.broker.listener.name=PLAINTEXT
 # SCRAM users live in the cluster metadata (added at format time); the JAAS entries only
 # enable the server side of each mechanism on the SASL listener.
 sasl.enabled.mechanisms=SCRAM-SHA-512,SCRAM-SHA-256
 listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
 listener.name.sasl_plaintext.scram-sha-256.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
 log.dirs=$DATA/logs
 # One node: every internal topic has one replica.
 offsets.topic.replication.factor=1
@@ -90,7 +100,7 @@ while True:
     --add-scram "SCRAM-SHA-256=[name=$SCRAM_USER,password=$SCRAM_PASSWORD]" >>"$LOG" 2>&1 \
     || die kafka "$LOG" "StorageTool format failed"
 
-  log "kafka: starting Kafka $KAFKA_VERSION on 127.0.0.1:$port (SASL :$sasl_port)"
+  log "kafka: starting Kafka $KAFKA_VERSION on 127.0.0.1:$port (SASL :$sasl_port, SSL :$ssl_port, SASL_SSL :$sasl_ssl_port)"
   nohup java "${java_opts[@]}" -cp "$CP" kafka.Kafka "$DATA/server.properties" >>"$LOG" 2>&1 &
   record_pid kafka $!
 
@@ -98,10 +108,17 @@ while True:
   java "${tool_opts[@]}" -Xmx128m -cp "$HOME_DIR/probe:$CP" KafkaProbe "127.0.0.1:$port" "127.0.0.1:$sasl_port" \
     "$SCRAM_USER" "$SCRAM_PASSWORD" 90 >>"$DATA/probe.log" 2>&1 \
     || { cat "$DATA/probe.log" >>"$LOG"; stop_pid kafka; die kafka "$LOG" "broker check failed"; }
+  # The TLS listeners complete a handshake verified by the test CA.
+  local tp
+  for tp in "$ssl_port" "$sasl_ssl_port"; do
+    tls_serves "$tp" || { stop_pid kafka; die kafka "$LOG" "no TLS handshake on :$tp"; }
+  done
 
   cat >"$DATA/env" <<ENV
 export SWITCHYARD_KAFKA_BOOTSTRAP=127.0.0.1:$port
 export SWITCHYARD_KAFKA_SASL_BOOTSTRAP=127.0.0.1:$sasl_port
+export SWITCHYARD_KAFKA_SSL_BOOTSTRAP=127.0.0.1:$ssl_port
+export SWITCHYARD_KAFKA_SASL_SSL_BOOTSTRAP=127.0.0.1:$sasl_ssl_port
 export SWITCHYARD_KAFKA_SASL_USERNAME=$SCRAM_USER
 export SWITCHYARD_KAFKA_SASL_PASSWORD=$SCRAM_PASSWORD
 ENV

@@ -85,16 +85,8 @@ EOF
 # certs DIR: a throwaway CA, a serving certificate for 127.0.0.1/localhost, a service-account key pair.
 certs() {
   local d="$1"
-  openssl ecparam -name prime256v1 -genkey -noout -out "$d/ca.key"
-  openssl req -x509 -new -key "$d/ca.key" -subj /CN=switchyard-test-ca -days 30 -out "$d/ca.crt" \
-    -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign
-  openssl ecparam -name prime256v1 -genkey -noout -out "$d/apiserver.key"
-  openssl req -new -key "$d/apiserver.key" -subj /CN=kube-apiserver -out "$d/apiserver.csr"
-  # rustls and Go both insist on a SAN and a serverAuth, non-CA leaf.
-  printf '%s\n' 'subjectAltName=IP:127.0.0.1,DNS:localhost' 'basicConstraints=critical,CA:FALSE' \
-    'keyUsage=critical,digitalSignature' 'extendedKeyUsage=serverAuth' >"$d/apiserver.ext"
-  openssl x509 -req -in "$d/apiserver.csr" -CA "$d/ca.crt" -CAkey "$d/ca.key" -CAcreateserial \
-    -days 30 -extfile "$d/apiserver.ext" -out "$d/apiserver.crt" 2>/dev/null
+  new_ca "$d/ca" switchyard-test-ca
+  new_leaf "$d/ca" "$d/apiserver" kube-apiserver
   openssl genrsa -out "$d/sa.key" 2048 2>/dev/null
   openssl rsa -in "$d/sa.key" -pubout -out "$d/sa.pub" 2>/dev/null
 }

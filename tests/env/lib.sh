@@ -98,3 +98,50 @@ npm_ci() {
 
 # write_env NAME: stdin holds `export KEY=VALUE` lines; saved as this service's env fragment.
 write_env() { cat >"$RUN_DIR/$1.env"; }
+
+# new_ca PREFIX CN: a throwaway CA, PREFIX.key and PREFIX.crt.
+new_ca() {
+  openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$1.key" 2>/dev/null
+  openssl req -x509 -new -key "$1.key" -subj "/CN=$2" -days 30 -out "$1.crt" \
+    -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign
+}
+
+# new_leaf CA_PREFIX PREFIX CN: a serving certificate for 127.0.0.1/localhost signed by the CA,
+# PREFIX.key (PKCS#8, as Kafka's PEM key store wants) and PREFIX.crt.
+new_leaf() {
+  local ca="$1" out="$2"
+  openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$out.key" 2>/dev/null
+  openssl req -new -key "$out.key" -subj "/CN=$3" -out "$out.csr"
+  # rustls and Go both insist on a SAN and a serverAuth, non-CA leaf.
+  printf '%s\n' 'subjectAltName=IP:127.0.0.1,DNS:localhost' 'basicConstraints=critical,CA:FALSE' \
+    'keyUsage=critical,digitalSignature' 'extendedKeyUsage=serverAuth' >"$out.ext"
+  openssl x509 -req -in "$out.csr" -CA "$ca.crt" -CAkey "$ca.key" -CAcreateserial \
+    -days 30 -extfile "$out.ext" -out "$out.crt" 2>/dev/null
+  rm -f "$out.csr" "$out.ext"
+}
+
+# TLS material the brokers serve with, made once per run directory: the test CA, a server
+# certificate from it (server.key/server.crt, and both in server.pem), and an unrelated CA
+# (wrong-ca.crt) that verifies nothing here.
+TLS_DIR="$RUN_DIR/tls"
+tls_certs() {
+  if [ ! -f "$TLS_DIR/.complete" ]; then
+    rm -rf "$TLS_DIR" && mkdir -p "$TLS_DIR"
+    new_ca "$TLS_DIR/ca" switchyard-test-ca
+    new_ca "$TLS_DIR/wrong-ca" switchyard-unrelated-ca
+    new_leaf "$TLS_DIR/ca" "$TLS_DIR/server" switchyard-test-broker
+    cat "$TLS_DIR/server.key" "$TLS_DIR/server.crt" >"$TLS_DIR/server.pem"
+    chmod 644 "$TLS_DIR"/*
+    touch "$TLS_DIR/.complete"
+  fi
+  write_env tls <<ENV
+export SWITCHYARD_TLS_CA=$TLS_DIR/ca.crt
+export SWITCHYARD_TLS_WRONG_CA=$TLS_DIR/wrong-ca.crt
+ENV
+}
+
+# tls_serves PORT: a TLS server on 127.0.0.1:PORT completes a handshake verified by the test CA.
+tls_serves() {
+  openssl s_client -connect "127.0.0.1:$1" -CAfile "$TLS_DIR/ca.crt" -verify_return_error \
+    -verify_ip 127.0.0.1 </dev/null >/dev/null 2>&1
+}

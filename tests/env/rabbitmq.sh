@@ -3,7 +3,8 @@
 # (HOME), epmd, distribution port, data, logs and config, all on 127.0.0.1. A system instance,
 # if any, is never touched.
 #   build  apt-get install rabbitmq-server if it is missing (installing does not start it)
-#   start  start epmd and the node (AMQP + management HTTP), add an administrator user
+#   start  start epmd and the node (AMQP and AMQPS, management over HTTP and HTTPS, TLS with the
+#          env's test certificate), add an administrator user
 #   stop   `rabbitmqctl shutdown`, then make sure every process this run started is gone
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
@@ -49,17 +50,30 @@ start() {
   stop
   [ -x "$RMQ_BIN/rabbitmq-server" ] || die rabbitmq "" "rabbitmq-server missing; run: $0 build"
   rm -rf "$DATA" && mkdir -p "$DATA/home" "$DATA/log" "$DATA/mnesia"
-  local port mgmt_port epmd_port dist_port p used=" "
-  for p in port mgmt_port epmd_port dist_port; do
+  local port mgmt_port tls_port mgmt_tls_port epmd_port dist_port p used=" "
+  for p in port mgmt_port tls_port mgmt_tls_port epmd_port dist_port; do
     local v; v="$(free_port)"; while [[ "$used" == *" $v "* ]]; do v="$(free_port)"; done
     used+="$v "; printf -v "$p" %s "$v"
   done
   MGMT_URL="http://127.0.0.1:$mgmt_port"
+  tls_certs
 
+  # Clients are not asked for certificates: the tests check the server's side of TLS.
   cat >"$DATA/rabbitmq.conf" <<CONF
 listeners.tcp.default = 127.0.0.1:$port
+listeners.ssl.default = 127.0.0.1:$tls_port
+ssl_options.cacertfile = $TLS_DIR/ca.crt
+ssl_options.certfile = $TLS_DIR/server.crt
+ssl_options.keyfile = $TLS_DIR/server.key
+ssl_options.verify = verify_none
+ssl_options.fail_if_no_peer_cert = false
 management.tcp.ip = 127.0.0.1
 management.tcp.port = $mgmt_port
+management.ssl.ip = 127.0.0.1
+management.ssl.port = $mgmt_tls_port
+management.ssl.cacertfile = $TLS_DIR/ca.crt
+management.ssl.certfile = $TLS_DIR/server.crt
+management.ssl.keyfile = $TLS_DIR/server.key
 log.console = false
 log.file.level = info
 CONF
@@ -99,7 +113,7 @@ ENV
   record_pid rabbitmq-epmd $!
   wait_for rabbitmq "$DATA/log/epmd.log" 10 epmd -port "$epmd_port" -names
 
-  log "rabbitmq: starting node $RABBITMQ_NODENAME (AMQP 127.0.0.1:$port, management :$mgmt_port)"
+  log "rabbitmq: starting node $RABBITMQ_NODENAME (AMQP 127.0.0.1:$port, AMQPS :$tls_port, management :$mgmt_port, HTTPS :$mgmt_tls_port)"
   # Foreground mode: the launcher script stays the parent and stops the VM on TERM.
   nohup "$RMQ_BIN/rabbitmq-server" >"$DATA/log/stdout.log" 2>&1 &
   record_pid rabbitmq $!
@@ -108,6 +122,8 @@ ENV
 
   wait_for rabbitmq "$LOG" 60 mgmt guest:guest /api/overview
   wait_for rabbitmq "$LOG" 30 amqp_greets "$port"
+  wait_for rabbitmq "$LOG" 30 tls_serves "$tls_port"
+  wait_for rabbitmq "$LOG" 30 curl -sf --cacert "$TLS_DIR/ca.crt" -u guest:guest "https://127.0.0.1:$mgmt_tls_port/api/overview"
   mgmt guest:guest "/api/users/$ADMIN_USER" -X PUT \
     -d "{\"password\":\"$ADMIN_PASSWORD\",\"tags\":\"administrator\"}" >/dev/null \
     || die rabbitmq "$LOG" "could not create user $ADMIN_USER"
@@ -126,6 +142,8 @@ export SWITCHYARD_RABBITMQ_PORT=$port
 export SWITCHYARD_RABBITMQ_USERNAME=$ADMIN_USER
 export SWITCHYARD_RABBITMQ_PASSWORD=$ADMIN_PASSWORD
 export SWITCHYARD_RABBITMQ_MANAGEMENT_URL=$MGMT_URL
+export SWITCHYARD_RABBITMQ_TLS_PORT=$tls_port
+export SWITCHYARD_RABBITMQ_MANAGEMENT_TLS_URL=https://127.0.0.1:$mgmt_tls_port
 export SWITCHYARD_RABBITMQCTL=$CTL
 ENV
   write_env rabbitmq <"$DATA/env"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Redis from the Debian package: two throwaway servers on 127.0.0.1, one open and one that
-# requires a password (to exercise the credential path).
+# Redis from the Debian package: two throwaway servers on 127.0.0.1, one open (plain and, on a
+# second port, TLS with the env's test certificate) and one that requires a password (to
+# exercise the credential path).
 #   build  apt-get install redis-server if it is missing (installing does not start it)
 #   start  run both servers in the foreground (so their pids are ours), no persistence
 #   stop   stop exactly those two processes
@@ -40,21 +41,28 @@ start() {
   stop
   command -v redis-server >/dev/null || die redis "" "redis-server missing; run: $0 build"
   rm -rf "$DATA" && mkdir -p "$DATA"
-  local port auth_port
+  local port auth_port tls_port
   port="$(free_port)"
   auth_port="$(free_port)"; while [ "$auth_port" = "$port" ]; do auth_port="$(free_port)"; done
+  tls_port="$(free_port)"
+  while [ "$tls_port" = "$port" ] || [ "$tls_port" = "$auth_port" ]; do tls_port="$(free_port)"; done
+  tls_certs
 
-  log "redis: starting on 127.0.0.1:$port and (with a password) 127.0.0.1:$auth_port"
-  run_server redis "$port" "$LOG"
+  log "redis: starting on 127.0.0.1:$port (TLS :$tls_port) and (with a password) 127.0.0.1:$auth_port"
+  # Clients are not asked for certificates: the tests check the server's side of TLS.
+  run_server redis "$port" "$LOG" --tls-port "$tls_port" --tls-cert-file "$TLS_DIR/server.crt" \
+    --tls-key-file "$TLS_DIR/server.key" --tls-ca-cert-file "$TLS_DIR/ca.crt" --tls-auth-clients no
   run_server redis-auth "$auth_port" "$AUTH_LOG" --requirepass "$AUTH_PASSWORD"
 
   wait_for redis "$LOG" 20 pong "$port"
   wait_for redis "$AUTH_LOG" 20 pong "$auth_port" -a "$AUTH_PASSWORD"
+  wait_for redis "$LOG" 20 pong "$tls_port" --tls --cacert "$TLS_DIR/ca.crt"
   # The protected server must really refuse clients without the password.
   noauth "$auth_port" || die redis "$AUTH_LOG" "server on :$auth_port accepts clients without a password"
 
   cat >"$DATA/env" <<ENV
 export SWITCHYARD_REDIS_URL=redis://127.0.0.1:$port/0
+export SWITCHYARD_REDIS_TLS_URL=rediss://127.0.0.1:$tls_port/0
 export SWITCHYARD_REDIS_AUTH_URL=redis://127.0.0.1:$auth_port/0
 export SWITCHYARD_REDIS_AUTH_PASSWORD=$AUTH_PASSWORD
 ENV
