@@ -57,6 +57,8 @@ async fn next(sub: &mut Subscriber, what: &str) -> switchyard::client::Delivery 
 struct DeadLetters {
     poison: Message,
     rejected: Message,
+    /// The ids of the messages published on `orders` after billing stopped reading.
+    after_billing: BTreeSet<String>,
 }
 
 impl DeadLetters {
@@ -257,7 +259,11 @@ async fn conformance(client: &Client) -> DeadLetters {
 
     in_key_order(client).await;
     killed_consumer_redelivers(client).await;
-    DeadLetters { poison, rejected }
+    DeadLetters {
+        poison,
+        rejected,
+        after_billing: ids,
+    }
 }
 
 /// On the ordered topic, keys interleaved at publish arrive each in publish order (first
@@ -835,24 +841,41 @@ async fn pubsub_conformance() {
     };
     let pull = json!({"maxMessages": 10, "returnImmediately": true});
     let mut dead: Vec<Value> = Vec::new();
-    // Pub/Sub forwards the poison message on its own time: wait for both.
-    wait_until(DELIVERY, "two dead letters", async || {
-        dead.extend(
-            call("pull", pull.clone())
-                .await
-                .get("receivedMessages")
-                .and_then(Value::as_array)
-                .cloned()
-                .unwrap_or_default(),
-        );
-        dead.len() >= 2
-    })
-    .await;
     let attribute = |m: &Value, name: &str| {
         m["message"]["attributes"][name]
             .as_str()
             .map(str::to_string)
     };
+    // The emulator goes on handing messages to a stream the client closed (see the Pub/Sub
+    // data plane's notes), counting a delivery each ack deadline: the ones published after
+    // billing was dropped may reach the dead-letter topic when the rest of the suite took five
+    // ack deadlines. Google Cloud ends a cancelled stream; here those are acked and left out.
+    let mut stray = Vec::new();
+    // Pub/Sub forwards the poison message on its own time: wait for both.
+    wait_until(DELIVERY, "two dead letters", async || {
+        let pulled = call("pull", pull.clone())
+            .await
+            .get("receivedMessages")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        for m in pulled {
+            let id = attribute(&m, "ce_id").unwrap_or_default();
+            if sent.after_billing.contains(&id) {
+                stray.push(m);
+            } else {
+                dead.push(m);
+            }
+        }
+        dead.len() >= 2
+    })
+    .await;
+    if !stray.is_empty() {
+        eprintln!(
+            "pubsub: {} messages published after billing was dropped were dead-lettered by the emulator",
+            stray.len()
+        );
+    }
     let read: Vec<(String, Vec<u8>)> = dead
         .iter()
         .map(|m| {
@@ -897,14 +920,23 @@ async fn pubsub_conformance() {
     }
     let acks: Vec<&str> = dead
         .iter()
+        .chain(&stray)
         .map(|m| m["ackId"].as_str().expect("ackId"))
         .collect();
     call("acknowledge", json!({ "ackIds": acks })).await;
     let rest = call("pull", pull).await;
-    assert!(
-        rest.get("receivedMessages").is_none(),
-        "two dead letters: {rest}"
-    );
+    let rest: Vec<&Value> = rest
+        .get("receivedMessages")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(|m| {
+            !sent
+                .after_billing
+                .contains(&attribute(m, "ce_id").unwrap_or_default())
+        })
+        .collect();
+    assert!(rest.is_empty(), "two dead letters: {rest:?}");
 
     ctl.stop().await;
 }
