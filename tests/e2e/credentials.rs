@@ -10,7 +10,6 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 use switchyard::api::MessageBroker;
 use switchyard::brokers::OPERATOR_CREDENTIALS_NOTE;
-use switchyard::client::{Binding, Client, Message};
 
 use crate::plan::{switchyard, text, write_manifest};
 use crate::rabbitmq::{broker, create_user, delete_user, env_yaml};
@@ -138,28 +137,7 @@ async fn rabbitmq_apps_get_their_own_user_never_the_operators() {
     );
 
     // The app's user works for what an app does: a round trip through the client library.
-    let app = Client::new(
-        Binding::from_secret(&client, &ns, "bus-prd")
-            .await
-            .expect("binding"),
-    )
-    .await
-    .expect("client with the app user");
-    let mut billing = app
-        .subscriber("orders", "billing")
-        .await
-        .expect("subscriber");
-    let sent = Message::new(b"paid".to_vec());
-    app.publisher("orders")
-        .publish(sent.clone())
-        .await
-        .expect("publish as the app user");
-    let got = tokio::time::timeout(TIMEOUT, billing.next())
-        .await
-        .expect("a delivery in time")
-        .expect("delivery");
-    assert_eq!(got.message.id, sent.id);
-    got.ack().await.expect("ack");
+    binding_round_trip(&client, &ns, "as the app user").await;
 
     // Rotating the app's password reaches the binding; the operator's stays out.
     let second_password = format!("{user}-second-pw");
@@ -183,8 +161,6 @@ async fn rabbitmq_apps_get_their_own_user_never_the_operators() {
             .any(|v| v.contains(&b.password)),
         "still no operator password after the rotation"
     );
-    drop(billing);
-    drop(app);
     ctl.stop().await;
     delete_user(&b, &user).await;
 }

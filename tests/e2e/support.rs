@@ -508,3 +508,55 @@ pub async fn backend_env(client: &Client, namespace: &str, broker: &str) -> Stri
         other => panic!("no test env for broker {other}"),
     }
 }
+
+/// An app built from the binding `bus-prd` in `namespace` publishes a message on `orders` and
+/// receives it on `billing`: the round trip a binding must allow.
+pub async fn binding_round_trip(client: &Client, namespace: &str, what: &str) {
+    use switchyard::client::{Binding, Message};
+    let timeout = Duration::from_secs(60);
+    let app = switchyard::client::Client::new(
+        Binding::from_secret(client, namespace, "bus-prd")
+            .await
+            .expect("binding"),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{what}: client from the binding: {e}"));
+    let mut billing = app
+        .subscriber("orders", "billing")
+        .await
+        .unwrap_or_else(|e| panic!("{what}: subscriber: {e}"));
+    let sent = Message::new(what.as_bytes().to_vec());
+    app.publisher("orders")
+        .publish(sent.clone())
+        .await
+        .unwrap_or_else(|e| panic!("{what}: publish: {e}"));
+    let got = tokio::time::timeout(timeout, billing.next())
+        .await
+        .unwrap_or_else(|_| panic!("{what}: no delivery within {timeout:?}"))
+        .unwrap_or_else(|e| panic!("{what}: receive: {e}"));
+    assert_eq!(got.message.id, sent.id, "{what}");
+    got.ack().await.expect("ack");
+}
+
+/// No hot loop: over 4 seconds the controller makes at most `passes` reconciles (what its
+/// backoff and resync allow), and no more status writes than passes (one more for a pass
+/// already running when the window opened).
+pub async fn assert_no_hot_loop(ctl: &RunningController, what: &str, passes: u64) {
+    let (before, writes) = (
+        ctl.metrics.reconciles.get(),
+        ctl.metrics.status_writes.get(),
+    );
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let more = ctl.metrics.reconciles.get() - before;
+    let wrote = ctl.metrics.status_writes.get() - writes;
+    eprintln!("{what}: {more} reconciles, {wrote} status writes in 4s");
+    assert!(
+        more <= passes,
+        "{what}: {more} reconciles in 4s is a hot loop"
+    );
+    assert!(
+        wrote <= more + 1,
+        "{what}: {wrote} status writes in {more} passes"
+    );
+    assert!(ctl.is_running(), "{what}: the controller died");
+}
