@@ -44,6 +44,17 @@ pub struct ErrorLabels {
     pub category: String,
 }
 
+/// Label set for Events.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EventLabels {
+    /// `Normal` or `Warning`.
+    pub r#type: String,
+    /// The Event's reason.
+    pub reason: String,
+    /// `published`, or `suppressed` when past the budget of bulk work's Normal Events.
+    pub outcome: String,
+}
+
 /// Label set for broker operations.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BrokerOpLabels {
@@ -107,6 +118,9 @@ pub struct Metrics {
     pub status_writes: Counter,
     /// Binding Secret writes.
     pub binding_writes: Counter,
+    /// Events by type, reason and whether they were published or left out (see
+    /// `controller::events`).
+    pub events: Family<EventLabels, Counter>,
     /// Pooled broker clients.
     pub pooled_clients: Gauge,
     /// Whether this instance leads (1) or waits (0).
@@ -125,6 +139,7 @@ impl Default for Metrics {
             broker_requests: BrokerRequests::default(),
             status_writes: Counter::default(),
             binding_writes: Counter::default(),
+            events: Family::default(),
             pooled_clients: Gauge::default(),
             leader: Gauge::default(),
             flow: Flow::default(),
@@ -168,6 +183,11 @@ impl Metrics {
             self.binding_writes.clone(),
         );
         r.register(
+            "events",
+            "Events by type and reason, published or suppressed (bulk work's Normal Events past their budget)",
+            self.events.clone(),
+        );
+        r.register(
             "pooled_clients",
             "Broker clients in the pool",
             self.pooled_clients.clone(),
@@ -188,6 +208,17 @@ impl Metrics {
                 backend: backend.to_string(),
                 operation: operation.to_string(),
                 outcome: if ok { "ok" } else { "error" }.to_string(),
+            })
+            .inc();
+    }
+
+    /// Count an Event, published or left out.
+    pub fn event(&self, type_: &str, reason: &str, published: bool) {
+        self.events
+            .get_or_create(&EventLabels {
+                r#type: type_.to_string(),
+                reason: reason.to_string(),
+                outcome: if published { "published" } else { "suppressed" }.to_string(),
             })
             .inc();
     }

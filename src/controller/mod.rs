@@ -25,6 +25,7 @@ use crate::error::Error;
 use crate::metrics::Metrics;
 
 mod env;
+pub mod events;
 pub mod finalizer;
 mod namespaces;
 mod owner_index;
@@ -135,6 +136,8 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Event recorder.
     pub recorder: Recorder,
+    /// How many Normal Events bulk work may publish.
+    pub(crate) event_budget: events::EventBudget,
     /// Binding Secrets Switchyard manages (metadata only), to skip writes that change nothing.
     pub bindings: Option<Store<kube::core::PartialObjectMeta<Secret>>>,
     /// Which MessageBroker owns which broker object, for brokers without an owner marker.
@@ -169,6 +172,7 @@ impl Context {
             config,
             metrics,
             recorder,
+            event_budget: events::EventBudget::default(),
             bindings,
             owners: owner_index::OwnerIndex::default(),
             failures: Mutex::new(HashMap::new()),

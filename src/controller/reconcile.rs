@@ -116,6 +116,17 @@ pub fn validate(spec: &MessageBrokerSpec) -> Result<(), String> {
 async fn publish(ctx: &Context, raw: &RawMessageBroker, events: Vec<(EventType, String, String)>) {
     let reference = raw.object_ref(&());
     for (type_, reason, note) in events {
+        let kind = if type_ == EventType::Normal {
+            "Normal"
+        } else {
+            "Warning"
+        };
+        if type_ == EventType::Normal && !ctx.event_budget.take(&reason, std::time::Instant::now())
+        {
+            ctx.metrics.event(kind, &reason, false);
+            continue;
+        }
+        ctx.metrics.event(kind, &reason, true);
         let ev = KubeEvent {
             type_,
             reason: reason.clone(),

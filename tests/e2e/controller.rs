@@ -535,3 +535,68 @@ async fn adopt_existing_never_takes_a_kafka_topic_another_messagebroker_owns() {
     );
     ctl.stop().await;
 }
+
+/// A burst of creates gives a bounded number of Normal Events: the budget's burst plus one a
+/// second, each left out one counted as suppressed; every MessageBroker is still Ready.
+#[tokio::test]
+async fn a_burst_of_creates_gives_a_bounded_number_of_events() {
+    use switchyard::controller::events::{BURST, REFILL};
+    const N: usize = 40;
+    let (client, ns) = setup("ctl-burst").await;
+    let connector = Arc::new(FakeConnector::default());
+    let ctl = start_controller(client.clone(), &ns, connector.clone(), fast_config());
+    let started = std::time::Instant::now();
+    for i in 0..N {
+        apply_mb(&client, &ns, &two_env_manifest(&format!("burst-{i}"))).await;
+    }
+    let api: Api<MessageBroker> = Api::namespaced(client.clone(), &ns);
+    wait_until(TIMEOUT, "every MessageBroker Ready", async || {
+        let list = api.list(&ListParams::default()).await.expect("list");
+        list.items.len() == N && list.items.iter().all(|m| condition_true(m, "Ready"))
+    })
+    .await;
+    // Each MessageBroker's first pass creates objects on both envs: one Created each, published
+    // or left out.
+    let count = |outcome: &str| {
+        let m = ctl
+            .metrics
+            .events
+            .get_or_create(&switchyard::metrics::EventLabels {
+                r#type: "Normal".into(),
+                reason: "Created".into(),
+                outcome: outcome.into(),
+            });
+        m.get()
+    };
+    wait_until(TIMEOUT, "every Created Event counted", async || {
+        count("published") + count("suppressed") >= 2 * N as u64
+    })
+    .await;
+    let elapsed = started.elapsed();
+    let published = count("published");
+    let budget = u64::from(BURST) + (elapsed.as_nanos() / REFILL.as_nanos()) as u64;
+    eprintln!(
+        "{N} creates in {elapsed:?}: {published} Created Events published, {} suppressed (budget {budget})",
+        count("suppressed")
+    );
+    assert!(
+        published <= budget,
+        "{published} Created Events, over the budget of {budget}"
+    );
+    assert!(count("suppressed") > 0, "nothing was left out");
+    // What the API server holds agrees with what was published (kube's recorder folds the
+    // second env's Created of one MessageBroker into a series of the first).
+    let events: Api<Event> = Api::namespaced(client.clone(), &ns);
+    wait_until(TIMEOUT, "the published Events listed", async || {
+        let list = events.list(&ListParams::default()).await.expect("events");
+        let created: u64 = list
+            .items
+            .iter()
+            .filter(|e| e.reason.as_deref() == Some("Created"))
+            .map(|e| e.series.as_ref().map_or(1, |s| s.count as u64))
+            .sum();
+        created == published
+    })
+    .await;
+    ctl.stop().await;
+}
