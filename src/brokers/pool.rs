@@ -97,6 +97,17 @@ impl BackendPool {
         })
     }
 
+    /// Drop a backend the endpoint refused for good (a CA that does not verify it, rejected
+    /// credentials, missing rights): kept, its client would go on reconnecting in the
+    /// background (librdkafka retries a failed TLS handshake every 50 ms) until evicted idle.
+    /// The next pass that needs the endpoint connects afresh.
+    pub fn evict(&self, pooled: &Pooled) {
+        self.entries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|_, (backend, _, _)| !Arc::ptr_eq(backend, &pooled.backend));
+    }
+
     /// Number of pooled backends.
     pub fn len(&self) -> usize {
         self.entries.lock().map(|e| e.len()).unwrap_or(0)

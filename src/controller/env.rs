@@ -232,6 +232,14 @@ async fn prepare_stage(shared: &Shared<'_>, env: &EnvSpec, status: &mut EnvStatu
             .broker_op(backend_name, "check", checked.is_ok());
         if let Err(e) = checked {
             pooled.mark_failed();
+            if !e.is_transient() {
+                shared.ctx.pool.evict(&pooled);
+                shared
+                    .ctx
+                    .metrics
+                    .pooled_clients
+                    .set(shared.ctx.pool.len() as i64);
+            }
             let (c, t, s) = broker_failure(&e);
             return blocked(c, t, s);
         }

@@ -73,6 +73,12 @@ async fn wrong_ca_then_rotation(prefix: &str, env: &str, secrets: &[(&str, &[(&s
         !message.contains(&wrong[30..90]),
         "the message quotes the CA: {message}"
     );
+    // The refused client is not kept (it would go on reconnecting in the background).
+    assert_eq!(
+        ctl.metrics.pooled_clients.get(),
+        0,
+        "a client the broker refused stays pooled"
+    );
     // No hot loop: over 4 seconds, only backoff-paced retries (backoff 1s, 2s; resync 2s).
     assert_no_hot_loop(&ctl, &format!("{prefix} with the wrong CA"), 6).await;
 
