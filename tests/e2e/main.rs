@@ -15,6 +15,7 @@ mod controller;
 mod credentials;
 mod deploy;
 mod drain;
+mod faults;
 mod flow;
 mod flux;
 mod kafka;

@@ -7,7 +7,7 @@ stop_pid operator
 # The example app and its binding refresher, likewise.
 stop_pid app
 stop_pid binding-refresh
-for svc in promtool relay-sdk readers kstatus flux nats moto pubsub rabbitmq redis kafka kube; do
+for svc in promtool relay-sdk readers kstatus flux toxiproxy nats moto pubsub rabbitmq redis kafka kube; do
   [ -f "$ENV_SRC_DIR/$svc.sh" ] && bash "$ENV_SRC_DIR/$svc.sh" stop
 done
 rm -f "$RUN_DIR/env.sh"

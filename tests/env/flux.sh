@@ -53,8 +53,6 @@ export SWITCHYARD_FLUX_GIT_URL="http://127.0.0.1:$(cat "$FDIR/git.port")"
 EOF
 }
 
-http_ok() { python3 -c 'import sys,urllib.request; sys.exit(urllib.request.urlopen(sys.argv[1], timeout=2).status != 200)' "$1"; }
-
 # run_controller NAME BIN ARGS...: start one Flux controller out of cluster, wait for /readyz.
 run_controller() {
   local name="$1" bin="$2"; shift 2

@@ -101,8 +101,6 @@ await() {
   done
 }
 
-http_ok() { python3 -c 'import sys,urllib.request; sys.exit(urllib.request.urlopen(sys.argv[1], timeout=2).status != 200)' "$1"; }
-
 start() {
   if is_running kube-apiserver && is_running etcd; then
     log "kube: already running"; write_kube_env; return 0

@@ -43,6 +43,9 @@ wait_for() {
   done
 }
 
+# http_ok URL: URL answers 200.
+http_ok() { python3 -c 'import sys,urllib.request; sys.exit(urllib.request.urlopen(sys.argv[1], timeout=2).status != 200)' "$1"; }
+
 # record_pid NAME PID: remember a process this run started, so down.sh stops exactly it.
 record_pid() { echo "$2" >"$RUN_DIR/$1.pid"; }
 

@@ -32,8 +32,6 @@ build() {
   rm -rf "$tmp"
 }
 
-http_ok() { python3 -c 'import sys,urllib.request; sys.exit(urllib.request.urlopen(sys.argv[1], timeout=2).status != 200)' "$1"; }
-
 start() {
   if is_running nats; then
     log "nats: already running"; write_env nats <"$DATA/env"; return 0

@@ -5,7 +5,7 @@
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 SERVICES=("$@")
-[ ${#SERVICES[@]} -gt 0 ] || SERVICES=(kube kafka redis rabbitmq pubsub moto nats flux kstatus readers relay-sdk promtool)
+[ ${#SERVICES[@]} -gt 0 ] || SERVICES=(kube kafka redis rabbitmq pubsub moto nats toxiproxy flux kstatus readers relay-sdk promtool)
 
 for svc in "${SERVICES[@]}"; do
   bash "$ENV_SRC_DIR/$svc.sh" build
