@@ -8,7 +8,7 @@ export CARGO_TARGET_DIR ?= $(CACHE_DIR)/target
 ENV_FILE := target/testenv/env.sh
 CRD_FILE := crds/switchyard.dev_messagebrokers.yaml
 
-.PHONY: help build crds lint test test-unit env-up env-down dev bench soak image
+.PHONY: help build crds lint test test-unit env-up env-down dev bench soak heap-profile image
 
 help: ## List targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -47,10 +47,13 @@ soak: ## Churn 100 MessageBrokers against the release binary for SOAK_SECONDS (d
 	cargo build --release --bin switchyard
 	source $(ENV_FILE) && SWITCHYARD_BIN="$(CARGO_TARGET_DIR)/release/switchyard" cargo run -q --example soak
 
+heap-profile: ## The soak under jemalloc's heap profiler; prints what the heap gained after the warm-up, by allocating function (jeprof)
+	bash tests/heap-profile.sh
+
 bench: env-up ## Benchmark against the real environment (sizes: SWITCHYARD_BENCH_* variables); writes target/bench/results.json
 	cargo build --release --bin switchyard --example bench
 	source $(ENV_FILE) && SWITCHYARD_BIN="$(CARGO_TARGET_DIR)/release/switchyard" \
 		"$(CARGO_TARGET_DIR)/release/examples/bench"
 
-image: ## Build the container image (needs a container engine)
-	docker build -t switchyard:dev -f config/manager/Dockerfile .
+image: ## Build the container image with buildah (no daemon): target/image/switchyard.oci.tar
+	bash config/manager/image.sh

@@ -15,6 +15,12 @@
 //! the warm-up's last cycle, and the task count may not end above the warm-up's highest; the
 //! soak fails otherwise.
 //!
+//! With `SOAK_HEAP_PROFILE_DIR` set (`make heap-profile`, a binary built with the `heap-profile`
+//! feature), the operator runs under jemalloc's heap profiler (sampling every 64 KiB allocated
+//! on average): a profile every 2^`SOAK_HEAP_PROFILE_LG_INTERVAL` bytes allocated (default
+//! 2^28, 256 MiB), in that directory, with a file `warmup-end` written when the first cycle after the warm-up
+//! ends, so the profiles before it and the last one can be compared.
+//!
 //! Needs the test environment (`source target/testenv/env.sh`: KUBECONFIG) and
 //! `SWITCHYARD_BIN` (the release binary). Exits non-zero when a phase times out or the operator dies.
 
@@ -233,7 +239,19 @@ async fn soak(
 
     let metrics_port = free_port();
     let log = std::fs::File::create(work.join("operator.log")).map_err(|e| e.to_string())?;
-    let operator = Command::new(bin)
+    let profile_dir = std::env::var_os("SOAK_HEAP_PROFILE_DIR").map(std::path::PathBuf::from);
+    let mut operator = Command::new(bin);
+    if let Some(dir) = &profile_dir {
+        let lg: u32 = env_or("SOAK_HEAP_PROFILE_LG_INTERVAL", 28);
+        operator.env(
+            "MALLOC_CONF",
+            format!(
+                "prof:true,lg_prof_sample:16,lg_prof_interval:{lg},prof_prefix:{}/jeprof",
+                dir.display()
+            ),
+        );
+    }
+    let operator = operator
         .args([
             "run",
             "--namespace",
@@ -261,6 +279,7 @@ async fn soak(
         "soak: {brokers} MessageBrokers for {seconds}s in namespace {ns}; operator pid {pid}, RSS at launch {rss_launch} KiB"
     );
 
+    let warmup = env_or("SOAK_WARMUP_SECONDS", 420);
     let started = Instant::now();
     // (seconds since start, RSS KiB, tasks alive, bytes allocated)
     let mut samples: Vec<(u64, u64, u64, u64)> = Vec::new();
@@ -285,6 +304,13 @@ async fn soak(
             let tasks = m.get("switchyard_runtime_tasks").copied().unwrap_or(0.0) as u64;
             let heap = m.get("switchyard_heap_allocated_bytes").copied().unwrap_or(0.0) as u64;
             samples.push((started.elapsed().as_secs(), rss, tasks, heap));
+            if let Some(dir) = &profile_dir
+                && started.elapsed().as_secs() >= warmup
+                && !dir.join("warmup-end").exists()
+            {
+                std::fs::write(dir.join("warmup-end"), format!("{cycle}\n"))
+                    .map_err(|e| format!("{}: {e}", dir.display()))?;
+            }
             let errors: f64 = m.iter().filter(|(k, _)| k.contains("errors")).fold(0.0, |a, (_, v)| a + v);
             println!(
                 "cycle {cycle:>3} t={:>4}s create {:>5.1}s update {:>5.1}s delete {:>5.1}s RSS {rss} KiB heap {} KiB tasks {tasks} reconciles {} errors {errors}",
@@ -323,7 +349,6 @@ async fn soak(
             0.0
         }
     );
-    let warmup = env_or("SOAK_WARMUP_SECONDS", 420);
     let budget: u64 = env_or("SOAK_MAX_RSS_GROWTH_KIB", 5120);
     let (warm, after): (Vec<&(u64, u64, u64, u64)>, Vec<_>) =
         samples.iter().partition(|s| s.0 < warmup);

@@ -11,5 +11,7 @@ source target/testenv/env.sh
 
 bash tests/client_only.sh
 cargo build --bin switchyard
+# The container image (cached: rebuilt when its files change), which tests/e2e/image.rs runs.
+bash config/manager/image.sh
 export SWITCHYARD_BIN="$CARGO_TARGET_DIR/debug/switchyard"
 cargo test --all-targets --no-fail-fast

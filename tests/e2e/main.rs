@@ -18,6 +18,7 @@ mod drain;
 mod faults;
 mod flow;
 mod flux;
+mod image;
 mod kafka;
 mod kstatus;
 mod monitoring;
