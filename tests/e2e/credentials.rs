@@ -63,13 +63,7 @@ async fn rabbitmq_apps_get_their_own_user_never_the_operators() {
     let first_password = format!("{user}-first-pw");
     // Read and write, but no configure: the app cannot declare or delete anything.
     create_user(&b, &user, &first_password, "", Some(("^$", ".*", ".*"))).await;
-    put_secret(
-        &client,
-        &ns,
-        "rabbit",
-        &[("username", &b.username), ("password", &b.password)],
-    )
-    .await;
+    crate::rabbitmq::put_credentials(&client, &ns, &b).await;
     put_secret(
         &client,
         &ns,

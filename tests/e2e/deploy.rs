@@ -498,13 +498,10 @@ async fn helm_install_creates_a_hardened_deployment_and_the_reference_rbac() {
 // ---------------------------------------------------------------------------------------------
 // The operator under the chart's RBAC.
 
-/// The identity of SWITCHYARD_OPERATOR_KUBECONFIG, granted by the chart rendered as release
-/// `switchyard` in `switchyard-system`: the operator reconciles to Ready.
-#[tokio::test]
-async fn operator_reconciles_under_the_chart_rbac() {
-    let admin = client().await;
-    ensure_crd(&admin).await;
-    ensure_namespace(&admin, "switchyard-system").await;
+/// Grant the chart's ServiceAccount (release `switchyard` in switchyard-system, whose token
+/// SWITCHYARD_OPERATOR_KUBECONFIG holds) the chart's RBAC.
+pub(crate) async fn apply_chart_rbac(client: &Client) {
+    ensure_namespace(client, "switchyard-system").await;
     let rendered = helm(&[
         "template",
         "switchyard",
@@ -531,6 +528,15 @@ async fn operator_reconciles_under_the_chart_rbac() {
         Some(&rendered),
     )
     .await;
+}
+
+/// The identity of SWITCHYARD_OPERATOR_KUBECONFIG, granted by the chart rendered as release
+/// `switchyard` in `switchyard-system`: the operator reconciles to Ready.
+#[tokio::test]
+async fn operator_reconciles_under_the_chart_rbac() {
+    let admin = client().await;
+    ensure_crd(&admin).await;
+    apply_chart_rbac(&admin).await;
 
     let ns = namespace(&admin, "deploy-rbac").await;
     let operator = client_from(&env_var("SWITCHYARD_OPERATOR_KUBECONFIG")).await;

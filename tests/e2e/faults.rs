@@ -270,6 +270,26 @@ fn sample() -> Sample {
     }
 }
 
+/// One `FAULT` line: what was seen, how soon, how soon it recovered, and the RSS and task
+/// count after recovery (and during the fault) against before it.
+fn report(
+    what: &str,
+    seen: &str,
+    detect: Option<Duration>,
+    recover: Duration,
+    samples: [Sample; 3],
+) {
+    let [before, during, after] = samples;
+    let detect = detect.map_or("n/a".to_string(), |d| format!("{:.1}s", d.as_secs_f64()));
+    println!(
+        "FAULT {what} reason={seen} detect={detect} recover={:.1}s rss={:+.1}MiB tasks={:+} (during {:+})",
+        recover.as_secs_f64(),
+        (after.rss_kib - before.rss_kib) as f64 / 1024.0,
+        after.tasks - before.tasks,
+        during.tasks - before.tasks,
+    );
+}
+
 fn env_connected(mb: &MessageBroker) -> Option<(String, String)> {
     let env = mb.status.as_ref()?.envs.iter().find(|e| e.slug == "prd")?;
     let c = switchyard::api::conditions::find(&env.conditions, "Connected")?;
@@ -563,14 +583,12 @@ async fn every_fault(label: &str, broker: Broker, proxies: &[Proxy], env: &str, 
         .await;
         let recover = cleared.elapsed();
         let after = sample();
-        println!(
-            "FAULT {label} {} reason={seen} detect={:.1}s recover={:.1}s rss={:+.1}MiB tasks={:+} (during {:+})",
-            fault.name(),
-            detect.as_secs_f64(),
-            recover.as_secs_f64(),
-            (after.rss_kib - before.rss_kib) as f64 / 1024.0,
-            after.tasks - before.tasks,
-            during.tasks - before.tasks,
+        report(
+            &format!("{label} {}", fault.name()),
+            &seen,
+            Some(detect),
+            recover,
+            [before, during, after],
         );
         assert!(
             recover < RECOVERY,
@@ -645,13 +663,7 @@ async fn redis_faults_are_reported_and_recovered_from() {
 async fn rabbitmq_faults_are_reported_and_recovered_from() {
     let (client, ns) = setup("fault-rabbitmq").await;
     let b = crate::rabbitmq::broker();
-    put_secret(
-        &client,
-        &ns,
-        "rabbit",
-        &[("username", &b.username), ("password", &b.password)],
-    )
-    .await;
+    crate::rabbitmq::put_credentials(&client, &ns, &b).await;
     let amqp = Proxy::new("rabbitmq-amqp", &format!("{}:{}", b.host, b.port)).await;
     let management = Proxy::new("rabbitmq-http", &host_port(&b.management)).await;
     let (host, port) = amqp.listen.rsplit_once(':').expect("host:port");
@@ -775,13 +787,12 @@ async fn apiserver_faults_delete_nothing_and_spec_changes_land_after_recovery() 
         .await;
         let recover = cleared.elapsed();
         let after = sample();
-        println!(
-            "FAULT kube-apiserver {} reason=n/a detect=n/a recover={:.1}s rss={:+.1}MiB tasks={:+} (during {:+})",
-            fault.name(),
-            recover.as_secs_f64(),
-            (after.rss_kib - before.rss_kib) as f64 / 1024.0,
-            after.tasks - before.tasks,
-            during.tasks - before.tasks,
+        report(
+            &format!("kube-apiserver {}", fault.name()),
+            "n/a",
+            None,
+            recover,
+            [before, during, after],
         );
         assert!(
             recover < RECOVERY,

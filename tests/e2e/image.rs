@@ -13,12 +13,11 @@ use std::time::Duration;
 
 use base64::Engine;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::Namespace;
 use kube::Api;
 use serde_json::Value;
 use switchyard::api::MessageBroker;
 
-use crate::deploy::{CHART, documents, helm, kubectl};
+use crate::deploy::{CHART, apply_chart_rbac, documents, helm};
 use crate::support::*;
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
@@ -284,36 +283,6 @@ fn write_service_account(dir: &Path) -> (String, String) {
         .rsplit_once(':')
         .expect("host:port");
     (host.to_string(), port.to_string())
-}
-
-/// Grant the chart's ServiceAccount (release `switchyard` in switchyard-system) the chart's RBAC.
-async fn apply_chart_rbac(client: &kube::Client) {
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    let ns = serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": RELEASE_NAMESPACE}});
-    server_side_apply(&namespaces, RELEASE_NAMESPACE, &ns, "namespace applies").await;
-    let rendered = helm(&[
-        "template",
-        "switchyard",
-        CHART,
-        "-n",
-        RELEASE_NAMESPACE,
-        "--set",
-        "fullnameOverride=switchyard",
-        "--show-only",
-        "templates/serviceaccount.yaml",
-        "--show-only",
-        "templates/rbac.yaml",
-    ])
-    .await;
-    let args = [
-        "apply",
-        "--server-side",
-        "--force-conflicts",
-        "--field-manager=switchyard-chart-tests",
-        "-f",
-        "-",
-    ];
-    kubectl(&args, Some(&rendered)).await;
 }
 
 /// In a new mount namespace: the root filesystem bound onto itself, /proc, a minimal /dev, /tmp

@@ -38,6 +38,12 @@ pub(crate) struct Broker {
 /// `namespace`.
 pub(crate) async fn env_with_secret(client: &kube::Client, namespace: &str) -> String {
     let b = broker();
+    put_credentials(client, namespace, &b).await;
+    env_yaml(&b)
+}
+
+/// The Secret `rabbit` with broker `b`'s administrator, which [`env_yaml`] references.
+pub(crate) async fn put_credentials(client: &kube::Client, namespace: &str, b: &Broker) {
     support::put_secret(
         client,
         namespace,
@@ -45,7 +51,6 @@ pub(crate) async fn env_with_secret(client: &kube::Client, namespace: &str) -> S
         &[("username", &b.username), ("password", &b.password)],
     )
     .await;
-    env_yaml(&b)
 }
 
 /// The env `prd` on broker `b`, with its credentials in the Secret `rabbit`.
