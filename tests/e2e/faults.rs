@@ -291,15 +291,7 @@ fn report(
 }
 
 fn env_connected(mb: &MessageBroker) -> Option<(String, String)> {
-    let env = mb.status.as_ref()?.envs.iter().find(|e| e.slug == "prd")?;
-    let c = switchyard::api::conditions::find(&env.conditions, "Connected")?;
-    Some((c.status.clone(), c.reason.clone()))
-}
-
-fn current(mb: &MessageBroker) -> bool {
-    mb.status
-        .as_ref()
-        .is_some_and(|s| s.observed_generation == mb.metadata.generation)
+    prd_condition(mb, "Connected").map(|(status, reason, _)| (status, reason))
 }
 
 fn owned(mb: &MessageBroker) -> Vec<String> {

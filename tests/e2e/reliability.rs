@@ -448,20 +448,8 @@ fn redis_env(url: &str, password_secret: Option<&str>) -> String {
     }
 }
 
-fn env_condition(mb: &MessageBroker, type_: &str) -> Option<(String, String, String)> {
-    let env = mb.status.as_ref()?.envs.iter().find(|e| e.slug == "prd")?;
-    let c = switchyard::api::conditions::find(&env.conditions, type_)?;
-    Some((c.status.clone(), c.reason.clone(), c.message.clone()))
-}
-
 fn env_is(mb: &MessageBroker, type_: &str, status: &str, reason: &str) -> bool {
-    env_condition(mb, type_).is_some_and(|(s, r, _)| s == status && r == reason)
-}
-
-fn current(mb: &MessageBroker) -> bool {
-    mb.status
-        .as_ref()
-        .is_some_and(|s| s.observed_generation == mb.metadata.generation)
+    prd_condition(mb, type_).is_some_and(|(s, r, _)| s == status && r == reason)
 }
 
 fn status_topics(mb: &MessageBroker) -> Vec<String> {
@@ -1230,7 +1218,7 @@ async fn secret_values_never_reach_logs_events_status_metrics_or_binding_metadat
         "Kafka refusing the login",
         |m| {
             current(m)
-                && env_condition(m, "Connected").is_some_and(|(s, r, _)| {
+                && prd_condition(m, "Connected").is_some_and(|(s, r, _)| {
                     s == "False" && (r == "AuthenticationFailed" || r == "Timeout")
                 })
         },

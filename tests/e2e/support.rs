@@ -560,3 +560,17 @@ pub async fn assert_no_hot_loop(ctl: &RunningController, what: &str, passes: u64
     );
     assert!(ctl.is_running(), "{what}: the controller died");
 }
+
+/// Whether status describes the current spec (observedGeneration is the generation).
+pub fn current(mb: &MessageBroker) -> bool {
+    mb.status
+        .as_ref()
+        .is_some_and(|s| s.observed_generation == mb.metadata.generation)
+}
+
+/// The `prd` env's condition of a type: status, reason, message.
+pub fn prd_condition(mb: &MessageBroker, type_: &str) -> Option<(String, String, String)> {
+    let env = mb.status.as_ref()?.envs.iter().find(|e| e.slug == "prd")?;
+    let c = switchyard::api::conditions::find(&env.conditions, type_)?;
+    Some((c.status.clone(), c.reason.clone(), c.message.clone()))
+}

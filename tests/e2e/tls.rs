@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 use switchyard::api::MessageBroker;
-use switchyard::api::conditions::{find, reasons};
+use switchyard::api::conditions::reasons;
 
 use crate::support::*;
 
@@ -26,9 +26,7 @@ fn pem(var: &str) -> String {
 
 /// The env's `Connected` condition: status, reason, message.
 fn connected(mb: &MessageBroker) -> Option<(String, String, String)> {
-    let env = mb.status.as_ref()?.envs.iter().find(|e| e.slug == "prd")?;
-    let c = find(&env.conditions, "Connected")?;
-    Some((c.status.clone(), c.reason.clone(), c.message.clone()))
+    prd_condition(mb, "Connected")
 }
 
 fn manifest(env: &str) -> String {
