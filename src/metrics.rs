@@ -212,6 +212,18 @@ impl Metrics {
             .inc();
     }
 
+    /// How many broker calls of this backend, operation and outcome (`ok`, `error`) were
+    /// counted.
+    pub fn broker_ops_with(&self, backend: &str, operation: &str, outcome: &str) -> u64 {
+        self.broker_ops
+            .get_or_create(&BrokerOpLabels {
+                backend: backend.to_string(),
+                operation: operation.to_string(),
+                outcome: outcome.to_string(),
+            })
+            .get()
+    }
+
     /// Count an Event, published or left out.
     pub fn event(&self, type_: &str, reason: &str, published: bool) {
         self.events

@@ -20,6 +20,8 @@ pub struct FakeBackend {
     broker_type: BrokerType,
     objects: Mutex<BTreeMap<ObjectKey, ObservedObject>>,
     unreachable: AtomicBool,
+    /// Calls wait for an answer that never comes, as behind a black hole.
+    hung: AtomicBool,
     /// Milliseconds each `observe` takes, as a slow broker would.
     observe_delay_ms: AtomicUsize,
     /// Number of `apply` calls.
@@ -35,6 +37,7 @@ impl FakeBackend {
             broker_type,
             objects: Mutex::new(BTreeMap::new()),
             unreachable: AtomicBool::new(false),
+            hung: AtomicBool::new(false),
             observe_delay_ms: AtomicUsize::new(0),
             apply_calls: AtomicUsize::new(0),
             observe_calls: AtomicUsize::new(0),
@@ -44,6 +47,18 @@ impl FakeBackend {
     /// Make every call fail as unreachable (or recover).
     pub fn set_unreachable(&self, down: bool) {
         self.unreachable.store(down, Ordering::SeqCst);
+    }
+
+    /// Make `check` and `observe` never answer (or answer again), as a broker behind a
+    /// network black hole.
+    pub fn set_hung(&self, hung: bool) {
+        self.hung.store(hung, Ordering::SeqCst);
+    }
+
+    async fn wait_while_hung(&self) {
+        while self.hung.load(Ordering::SeqCst) {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
     }
 
     /// Make every observation take this long (or, with zero, answer at once).
@@ -90,10 +105,12 @@ impl Backend for FakeBackend {
     }
 
     async fn check(&self) -> Result<(), BrokerError> {
+        self.wait_while_hung().await;
         self.down()
     }
 
     async fn observe(&self, _scope: &Scope, keys: &[ObjectKey]) -> Result<Observed, BrokerError> {
+        self.wait_while_hung().await;
         self.down()?;
         let delay = self.observe_delay_ms.load(Ordering::SeqCst);
         if delay > 0 {

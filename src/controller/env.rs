@@ -218,30 +218,8 @@ async fn prepare_stage(shared: &Shared<'_>, env: &EnvSpec, status: &mut EnvStatu
     let backend_name = env.broker_type.as_str();
     // The endpoint is shared: when another reconcile just talked to it, skip the probe.
     if !pooled.answered_within(shared.ctx.config.check_interval) {
-        let checked =
-            match tokio::time::timeout(shared.ctx.config.check_timeout, backend.check()).await {
-                Ok(r) => r,
-                Err(_) => Err(BrokerError::new(
-                    brokers::BrokerErrorKind::Timeout,
-                    format!("no answer within {:?}", shared.ctx.config.check_timeout),
-                )),
-            };
-        shared
-            .ctx
-            .metrics
-            .broker_op(backend_name, "check", checked.is_ok());
-        if let Err(e) = checked {
-            pooled.mark_failed();
-            if !e.is_transient() {
-                shared.ctx.pool.evict(&pooled);
-                shared
-                    .ctx
-                    .metrics
-                    .pooled_clients
-                    .set(shared.ctx.pool.len() as i64);
-            }
-            let (c, t, s) = broker_failure(&e);
-            return blocked(c, t, s);
+        if let Err(e) = probe(shared, backend.as_ref(), backend_name).await {
+            return probe_failed(shared, &pooled, &e);
         }
         pooled.mark_ok();
     }
@@ -274,8 +252,11 @@ async fn prepare_stage(shared: &Shared<'_>, env: &EnvSpec, status: &mut EnvStatu
         observed.flow = read_flow(shared.ctx, backend.as_ref(), backend_name, &desired).await;
         let plan = brokers::plan::plan(&desired, &observed, &input);
         Ok::<_, BrokerError>((observed, plan))
-    }
-    .await;
+    };
+    let observed = match watched(shared, backend.as_ref(), backend_name, observed).await {
+        Ok(r) => r,
+        Err(Unanswered(e)) => return probe_failed(shared, &pooled, &e),
+    };
     shared
         .ctx
         .metrics
@@ -305,6 +286,80 @@ async fn prepare_stage(shared: &Shared<'_>, env: &EnvSpec, status: &mut EnvStatu
                 format!("observing the broker failed: {}", f.message),
                 f.is_transient(),
             )
+        }
+    }
+}
+
+/// The connectivity probe, bounded by the check timeout.
+async fn probe(
+    shared: &Shared<'_>,
+    backend: &dyn Backend,
+    backend_name: &str,
+) -> Result<(), BrokerError> {
+    let timeout = shared.ctx.config.check_timeout;
+    let checked = match tokio::time::timeout(timeout, backend.check()).await {
+        Ok(r) => r,
+        Err(_) => Err(BrokerError::new(
+            brokers::BrokerErrorKind::Timeout,
+            format!("no answer within {timeout:?}"),
+        )),
+    };
+    shared
+        .ctx
+        .metrics
+        .broker_op(backend_name, "check", checked.is_ok());
+    checked
+}
+
+/// A failed probe: the env is blocked on its connection, and a client refused for a reason
+/// retrying cannot fix (TLS, credentials, permission) leaves the pool, so it does not go on
+/// retrying in the background.
+fn probe_failed(shared: &Shared<'_>, pooled: &brokers::pool::Pooled, e: &BrokerError) -> Stage {
+    pooled.mark_failed();
+    if !e.is_transient() {
+        shared.ctx.pool.evict(pooled);
+        shared
+            .ctx
+            .metrics
+            .pooled_clients
+            .set(shared.ctx.pool.len() as i64);
+    }
+    let (c, t, s) = broker_failure(e);
+    Stage::Blocked {
+        conditions: vec![c],
+        transient: t,
+        stalled: s,
+    }
+}
+
+/// The probe failed while `work` was still waiting on the broker.
+struct Unanswered(BrokerError);
+
+/// Run `work` (broker calls), and whenever it has been waiting for a check timeout, probe the
+/// broker alongside it: a failed probe abandons the work. The probe is skipped within the
+/// check interval of a good answer, so without this a broker that stops answering (a black
+/// hole, latency past the timeout) would only be seen when the client's own call timeouts
+/// gave up, or never, where each call still came back inside them. Work that is merely big
+/// keeps going as long as the probe answers.
+async fn watched<T>(
+    shared: &Shared<'_>,
+    backend: &dyn Backend,
+    backend_name: &str,
+    work: impl std::future::Future<Output = T>,
+) -> Result<T, Unanswered> {
+    let patience = shared.ctx.config.check_timeout;
+    tokio::pin!(work);
+    loop {
+        if let Ok(done) = tokio::time::timeout(patience, &mut work).await {
+            return Ok(done);
+        }
+        tokio::select! {
+            done = &mut work => return Ok(done),
+            probed = probe(shared, backend, backend_name) => {
+                if let Err(e) = probed {
+                    return Err(Unanswered(e));
+                }
+            }
         }
     }
 }

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::events::v1::Event;
@@ -241,6 +241,59 @@ async fn one_failing_env_does_not_block_another() {
         .backend("dev", BrokerType::Redis)
         .set_unreachable(false);
     wait_for_mb(&client, &ns, "iso", TIMEOUT, "Ready after recovery", |m| {
+        condition_true(m, "Ready")
+    })
+    .await;
+    ctl.stop().await;
+}
+
+/// A broker that stops answering right after a good answer (so the next pass skips its
+/// probe) is reported as a Timeout within two check timeouts of that pass, not when the
+/// client's own call timeouts give up; once it answers again the env is Ready.
+#[tokio::test]
+async fn a_broker_that_stops_answering_is_a_timeout_within_two_check_timeouts() {
+    let (client, ns) = setup("ctl-hung").await;
+    let connector = Arc::new(FakeConnector::default());
+    let check_timeout = Duration::from_secs(1);
+    let config = switchyard::controller::Config {
+        check_timeout,
+        ..fast_config()
+    };
+    let ctl = start_controller(client.clone(), &ns, connector.clone(), config.clone());
+    apply_mb(&client, &ns, &two_env_manifest("hung")).await;
+    wait_for_mb(&client, &ns, "hung", TIMEOUT, "Ready", |m| {
+        condition_true(m, "Ready")
+    })
+    .await;
+    let dev = connector.backend("dev", BrokerType::Redis);
+    let checks_before = ctl.metrics.broker_ops_with("Redis", "check", "error");
+    dev.set_hung(true);
+    let hung = Instant::now();
+    let mb = wait_for_mb(&client, &ns, "hung", TIMEOUT, "dev Connected=False", |m| {
+        env_condition(m, "dev", "Connected").is_some_and(|(s, _)| s == "False")
+    })
+    .await;
+    let detect = hung.elapsed();
+    assert_eq!(
+        env_condition(&mb, "dev", "Connected").map(|c| c.1),
+        Some("Timeout".to_string())
+    );
+    // The next resync, one check timeout waiting on the observation, one on the probe, and
+    // slack for the status write; far inside the check interval (10 s) the probe would
+    // otherwise be skipped for.
+    let bound = config.resync + check_timeout * 2 + Duration::from_secs(3);
+    assert!(detect < bound, "{detect:?} to report a hung broker");
+    assert!(
+        ctl.metrics.broker_ops_with("Redis", "check", "error") > checks_before,
+        "no failed probe was counted"
+    );
+    assert_eq!(
+        env_condition(&mb, "prd", "Connected").map(|c| c.0),
+        Some("True".to_string()),
+        "the hung env blocked the other"
+    );
+    dev.set_hung(false);
+    wait_for_mb(&client, &ns, "hung", TIMEOUT, "Ready after recovery", |m| {
         condition_true(m, "Ready")
     })
     .await;

@@ -50,6 +50,7 @@ async fn wrong_ca_then_rotation(prefix: &str, env: &str, secrets: &[(&str, &[(&s
     put_secret(&client, &ns, "broker-ca", &[("ca.crt", &wrong)]).await;
     let ctl = start_real_controller(client.clone(), &ns);
     apply_mb(&client, &ns, &manifest(env)).await;
+    let applied = Instant::now();
 
     // The wrong CA: TLSHandshakeFailed, saying what failed.
     let mb = wait_for_mb(&client, &ns, "bus", TIMEOUT, "TLSHandshakeFailed", |m| {
@@ -57,7 +58,10 @@ async fn wrong_ca_then_rotation(prefix: &str, env: &str, secrets: &[(&str, &[(&s
     })
     .await;
     let (_, _, message) = connected(&mb).expect("Connected");
-    eprintln!("{prefix}: wrong CA → {message}");
+    eprintln!(
+        "{prefix}: wrong CA → {message} (after {:?})",
+        applied.elapsed()
+    );
     assert!(
         message.starts_with("the broker's certificate is not signed by the CA the env references"),
         "the message says what to check: {message}"

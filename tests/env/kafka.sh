@@ -4,7 +4,10 @@
 #          the Maven downloads) and compile kafka/KafkaProbe.java against them
 #   start  format fresh storage (with a SCRAM user) and run the broker with four client
 #          listeners: PLAINTEXT, SASL_PLAINTEXT (SCRAM-SHA-512 and SCRAM-SHA-256), and the same
-#          two over TLS (SSL, SASL_SSL) with the env's test certificate
+#          two over TLS (SSL, SASL_SSL) with the env's test certificate, and a PLAINTEXT one
+#          (FAULTS) that advertises another port: tests/e2e/faults.rs puts a Toxiproxy proxy
+#          on that port, so every connection a client opens after bootstrapping (the broker
+#          names itself by the advertised address) goes through the proxy too
 #   stop   stop the broker this run started
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
@@ -36,8 +39,8 @@ start() {
   fi
   [ -f "$HOME_DIR/.complete" ] || die kafka "" "not built; run: $0 build"
   rm -rf "$DATA" && mkdir -p "$DATA/logs"
-  local port sasl_port ssl_port sasl_ssl_port ctl_port p used=" "
-  for p in port sasl_port ssl_port sasl_ssl_port ctl_port; do
+  local port sasl_port ssl_port sasl_ssl_port faults_port faults_proxy_port ctl_port p used=" "
+  for p in port sasl_port ssl_port sasl_ssl_port faults_port faults_proxy_port ctl_port; do
     local v; v="$(free_port)"; while [[ "$used" == *" $v "* ]]; do v="$(free_port)"; done
     used+="$v "; printf -v "$p" %s "$v"
   done
@@ -48,9 +51,9 @@ process.roles=broker,controller
 node.id=1
 controller.quorum.bootstrap.servers=127.0.0.1:$ctl_port
 controller.listener.names=CONTROLLER
-listeners=PLAINTEXT://127.0.0.1:$port,SASL_PLAINTEXT://127.0.0.1:$sasl_port,SSL://127.0.0.1:$ssl_port,SASL_SSL://127.0.0.1:$sasl_ssl_port,CONTROLLER://127.0.0.1:$ctl_port
-advertised.listeners=PLAINTEXT://127.0.0.1:$port,SASL_PLAINTEXT://127.0.0.1:$sasl_port,SSL://127.0.0.1:$ssl_port,SASL_SSL://127.0.0.1:$sasl_ssl_port
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT,SSL:SSL,SASL_SSL:SASL_SSL
+listeners=PLAINTEXT://127.0.0.1:$port,SASL_PLAINTEXT://127.0.0.1:$sasl_port,SSL://127.0.0.1:$ssl_port,SASL_SSL://127.0.0.1:$sasl_ssl_port,FAULTS://127.0.0.1:$faults_port,CONTROLLER://127.0.0.1:$ctl_port
+advertised.listeners=PLAINTEXT://127.0.0.1:$port,SASL_PLAINTEXT://127.0.0.1:$sasl_port,SSL://127.0.0.1:$ssl_port,SASL_SSL://127.0.0.1:$sasl_ssl_port,FAULTS://127.0.0.1:$faults_proxy_port
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT,SSL:SSL,SASL_SSL:SASL_SSL,FAULTS:PLAINTEXT
 # The TLS listeners serve the env's test certificate (key and chain in one PEM file); clients
 # are not asked for one.
 ssl.keystore.type=PEM
@@ -119,6 +122,8 @@ export SWITCHYARD_KAFKA_BOOTSTRAP=127.0.0.1:$port
 export SWITCHYARD_KAFKA_SASL_BOOTSTRAP=127.0.0.1:$sasl_port
 export SWITCHYARD_KAFKA_SSL_BOOTSTRAP=127.0.0.1:$ssl_port
 export SWITCHYARD_KAFKA_SASL_SSL_BOOTSTRAP=127.0.0.1:$sasl_ssl_port
+export SWITCHYARD_KAFKA_FAULTS_UPSTREAM=127.0.0.1:$faults_port
+export SWITCHYARD_KAFKA_FAULTS_PROXY=127.0.0.1:$faults_proxy_port
 export SWITCHYARD_KAFKA_SASL_USERNAME=$SCRAM_USER
 export SWITCHYARD_KAFKA_SASL_PASSWORD=$SCRAM_PASSWORD
 ENV

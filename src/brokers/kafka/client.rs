@@ -160,6 +160,10 @@ struct LayoutCache {
 
 /// How often waiters for new topics or partitions look at the cluster.
 const SETTLE_POLL: Duration = Duration::from_millis(100);
+/// How long a timed-out check waits for the error callback to say why.
+const REFINE_WAIT: Duration = Duration::from_millis(300);
+/// How often a connectivity check that has no answer yet looks for a refusal.
+const CHECK_STEP: Duration = Duration::from_millis(100);
 
 /// Callers waiting for topics to be usable, and whether a poller serves them.
 #[derive(Default)]
@@ -1344,16 +1348,40 @@ impl Backend for KafkaBackend {
 
     async fn check(&self) -> Result<(), BrokerError> {
         let started = std::time::Instant::now();
-        let timeout = self.check_timeout;
-        let result = self
+        // The caller bounds the whole check by the check timeout: leave room for refining a
+        // timeout's reason below, or the caller's own "no answer" would always win.
+        let timeout = self
+            .check_timeout
+            .saturating_sub(REFINE_WAIT * 2)
+            .max(REFINE_WAIT);
+        let request = self
             .inner
-            .blocking(move |inner| inner.metadata_blocking(timeout).map(|_| ()))
-            .await;
+            .blocking(move |inner| inner.metadata_blocking(timeout).map(|_| ()));
+        tokio::pin!(request);
+        // librdkafka retries a refused TLS handshake or login on its own and the request just
+        // waits; the error callback says so at once, so stop at the first refusal instead
+        // of waiting out the timeout. A refusal left over from before is no reason: a broker
+        // that answers within the first step passes.
+        let result = loop {
+            match tokio::time::timeout(CHECK_STEP, &mut request).await {
+                Ok(r) => break r,
+                Err(_) => {
+                    if let Some(refused) = self.inner.context.refused() {
+                        return Err(classify(
+                            refused.code,
+                            Some(&refused),
+                            &format!("metadata request to {}", self.inner.endpoint),
+                            &format!("refused after {:?}", started.elapsed()),
+                        ));
+                    }
+                }
+            }
+        };
         if let Err(e) = &result
             && e.kind == BrokerErrorKind::Timeout
         {
             // The error callback may trail the request; give it a moment to refine the reason.
-            tokio::time::sleep(Duration::from_millis(300)).await;
+            tokio::time::sleep(REFINE_WAIT).await;
             if let Some(last) = self.inner.last_error() {
                 return Err(classify(
                     Some(RDKafkaErrorCode::OperationTimedOut),

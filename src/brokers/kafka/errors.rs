@@ -41,6 +41,12 @@ impl CaptureContext {
         c.credentials_or_tls.clone().or_else(|| c.latest.clone())
     }
 
+    /// The authentication or TLS failure seen since the last success, if any.
+    pub(super) fn refused(&self) -> Option<LastError> {
+        let c = self.captured.lock().unwrap_or_else(|e| e.into_inner());
+        c.credentials_or_tls.clone()
+    }
+
     pub(super) fn clear(&self) {
         *self.captured.lock().unwrap_or_else(|e| e.into_inner()) = Captured::default();
     }
