@@ -8,8 +8,9 @@
 //!   condition turns False with the reason the code gives for it, within one resync, one
 //!   backoff step and the check timeout; retries stay backoff-paced (no hot loop);
 //! - latency below the check timeout and a 1 KB/s bandwidth limit: the env stays Ready
-//!   (slower), passes keep completing (except Kafka at 1 KB/s: its check reads the whole
-//!   cluster's metadata, which cannot arrive within the check timeout: Timeout);
+//!   (slower), passes keep completing (Kafka at 1 KB/s may also report Timeout: its check
+//!   reads the whole cluster's metadata, which arrives within the check timeout or not
+//!   depending on how many topics the shared test broker holds);
 //! - once the toxic is gone: Ready (and current) again within 10 s, the broker holds exactly
 //!   the objects it held before (nothing deleted, nothing twice), the status' owned list is
 //!   unchanged, the controller still runs, and in-flight work is bounded: the test runtime's
@@ -251,6 +252,17 @@ impl Fault {
         }
     }
 
+    /// A reason Connected may turn False with where the env is expected to stay Ready: the
+    /// Kafka check reads the whole cluster's metadata, every topic of the shared test broker,
+    /// which at 1 KB/s arrives within the check timeout or not depending on how many topics
+    /// the tests before left there.
+    fn tolerated(self, broker: Broker) -> Option<&'static str> {
+        match (self, broker) {
+            (Fault::Bandwidth, Broker::Kafka) => Some(reasons::TIMEOUT),
+            _ => None,
+        }
+    }
+
     /// The reason the env's Connected condition turns False with, or None: it stays Ready.
     fn expected(self, broker: Broker) -> Option<&'static str> {
         match self {
@@ -262,9 +274,6 @@ impl Fault {
             // out; the other clients see the reset itself.
             Fault::Reset if matches!(broker, Broker::Nats) => Some(reasons::TIMEOUT),
             Fault::Reset => Some(reasons::UNREACHABLE),
-            // The Kafka check reads the whole cluster's metadata (every topic of the shared
-            // test broker, tens of KB): at 1 KB/s it cannot come back within the timeout.
-            Fault::Bandwidth if matches!(broker, Broker::Kafka) => Some(reasons::TIMEOUT),
             Fault::SlowLatency | Fault::Bandwidth => None,
         }
     }
@@ -672,14 +681,24 @@ async fn every_fault(label: &str, broker: Broker, proxies: &[Proxy], env: &str, 
             None => {
                 // A fixed window: the env must stay Ready, and passes must keep completing.
                 let window = Instant::now();
+                let mut seen = "Ready".to_string();
                 while window.elapsed() < Duration::from_secs(8) {
                     let api: Api<MessageBroker> = Api::namespaced(client.clone(), ns);
                     let mb = api.get("bus").await.expect("get");
+                    let connected = env_connected(&mb);
+                    let tolerated = fault.tolerated(broker).is_some_and(|r| {
+                        connected
+                            .as_ref()
+                            .is_some_and(|(s, why)| s == "False" && why == r)
+                    });
+                    if tolerated {
+                        seen = format!("Ready or {}", fault.tolerated(broker).unwrap_or_default());
+                    }
                     assert!(
-                        env_connected(&mb).is_some_and(|(s, _)| s == "True"),
+                        tolerated || connected.as_ref().is_some_and(|(s, _)| s == "True"),
                         "{label} {}: Connected turned {:?}",
                         fault.name(),
-                        env_connected(&mb)
+                        connected
                     );
                     tokio::time::sleep(Duration::from_millis(250)).await;
                 }
@@ -690,7 +709,7 @@ async fn every_fault(label: &str, broker: Broker, proxies: &[Proxy], env: &str, 
                     "{label} {}: no pass completed in 8s",
                     fault.name()
                 );
-                ("Ready".to_string(), Duration::ZERO, sample())
+                (seen, Duration::ZERO, sample())
             }
         };
         for p in proxies {
@@ -764,24 +783,28 @@ async fn every_fault(label: &str, broker: Broker, proxies: &[Proxy], env: &str, 
     ctl.stop().await;
 }
 
+/// Run every fault through one proxy; `env` builds the env from the proxy's host:port.
+async fn through(
+    label: &str,
+    broker: Broker,
+    proxy: Proxy,
+    ns: &str,
+    env: impl Fn(&str) -> String,
+) {
+    let env = env(&proxy.listen);
+    every_fault(label, broker, std::slice::from_ref(&proxy), &env, ns).await;
+    proxy.delete().await;
+}
+
 #[tokio::test]
 async fn redis_faults_are_reported_and_recovered_from() {
     let (_client, ns) = setup("fault-redis").await;
     let direct = env_var("SWITCHYARD_REDIS_URL");
     let proxy = Proxy::new("redis", &host_port(&direct)).await;
-    let env = format!(
-        "{{slug: prd, type: Redis, redis: {{url: \"redis://{}/0\"}}}}",
-        proxy.listen
-    );
-    every_fault(
-        "redis",
-        Broker::Redis,
-        std::slice::from_ref(&proxy),
-        &env,
-        &ns,
-    )
+    through("redis", Broker::Redis, proxy, &ns, |listen| {
+        format!("{{slug: prd, type: Redis, redis: {{url: \"redis://{listen}/0\"}}}}")
+    })
     .await;
-    proxy.delete().await;
 }
 
 #[tokio::test]
@@ -815,38 +838,22 @@ async fn kafka_faults_are_reported_and_recovered_from() {
         &env_var("SWITCHYARD_KAFKA_FAULTS_UPSTREAM"),
     )
     .await;
-    let env = format!(
-        "{{slug: prd, type: Kafka, kafka: {{bootstrapServers: [\"{}\"]}}}}",
-        proxy.listen
-    );
-    every_fault(
-        "kafka",
-        Broker::Kafka,
-        std::slice::from_ref(&proxy),
-        &env,
-        &ns,
-    )
+    through("kafka", Broker::Kafka, proxy, &ns, |listen| {
+        format!("{{slug: prd, type: Kafka, kafka: {{bootstrapServers: [\"{listen}\"]}}}}")
+    })
     .await;
-    proxy.delete().await;
 }
 
 #[tokio::test]
 async fn pubsub_faults_are_reported_and_recovered_from() {
     let (_client, ns) = setup("fault-pubsub").await;
     let proxy = Proxy::new("pubsub", &host_port(&env_var("SWITCHYARD_PUBSUB_ENDPOINT"))).await;
-    let env = format!(
-        "{{slug: prd, type: GooglePubSub, googlePubSub: {{projectId: {PUBSUB_PROJECT}, endpoint: \"http://{}\"}}}}",
-        proxy.listen
-    );
-    every_fault(
-        "pubsub",
-        Broker::PubSub,
-        std::slice::from_ref(&proxy),
-        &env,
-        &ns,
-    )
+    through("pubsub", Broker::PubSub, proxy, &ns, |listen| {
+        format!(
+        "{{slug: prd, type: GooglePubSub, googlePubSub: {{projectId: {PUBSUB_PROJECT}, endpoint: \"http://{listen}\"}}}}"
+        )
+    })
     .await;
-    proxy.delete().await;
 }
 
 #[tokio::test]
@@ -863,13 +870,13 @@ async fn sqs_faults_are_reported_and_recovered_from() {
     )
     .await;
     let proxy = Proxy::new("sqs", &host_port(&env_var("SWITCHYARD_AWS_ENDPOINT"))).await;
-    let env = format!(
-        "{{slug: prd, type: AwsSqs, awsSqs: {{region: {}, endpoint: \"http://{}\", credentialsSecretRef: {{name: aws}}}}}}",
-        env_var("AWS_REGION"),
-        proxy.listen
-    );
-    every_fault("sqs", Broker::Sqs, std::slice::from_ref(&proxy), &env, &ns).await;
-    proxy.delete().await;
+    through("sqs", Broker::Sqs, proxy, &ns, |listen| {
+        format!(
+        "{{slug: prd, type: AwsSqs, awsSqs: {{region: {}, endpoint: \"http://{listen}\", credentialsSecretRef: {{name: aws}}}}}}",
+        env_var("AWS_REGION")
+        )
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -886,19 +893,12 @@ async fn nats_faults_are_reported_and_recovered_from() {
     )
     .await;
     let proxy = Proxy::new("nats", &host_port(&env_var("SWITCHYARD_NATS_URL"))).await;
-    let env = format!(
-        "{{slug: prd, type: NatsJetStream, natsJetStream: {{servers: [\"nats://{}\"], credentialsSecretRef: {{name: nats}}}}}}",
-        proxy.listen
-    );
-    every_fault(
-        "nats",
-        Broker::Nats,
-        std::slice::from_ref(&proxy),
-        &env,
-        &ns,
-    )
+    through("nats", Broker::Nats, proxy, &ns, |listen| {
+        format!(
+        "{{slug: prd, type: NatsJetStream, natsJetStream: {{servers: [\"nats://{listen}\"], credentialsSecretRef: {{name: nats}}}}}}"
+        )
+    })
     .await;
-    proxy.delete().await;
 }
 
 fn kubeconfig_via(listen: &str) -> std::path::PathBuf {
